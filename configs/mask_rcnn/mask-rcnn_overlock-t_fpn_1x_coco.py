@@ -1,0 +1,26 @@
+# Mask R-CNN + FPN with OverLoCK-T, 1x schedule: the authors' released COCO detector (their README: AP^b 48.3, AP^m 43.3;
+# maskrcnn1x_overlock_tiny_coco.pth evaluates with this config after tools/convert_checkpoint.py).
+# Backbone in detection form (overview_fusion=True: level 3 also receives the Overview-Net context through h_proj),
+# drop path 0.2 and AdamW lr 2e-4 / wd 0.05 as in the authors' config; BN layers become SyncBN in distributed runs.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    '../_base_/schedules/overlock_adamw_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
+
+checkpoint = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='OverLoCK',
+        arch='t',
+        out_indices=(0, 1, 2, 3),
+        overview_fusion=True,
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+    neck=dict(in_channels=[64, 128, 384, 640]))
+
+# The authors convert every BatchNorm of the backbone to SyncBatchNorm when training distributed (2 images per GPU).
+sync_bn = 'torch'

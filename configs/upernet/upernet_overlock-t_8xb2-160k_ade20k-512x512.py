@@ -1,0 +1,36 @@
+# UperNet with OverLoCK-T on ADE20K, 512x512 crops, 160k iterations at 8 GPUs x 2 images: the authors' released
+# segmenter (their README: mIoU 50.3; upernet_overlock_tiny_ade20k.pth evaluates with this config after
+# tools/convert_checkpoint.py). Backbone in segmentation form (overview_fusion=False), auxiliary FCN head on level 2
+# (D2 + D3/4 = 384 channels), AdamW 6e-5 / wd 0.01 with a 1500-iteration warm-up then poly decay.
+# Drop path 0.2: the authors' segmentation configs are not public, so we use the rate they chose for this backbone in
+# their detection configs (fine-tuning of similar length: 160k x 16 crops vs 36 epochs of COCO).
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    '../_base_/schedules/overlock_adamw_160k.py',
+]
+custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
+
+crop_size = (512, 512)
+checkpoint = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth'  # noqa: E501
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='OverLoCK',
+        arch='t',
+        out_indices=(0, 1, 2, 3),
+        overview_fusion=False,
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+    decode_head=dict(in_channels=[64, 128, 384, 640], num_classes=150),
+    auxiliary_head=dict(in_channels=384, in_index=2, num_classes=150))
+
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader
+
+# BatchNorms of the backbone become SyncBatchNorm in distributed runs (the heads already use SyncBN).
+sync_bn = 'torch'

@@ -1,0 +1,224 @@
+"""OverLoCK's two block types: ``RepConvBlock`` (Base-Net and Overview-Net) and ``ContMixBlock`` (Focus-Net).
+
+Module names follow the authors' code (``DynamicConvBlock`` there) so that released checkpoints load unchanged.
+The ContMix core itself (bias + softmax + K x K neighbourhood aggregation) is :func:`mmoverlock.ops.contmix_aggregate`.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from ..ops import contmix_aggregate
+from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn
+
+
+def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
+    return nn.Identity() if init_value is None else LayerScale(num_channels, init_value)
+
+
+class RepConvBlock(nn.Module):
+    """Large-kernel re-parameterisable conv block of stages 1-4.
+
+    ``x = dwconv(x); x = ls(x) + proj(x)`` (``res_scale``) or ``x + drop_path(ls(proj(x)))`` otherwise, with
+    ``proj = [LN, DilatedReparamBlock(K), BN, SE, pw d->m, GELU, ResDWConv(m), GRN(m), pw m->d, DropPath]``.
+
+    Args:
+        dim (int): Channels d.
+        kernel_size (int): Large kernel K of the DilatedReparamBlock.
+        mlp_ratio (float): m = int(d * mlp_ratio).
+        ls_init_value (float, optional): LayerScale init; ``None`` means no LayerScale.
+        res_scale (bool): Scale the residual instead of the branch (OverLoCK uses ``True``).
+        drop_path (float): Stochastic depth rate.
+        deploy (bool): Build the DilatedReparamBlock in its folded form.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
+                 res_scale: bool = True, drop_path: float = 0., deploy: bool = False):
+        super().__init__()
+        self.res_scale = res_scale
+        mlp_dim = int(dim * mlp_ratio)
+        self.dwconv = ResDWConv(dim, 3)
+        self.proj = nn.Sequential(
+            LayerNorm2d(dim),
+            DilatedReparamBlock(dim, kernel_size, deploy=deploy),
+            nn.BatchNorm2d(dim),
+            SEModule(dim),
+            nn.Conv2d(dim, mlp_dim, 1),
+            nn.GELU(),
+            ResDWConv(mlp_dim, 3),
+            GRN(mlp_dim),
+            nn.Conv2d(mlp_dim, dim, 1),
+            DropPath(drop_path) if drop_path > 0 else nn.Identity(),
+        )
+        self.ls = _layer_scale_or_identity(dim, ls_init_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dwconv(x)
+        if self.res_scale:
+            return self.ls(x) + self.proj(x)
+        return x + self.proj[-1](self.ls(self.proj[:-1](x)))
+
+
+class ContMixBlock(nn.Module):
+    """Context-Mixing dynamic-kernel block of the Focus-Net (the authors' ``DynamicConvBlock``).
+
+    Fuses the feature map ``x`` (d channels) with the context ``h`` (c channels), then aggregates each pixel's
+    neighbourhood with two per-pixel dynamic kernels (S x S and K x K) whose logits are the affinities between the
+    pixel's query and 7 x 7 pooled keys of the context, mixed by ``weight_proj``. See ``spec/overlock.md``.
+
+    Args:
+        dim (int): Channels d of ``x``.
+        ctx_dim (int): Channels c of the context ``h``.
+        kernel_size (int): Large dynamic kernel K.
+        smk_size (int): Small dynamic kernel S.
+        num_heads (int): Heads h; the kernels use G = 2h groups.
+        mlp_ratio (float): MLP hidden width ratio.
+        ls_init_value (float, optional): LayerScale init of ``ls1``/``ls2``; ``None`` means none.
+        res_scale (bool): Scale the residual instead of the branch.
+        drop_path (float): Stochastic depth rate.
+        is_first (bool): First block of a stage: ``h`` is used as is (no ``x_scale``/``h_scale``).
+        is_last (bool): Return the unsplit ``d + c`` map and ``None``.
+        deploy (bool): Build the DilatedReparamBlock in its folded form.
+    """
+
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
+                 mlp_ratio: float = 4., ls_init_value: Optional[float] = None, res_scale: bool = True,
+                 drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False):
+        super().__init__()
+        out_dim = dim + ctx_dim
+        mlp_dim = int(dim * mlp_ratio)
+        self.dim = dim
+        self.ctx_dim = ctx_dim
+        self.kernel_size = kernel_size
+        self.smk_size = smk_size
+        self.num_groups = num_heads * 2
+        self.scale = (dim // self.num_groups) ** -0.5
+        self.res_scale = res_scale
+        self.is_first = is_first
+        self.is_last = is_last
+
+        if not is_first:
+            self.x_scale = LayerScale(ctx_dim, init_value=1)
+            self.h_scale = LayerScale(ctx_dim, init_value=1)
+        self.dwconv1 = ResDWConv(out_dim, 3)
+        self.norm1 = LayerNorm2d(out_dim)
+        self.fusion = nn.Sequential(
+            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
+            nn.BatchNorm2d(out_dim),
+            nn.GELU(),
+            nn.Conv2d(out_dim, dim, 1),
+            GRN(dim),
+        )
+        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = nn.Sequential(
+            nn.AdaptiveAvgPool2d(7),
+            nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
+            nn.BatchNorm2d(dim // 2),
+        )
+        self.weight_proj = nn.Conv2d(49, smk_size**2 + kernel_size**2, 1)
+        self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.se_layer = SEModule(dim)
+        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.dwconv2 = ResDWConv(out_dim, 3)
+        self.norm2 = LayerNorm2d(out_dim)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(out_dim, mlp_dim, 1),
+            nn.GELU(),
+            ResDWConv(mlp_dim, 3),
+            GRN(mlp_dim),
+            nn.Conv2d(mlp_dim, out_dim, 1),
+        )
+        self.ls1 = _layer_scale_or_identity(out_dim, ls_init_value)
+        self.ls2 = _layer_scale_or_identity(out_dim, ls_init_value)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # Relative position biases of the two dynamic kernels, indexed by (row, col) offset + K - 1.
+        self.rpb1 = nn.Parameter(torch.zeros(self.num_groups, 2 * smk_size - 1, 2 * smk_size - 1))
+        self.rpb2 = nn.Parameter(torch.zeros(self.num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
+
+    def _working_size(self, height: int, width: int) -> Optional[Tuple[int, int]]:
+        """The size the kernels run at when the map is smaller than K (the authors' rule, in Python floats)."""
+        k = self.kernel_size
+        if min(height, width) >= k:
+            return None
+        if height < width:
+            return k, int(k / height * width)
+        return int(k / width * height), k
+
+    def _dynamic_conv(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Per-pixel dynamic kernels from queries of ``f``'s first d channels and keys of its context channels."""
+        b, _, height, width = x.shape
+        g = self.num_groups
+        query = self.weight_query(f[:, :self.dim]) * self.scale
+        key = self.weight_key(f[:, self.dim:])
+        query = query.reshape(b, g, -1, height * width)
+        key = key.reshape(b, g, -1, 49)
+        affinity = torch.matmul(query.transpose(-1, -2), key)  # [B, G, HW, 49]
+        proj_weight = self.weight_proj.weight.flatten(1)  # [S^2 + K^2, 49]
+        logits = torch.matmul(affinity, proj_weight.t().to(affinity.dtype)) + self.weight_proj.bias.to(affinity.dtype)
+        logits = logits.reshape(b, g, height, width, -1)
+        s2 = self.smk_size**2
+        # value channels are laid out (m, g, c) with m = 2: the first half feeds kernel 1, the second kernel 2.
+        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(logits.dtype)
+        out1 = contmix_aggregate(logits[..., :s2], value[0], self.smk_size,
+                                 rpb=self.rpb1.to(logits.dtype), softmax=True)
+        out2 = contmix_aggregate(logits[..., s2:], value[1], self.kernel_size,
+                                 rpb=self.rpb2.to(logits.dtype), softmax=True)
+        out = torch.cat([out1, out2], dim=1)  # [B, 2G, H, W, c]
+        return out.permute(0, 1, 4, 2, 3).reshape(b, self.dim, height, width)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor,
+                ctx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Mix ``x`` [B, d, H, W] with the running context ``h`` [B, c, H, W] and the overview ``ctx`` [B, c, H, W].
+
+        Returns:
+            tuple: ``(x [B, d, H, W], h [B, c, H, W])``, or ``(y [B, d + c, H, W], None)`` for the last block.
+        """
+        height, width = x.shape[-2:]
+        if not self.is_first:
+            h = self.x_scale(h) + self.h_scale(ctx)
+        f = self.dwconv1(torch.cat([x, h], dim=1))
+        identity = f
+        f = self.norm1(f)
+        x = self.fusion(f)
+        gate = self.gate(x)
+        lepe = self.lepe(x)
+
+        size = self._working_size(height, width)
+        if size is not None:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+            f = F.interpolate(f, size=size, mode='bilinear', align_corners=False)
+        x = self._dynamic_conv(x, f)
+        if size is not None:
+            x = F.adaptive_avg_pool2d(x, (height, width))
+
+        x = self.dyconv_proj(x) + lepe
+        x = self.se_layer(x)
+        x = self.proj(gate * x)
+        if self.res_scale:
+            x = self.ls1(identity) + self.drop_path(x)
+            x = self.dwconv2(x)
+            x = self.ls2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        else:
+            x = identity + self.drop_path(self.ls1(x))
+            x = self.dwconv2(x)
+            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+        if self.is_last:
+            return x, None
+        return x[:, :self.dim], x[:, self.dim:]
+
+
+class ContextDownsample(nn.Module):
+    """Stride-2 downsampling of the feature map (d -> D3) and of the context (c -> c) between sub-stages 3 and 4."""
+
+    def __init__(self, in_dim: int, out_dim: int, ctx_dim: int):
+        super().__init__()
+        self.x_proj = conv_bn(in_dim, out_dim, stride=2)
+        self.h_proj = conv_bn(ctx_dim, ctx_dim, stride=2)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.x_proj(x), self.h_proj(h)

@@ -1,0 +1,104 @@
+"""Loading the authors' released checkpoints into :class:`OverLoCK` (the one place that reads foreign weights).
+
+Accepted: an ImageNet classification checkpoint (``state_dict`` / ``model`` entry, or a bare state dict), its
+deploy (re-parameterised) form, and a full mmdet/mmseg checkpoint, whose ``backbone.`` part is taken.
+A checkpoint of another variant or form fails with a message that says what it looks like.
+"""
+from typing import Dict, List, NamedTuple, Optional
+
+import torch
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import nn
+
+
+class LoadResult(NamedTuple):
+    """Keys of the model that the checkpoint lacked, and keys of the checkpoint that the model does not have."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+
+def extract_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The backbone's state dict inside a loaded checkpoint file.
+
+    Args:
+        checkpoint (dict): What ``torch.load`` returned.
+        prefix (str, optional): Keep only keys under this prefix (stripped). ``None`` takes ``backbone.`` when the
+            checkpoint is a whole detector/segmentor, else everything.
+    """
+    state_dict = checkpoint
+    for entry in ('state_dict', 'model'):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(entry), dict):
+            state_dict = state_dict[entry]
+            break
+    if not isinstance(state_dict, dict):
+        raise TypeError(f'OverLoCK: the checkpoint holds no state dict (got {type(state_dict).__name__})')
+    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    if prefix is None and any(k.startswith('backbone.') for k in state_dict):
+        prefix = 'backbone.'
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not state_dict:
+            raise KeyError(f'OverLoCK: the checkpoint has no keys under the prefix {prefix!r}')
+    return state_dict
+
+
+def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Dict[str, list]:
+    """Read depth, sub_depth and embed_dim off a state dict's key layout."""
+
+    def count(name: str) -> int:
+        return len({k.split('.')[1] for k in state_dict if k.startswith(name + '.')})
+
+    dims = []
+    for i in range(2, 5):
+        weight = state_dict.get(f'patch_embed{i}.0.weight')
+        if weight is None:
+            raise KeyError(f'OverLoCK: the checkpoint has no patch_embed{i}.0.weight; it is not an OverLoCK '
+                           f'backbone (first keys: {list(state_dict)[:5]})')
+        if i == 2:
+            dims.append(int(weight.shape[1]))
+        dims.append(int(weight.shape[0]))
+    return dict(depth=[count(f'blocks{i}') for i in range(1, 5)],
+                sub_depth=[count('sub_blocks3'), count('sub_blocks4')], embed_dim=dims)
+
+
+def _name_variant(found: Dict[str, list], presets: Dict[str, dict]) -> str:
+    for name, arch in presets.items():
+        if all(arch[k] == v for k, v in found.items()):
+            return f"OverLoCK-{name.upper()} (arch='{name}')"
+    return f'an OverLoCK variant with {found}'
+
+
+def check_compatible(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+    """Raise a clear error when the checkpoint is another variant or the other (training/deploy) form."""
+    found = describe_arch(state_dict)
+    expected = {k: list(model.arch[k]) for k in found}
+    if found != expected:
+        raise ValueError(f'OverLoCK: the checkpoint looks like {_name_variant(found, model.arch_settings)}, '
+                         f'but this model is {_name_variant(expected, model.arch_settings)}; '
+                         f'set arch to match the checkpoint')
+    ckpt_deploy = not any('.origin_bn.' in k for k in state_dict)
+    if ckpt_deploy and not model.deploy:
+        raise ValueError('OverLoCK: the checkpoint is in deploy (re-parameterised) form; build the backbone '
+                         'with deploy=True to load it')
+    if model.deploy and not ckpt_deploy:
+        raise ValueError('OverLoCK: the checkpoint is in training form but the backbone has deploy=True; build '
+                         'it with deploy=False, load, then call switch_to_deploy()')
+
+
+def load_overlock_checkpoint(model: nn.Module, filename: str, prefix: Optional[str] = None,
+                             map_location: str = 'cpu', logger: str = 'current') -> LoadResult:
+    """Load an OverLoCK checkpoint (file path or URL) into ``model`` non-strictly and log what did not match.
+
+    For an ImageNet checkpoint the unexpected keys are exactly ``head.*`` and ``aux_head.*`` (the classifier) and
+    the missing keys ``extra_norm.*`` (and ``h_proj.*`` in the detection form).
+    """
+    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+    state_dict = extract_state_dict(checkpoint, prefix)
+    check_compatible(model, state_dict)
+    result = model.load_state_dict(state_dict, strict=False)
+    result = LoadResult(sorted(result.missing_keys), sorted(result.unexpected_keys))
+    print_log(f'OverLoCK: loaded {filename}; missing keys: {result.missing_keys or "none"}; '
+              f'unexpected keys: {result.unexpected_keys or "none"}', logger=logger)
+    return result

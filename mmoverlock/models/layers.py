@@ -1,0 +1,201 @@
+"""Small building blocks of OverLoCK, named and shaped as in the authors' code so their checkpoints load as is.
+
+Every module here is plain ``nn.Module`` arithmetic on NCHW maps; the re-parameterisation helpers (``fuse_conv_bn``,
+``DilatedReparamBlock.switch_to_deploy``) fold BatchNorms and dilated branches exactly in eval mode.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
+# (UniRepLKNet's defaults, used unchanged by OverLoCK).
+DILATED_BRANCHES = {
+    19: ((5, 1), (7, 1), (9, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+    17: ((5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+    15: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
+    13: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
+    11: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
+    9: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4)),
+    7: ((5, 1), (3, 1), (3, 2), (3, 3)),
+    5: ((3, 1), (3, 2)),
+}
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (eps 1e-6); its parameters are ``weight`` and ``bias``."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+class LayerScale(nn.Module):
+    """Per-channel affine ``y = w * x + b`` with ``w`` initialised to ``init_value``.
+
+    ``weight`` keeps the authors' depthwise-conv shape ``(C, 1, 1, 1)`` so their checkpoints load unchanged.
+    """
+
+    def __init__(self, num_channels: int, init_value: float = 1e-5):
+        super().__init__()
+        self.init_value = init_value
+        self.weight = nn.Parameter(torch.full((num_channels, 1, 1, 1), float(init_value)))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class GRN(nn.Module):
+    """Global Response Normalisation (ConvNeXt V2) for NCHW maps; ``gamma`` and ``beta`` start at zero (identity)."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
+        norm = norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
+        return (self.gamma * norm + 1) * x + self.beta
+
+
+class SEModule(nn.Module):
+    """Squeeze-and-excitation: ``x * sigmoid(pw(gelu(pw(avgpool(x)))))`` with ``max(16, C // 8)`` inner channels."""
+
+    def __init__(self, num_channels: int, reduction: int = 8):
+        super().__init__()
+        inner = max(16, num_channels // reduction)
+        self.proj = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(num_channels, inner, kernel_size=1),
+            nn.GELU(),
+            nn.Conv2d(inner, num_channels, kernel_size=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.proj(x)
+
+
+class ResDWConv(nn.Conv2d):
+    """Depthwise conv with a residual connection, ``x + dwconv(x)``; the module is the conv itself (no inner name)."""
+
+    def __init__(self, num_channels: int, kernel_size: int = 3):
+        super().__init__(num_channels, num_channels, kernel_size, padding=kernel_size // 2, groups=num_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return the kernel and bias of ``bn(conv(x))`` as one conv (exact for a BN in eval mode)."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Spread a depthwise ``k x k`` kernel with the given dilation into the dense ``(d(k-1)+1)^2`` kernel it equals."""
+    if dilation == 1:
+        return kernel
+    k = kernel.shape[-1]
+    size = dilation * (k - 1) + 1
+    dense = kernel.new_zeros(kernel.shape[0], kernel.shape[1], size, size)
+    dense[:, :, ::dilation, ::dilation] = kernel
+    return dense
+
+
+class DilatedReparamBlock(nn.Module):
+    """UniRepLKNet's dilated re-parameterisable depthwise block.
+
+    Training form: ``origin_bn(lk_origin(x)) + sum_i dil_bn_i(dil_conv_i(x))`` with a K x K depthwise conv (no bias)
+    and parallel small dilated depthwise convs (see ``DILATED_BRANCHES``). Deploy form: one K x K depthwise conv
+    with bias (``lk_origin``) that equals the sum in eval mode; ``switch_to_deploy()`` folds one into the other.
+
+    Args:
+        num_channels (int): Channels (depthwise).
+        kernel_size (int): The large kernel size K, a key of ``DILATED_BRANCHES``.
+        deploy (bool): Build the folded form directly. Defaults to ``False``.
+    """
+
+    def __init__(self, num_channels: int, kernel_size: int, deploy: bool = False):
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(f'DilatedReparamBlock: kernel_size must be one of {sorted(DILATED_BRANCHES)}, '
+                             f'got {kernel_size}')
+        self.kernel_size = kernel_size
+        self.branches: Sequence[Tuple[int, int]] = DILATED_BRANCHES[kernel_size]
+        self.lk_origin = nn.Conv2d(num_channels, num_channels, kernel_size, padding=kernel_size // 2,
+                                   groups=num_channels, bias=deploy)
+        if not deploy:
+            self.origin_bn = nn.BatchNorm2d(num_channels)
+            for k, r in self.branches:
+                self.add_module(f'dil_conv_k{k}_{r}',
+                                nn.Conv2d(num_channels, num_channels, k, padding=(r * (k - 1) + 1) // 2,
+                                          dilation=r, groups=num_channels, bias=False))
+                self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(num_channels))
+
+    @property
+    def deploy(self) -> bool:
+        return not hasattr(self, 'origin_bn')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in self.branches:
+            out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
+        return out
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold every branch and BN into ``lk_origin`` (exact for the BN statistics in eval mode)."""
+        if self.deploy:
+            return
+        kernel, bias = fuse_conv_bn(self.lk_origin, self.origin_bn)
+        big = self.kernel_size
+        for k, r in self.branches:
+            branch_kernel, branch_bias = fuse_conv_bn(getattr(self, f'dil_conv_k{k}_{r}'),
+                                                      getattr(self, f'dil_bn_k{k}_{r}'))
+            dense = dilated_to_dense(branch_kernel, r)
+            pad = big // 2 - dense.shape[-1] // 2
+            kernel = kernel + F.pad(dense, [pad] * 4)
+            bias = bias + branch_bias
+        channels = kernel.shape[0]
+        fused = nn.Conv2d(channels, channels, big, padding=big // 2, groups=channels, bias=True)
+        fused = fused.to(device=kernel.device, dtype=kernel.dtype)
+        fused.weight.copy_(kernel)
+        fused.bias.copy_(bias)
+        self.lk_origin = fused
+        del self.origin_bn
+        for k, r in self.branches:
+            delattr(self, f'dil_conv_k{k}_{r}')
+            delattr(self, f'dil_bn_k{k}_{r}')
+
+
+def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """``[conv3x3 (no bias), BN]``: the downsampling layers between stages."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def stem(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The stride-4 stem: four 3x3 convs (two with stride 2) with BN, GELU between them (indices 0-10)."""
+    mid = out_channels // 2
+    layers: List[nn.Module] = [
+        *conv_bn(in_channels, mid, stride=2), nn.GELU(),
+        *conv_bn(mid, mid), nn.GELU(),
+        *conv_bn(mid, out_channels, stride=2), nn.GELU(),
+        *conv_bn(out_channels, out_channels),
+    ]
+    return nn.Sequential(*layers)

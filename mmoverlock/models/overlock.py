@@ -1,0 +1,300 @@
+"""The OverLoCK backbone for mmdet and mmseg (Lou & Yu, "OverLoCK: An Overview-first-Look-Closely-next ConvNet
+with Context-Mixing Dynamic Kernels", CVPR 2025, arXiv 2502.20087).
+
+A Base-Net (stem + stages 1-3 of RepConvBlocks) encodes the image, a light Overview-Net (stage 4) turns the
+stage-3 map into a coarse context, and a Focus-Net re-processes stages 3 and 4 with ContMix blocks guided by that
+context. Module names and state-dict keys are the authors' (``../shared/spec/overlock.md``).
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_init
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
+from .checkpoint import load_overlock_checkpoint
+from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, conv_bn, stem
+from .registry import register_model
+
+ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_mlp_ratio', 'sub_num_heads',
+             'smk_size', 'ls_init_value', 'res_scale')
+
+
+def _preset(depth, sub_depth, embed_dim, sub_num_heads) -> dict:
+    return dict(depth=depth, sub_depth=sub_depth, embed_dim=embed_dim, kernel_size=[17, 15, 13, 7],
+                mlp_ratio=[4, 4, 4, 4], sub_mlp_ratio=[3, 3], sub_num_heads=sub_num_heads, smk_size=5,
+                ls_init_value=[None, None, 1, 1], res_scale=True)
+
+
+@register_model
+class OverLoCK(BaseModule):
+    """OverLoCK backbone returning multi-scale features (strides 4, 8, 16, 32).
+
+    Output channels of the four levels are ``[D0, D1, D2 + c, D3 + c]`` with ``c = D3 // 4`` (see
+    ``out_channels``). Level 3 of the detection form (``overview_fusion=True``) also adds the projected
+    Overview-Net output, ``h_proj(extra_norm[4](ctx))``, as in the authors' detector.
+
+    ``frozen_stages`` freezes (no grad, eval mode) the modules up to that stage index:
+
+    - ``0``: the stem ``patch_embed1``;
+    - ``1``: + ``blocks1`` and ``extra_norm[0]``;
+    - ``2``: + ``patch_embed2``, ``blocks2``, ``extra_norm[1]``;
+    - ``3``: + ``patch_embed3``, ``blocks3``, ``patch_embed4``, ``blocks4``, ``high_level_proj`` (the rest of the
+      Base-Net and the whole Overview-Net);
+    - ``4``: + the Focus-Net: ``sub_blocks3``, ``extra_norm[2]``, ``patch_embedx``, ``sub_blocks4``,
+      ``extra_norm[3]`` (and ``extra_norm[4]``, ``h_proj`` in the detection form), i.e. everything.
+
+    Args:
+        arch (str | dict): ``'xt'``, ``'t'``, ``'s'``, ``'b'``, or a dict with exactly the keys ``ARCH_KEYS``.
+            Defaults to ``'t'``.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (Sequence[int]): Levels to return, from 0-3. Defaults to ``(0, 1, 2, 3)``.
+        overview_fusion (bool): Detection form (adds ``extra_norm[4]`` and ``h_proj``). Defaults to ``False``.
+        drop_path_rate (float): Stochastic depth rate, linear over blocks1-4, sub_blocks3, sub_blocks4.
+            Defaults to 0.
+        deploy (bool): Build the re-parameterised form. Defaults to ``False``.
+        frozen_stages (int): Stages to freeze, -1 for none (see above). Defaults to -1.
+        norm_eval (bool): Keep BatchNorm layers in eval mode while training. Defaults to ``False``.
+        with_cp (bool): Activation checkpointing per block (less memory, slower). Defaults to ``False``.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the authors'
+            ImageNet, deploy-form, or full mmdet/mmseg checkpoints. Defaults to ``None`` (the authors' init).
+
+    Example:
+        >>> import torch
+        >>> from mmoverlock.models import OverLoCK
+        >>> model = OverLoCK(arch='xt').eval()
+        >>> for level in model(torch.rand(1, 3, 64, 96)):
+        ...     print(tuple(level.shape))
+        (1, 56, 16, 24)
+        (1, 112, 8, 12)
+        (1, 340, 4, 6)
+        (1, 420, 2, 3)
+    """
+
+    arch_settings: Dict[str, dict] = {
+        'xt': _preset([2, 2, 3, 2], [6, 2], [56, 112, 256, 336], [4, 6]),
+        't': _preset([4, 4, 6, 2], [12, 2], [64, 128, 256, 512], [4, 8]),
+        's': _preset([6, 6, 8, 3], [16, 3], [64, 128, 320, 512], [8, 16]),
+        'b': _preset([8, 8, 10, 4], [20, 4], [80, 160, 384, 576], [6, 9]),
+    }
+    min_input_size = 32
+
+    def __init__(self,
+                 arch: Union[str, dict] = 't',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 overview_fusion: bool = False,
+                 drop_path_rate: float = 0.,
+                 deploy: bool = False,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch = self.parse_arch(arch)
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices):
+            raise ValueError(f'OverLoCK: out_indices must be a non-empty sequence of levels in 0..3, '
+                             f'got {out_indices}')
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f'OverLoCK: frozen_stages must be in -1..4, got {frozen_stages}')
+        self.in_channels = in_channels
+        self.out_indices = out_indices
+        self.overview_fusion = overview_fusion
+        self.deploy = deploy
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        a = self.arch
+        depth, sub_depth, dims, ks = a['depth'], a['sub_depth'], a['embed_dim'], a['kernel_size']
+        ctx_dim = dims[3] // 4
+        self.num_levels_channels = [dims[0], dims[1], dims[2] + ctx_dim, dims[3] + ctx_dim]
+        self.out_channels = [self.num_levels_channels[i] for i in out_indices]
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth)).tolist()
+        self.patch_embed1 = stem(in_channels, dims[0])
+        self.patch_embed2 = conv_bn(dims[0], dims[1], stride=2)
+        self.patch_embed3 = conv_bn(dims[1], dims[2], stride=2)
+        self.patch_embed4 = conv_bn(dims[2], dims[3], stride=2)
+        self.high_level_proj = nn.Conv2d(dims[3], ctx_dim, 1)
+        self.patch_embedx = ContextDownsample(dims[2], dims[3], ctx_dim)
+
+        start = 0
+        for stage in range(4):
+            blocks = nn.ModuleList(
+                RepConvBlock(dims[stage], ks[stage], a['mlp_ratio'][stage], a['ls_init_value'][stage],
+                             a['res_scale'], dpr[start + i], deploy) for i in range(depth[stage]))
+            setattr(self, f'blocks{stage + 1}', blocks)
+            start += depth[stage]
+        for sub, stage in enumerate((2, 3)):
+            n = sub_depth[sub]
+            blocks = nn.ModuleList(
+                ContMixBlock(dims[stage], ctx_dim, ks[stage], a['smk_size'], a['sub_num_heads'][sub],
+                             a['sub_mlp_ratio'][sub], a['ls_init_value'][stage], a['res_scale'], dpr[start + i],
+                             is_first=(stage == 2 and i == 0), is_last=(stage == 3 and i == n - 1), deploy=deploy)
+                for i in range(n))
+            setattr(self, f'sub_blocks{stage + 1}', blocks)
+            start += n
+
+        norms = [LayerNorm2d(c) for c in self.num_levels_channels]
+        if overview_fusion:
+            norms.append(LayerNorm2d(dims[3]))
+            self.h_proj = nn.Sequential(nn.Conv2d(dims[3], dims[3] + ctx_dim, 1),
+                                        LayerScale(dims[3] + ctx_dim, init_value=1e-5))
+        self.extra_norm = nn.ModuleList(norms)
+        self._freeze_stages()
+
+    @classmethod
+    def parse_arch(cls, arch: Union[str, dict]) -> dict:
+        """Resolve a preset name or validate an arch dict (exactly ``ARCH_KEYS``)."""
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_settings:
+                raise KeyError(f'OverLoCK: arch must be one of {sorted(cls.arch_settings)} or a dict, got {arch!r}')
+            return copy.deepcopy(cls.arch_settings[key])
+        if not isinstance(arch, dict):
+            raise TypeError(f'OverLoCK: arch must be a str or a dict, got {type(arch).__name__}')
+        missing, extra = set(ARCH_KEYS) - set(arch), set(arch) - set(ARCH_KEYS)
+        if missing or extra:
+            raise KeyError(f'OverLoCK: an arch dict needs exactly the keys {list(ARCH_KEYS)}; '
+                           f'missing {sorted(missing)}, unexpected {sorted(extra)}')
+        lengths = dict(depth=4, sub_depth=2, embed_dim=4, kernel_size=4, mlp_ratio=4, sub_mlp_ratio=2,
+                       sub_num_heads=2, ls_init_value=4)
+        for key, n in lengths.items():
+            if len(arch[key]) != n:
+                raise ValueError(f'OverLoCK: arch[{key!r}] must have {n} entries, got {arch[key]}')
+        return copy.deepcopy(dict(arch))
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, block: nn.Module, *args):
+        if self.with_cp and args[0].requires_grad:
+            return cp.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Args:
+            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
+
+        Returns:
+            tuple[Tensor]: The levels in ``out_indices``, level i [B, num_levels_channels[i], H / 2^(i+2),
+            W / 2^(i+2)] (sizes rounded up).
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'OverLoCK: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(f'OverLoCK: input height and width must be >= {self.min_input_size} '
+                             f'(the network has stride 32), got {tuple(x.shape[-2:])}')
+        levels: List[Optional[torch.Tensor]] = [None] * 4
+        x = self.patch_embed1(x)
+        for blk in self.blocks1:
+            x = self._run(blk, x)
+        if 0 in self.out_indices:
+            levels[0] = self.extra_norm[0](x)
+        x = self.patch_embed2(x)
+        for blk in self.blocks2:
+            x = self._run(blk, x)
+        # Unlike level 0, level 1 is not a side branch: the authors' stage 3 continues from the *normalised* map
+        # (their forward_base_features takes extra_norm[1]'s output; the reference gradients confirm it).
+        x = self.extra_norm[1](x)
+        levels[1] = x
+
+        # Base-Net stage 3, then the Overview-Net's coarse context.
+        x = self.patch_embed3(x)
+        for blk in self.blocks3:
+            x = self._run(blk, x)
+        overview = self.patch_embed4(x)
+        for blk in self.blocks4:
+            overview = self._run(blk, overview)
+
+        # Focus-Net: ContMix blocks guided by the context.
+        ctx = self.high_level_proj(overview)
+        ctx_up = F.interpolate(ctx, size=x.shape[-2:], mode='bilinear', align_corners=False)
+        h = ctx_up
+        for blk in self.sub_blocks3:
+            x, h = self._run(blk, x, h, ctx_up)
+        if 2 in self.out_indices:
+            levels[2] = self.extra_norm[2](torch.cat([x, h], dim=1))
+        x, h = self.patch_embedx(x, h)
+        for blk in self.sub_blocks4:
+            x, h = self._run(blk, x, h, ctx)
+        if 3 in self.out_indices:
+            y = self.extra_norm[3](x)
+            if self.overview_fusion:
+                y = y + self.h_proj(self.extra_norm[4](overview))
+            levels[3] = y
+        return tuple(levels[i] for i in self.out_indices)
+
+    # ------------------------------------------------------------------ training behaviour
+    def _stage_modules(self, stage: int) -> List[nn.Module]:
+        """The modules that ``frozen_stages >= stage`` freezes (see the class docstring)."""
+        if stage == 0:
+            return [self.patch_embed1]
+        if stage == 1:
+            return [self.blocks1, self.extra_norm[0]]
+        if stage == 2:
+            return [self.patch_embed2, self.blocks2, self.extra_norm[1]]
+        if stage == 3:
+            return [self.patch_embed3, self.blocks3, self.patch_embed4, self.blocks4, self.high_level_proj]
+        modules = [self.sub_blocks3, self.extra_norm[2], self.patch_embedx, self.sub_blocks4, self.extra_norm[3]]
+        if self.overview_fusion:
+            modules += [self.extra_norm[4], self.h_proj]
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for stage in range(self.frozen_stages + 1):
+            for module in self._stage_modules(stage):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # ------------------------------------------------------------------ weights
+    def init_weights(self) -> None:
+        """The authors' initialisation, or the checkpoint named by ``init_cfg=dict(type='Pretrained', ...)``."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            load_overlock_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                     map_location=cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        if cfg is not None:
+            super().init_weights()
+            return
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                trunc_normal_init(module, std=.02, bias=0)
+            elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, GRN):
+                nn.init.zeros_(module.gamma)
+                nn.init.zeros_(module.beta)
+            elif isinstance(module, ContMixBlock):
+                nn.init.zeros_(module.rpb1)
+                nn.init.zeros_(module.rpb2)
+            elif isinstance(module, LayerScale):
+                nn.init.constant_(module.weight, module.init_value)
+                nn.init.zeros_(module.bias)
+        self._is_init = True
+
+    def switch_to_deploy(self) -> 'OverLoCK':
+        """Fold every DilatedReparamBlock into one large-kernel conv, in place (exact in eval mode)."""
+        for module in self.modules():
+            if isinstance(module, DilatedReparamBlock):
+                module.switch_to_deploy()
+        self.deploy = True
+        return self

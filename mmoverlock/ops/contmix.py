@@ -1,0 +1,308 @@
+"""The ContMix core: softmax-weighted aggregation of each pixel's K×K neighbourhood with per-pixel dynamic kernels.
+
+For ``value`` [B, G, H, W, C] and per-pixel logits ``weights`` [B, G, H, W, K*K] (tap ``t = a*K + e``), pixel
+``(i, j)`` aggregates the K×K window starting at ``(s(i), s(j))`` with ``s(i) = clamp(i - K//2, 0, H - K)``: windows
+are shifted inwards at the borders, never padded. ``rpb`` [G, 2K-1, 2K-1] adds
+``rpb[g, s(i)+a-i+K-1, s(j)+e-j+K-1]`` to the logit of tap ``(a, e)``; ``softmax`` normalises over the K*K taps.
+Without bias and softmax this is NATTEN 0.17's ``na2d_av`` (dilation 1).
+
+Backends:
+
+* ``'cpu'`` / ``'cuda'``: the compiled operators ``torch.ops.mmoverlock.contmix_forward`` / ``contmix_backward`` from
+  ``mmoverlock._ext`` (see ``csrc/``). Bias, softmax and aggregation are fused; backward recomputes the softmax from
+  the inputs, so only the inputs are saved for it. Autograd and fake-tensor support are registered here with
+  ``torch.library``, which makes the op work with ``torch.compile``.
+* ``'torch'``: a pure-torch fallback with the same semantics and gradients that accumulates tap by tap with index
+  tensors, so it never materialises K*K*C values per pixel. Used automatically when the extension is not built.
+
+This module imports only torch and the compiled module: it must work where OpenMMLab is not installed.
+"""
+import importlib
+import os
+import os.path as osp
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ['available_backends', 'contmix_aggregate', 'BACKEND_ENV']
+
+#: Environment variable that forces a backend (``cpu``, ``cuda`` or ``torch``) for every call without ``backend=``.
+BACKEND_ENV = 'MMOVERLOCK_CONTMIX_BACKEND'
+_BACKENDS = ('cpu', 'cuda', 'torch')
+_BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) '
+               'from the repository root; add FORCE_CUDA=1 to compile the CUDA kernels with nvcc')
+
+
+def _load_extension():
+    """Import ``mmoverlock._ext``; return ``(module or None, reason it is missing)``.
+
+    A missing library is normal (pure-python install); a library that exists but fails to load (e.g. built against
+    another torch) is worth a warning, because the slower fallback is used silently otherwise.
+    """
+    try:
+        return importlib.import_module('mmoverlock._ext'), None
+    except ImportError as err:
+        pkg_dir = osp.dirname(osp.dirname(osp.abspath(__file__)))
+        if any(name.startswith('_ext.') for name in os.listdir(pkg_dir)):
+            warnings.warn(f'mmoverlock._ext exists but failed to load ({err}); using the pure-torch ContMix '
+                          f'fallback. Rebuild it: {_BUILD_HINT}.')
+        return None, str(err)
+
+
+_ext, _EXT_ERROR = _load_extension()
+_BUILT = tuple(_ext.backends) if _ext is not None else ()
+
+
+def available_backends() -> List[str]:
+    """Backends this installation can run: the compiled ones (``'cpu'``, and ``'cuda'`` when built with nvcc)
+    followed by ``'torch'``, which is always there. ``'cuda'`` is listed when compiled, even if no GPU is visible."""
+    return [name for name in _BACKENDS if name in _BUILT] + ['torch']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compiled operators: fake (meta) implementations and autograd, registered on the C++ schema.
+# ---------------------------------------------------------------------------------------------------------------
+if _ext is not None:
+
+    @torch.library.register_fake('mmoverlock::contmix_forward')
+    def _contmix_forward_fake(weights, value, rpb, kernel_size, softmax):
+        torch._check(weights.dim() == 5 and value.dim() == 5, lambda: 'contmix: weights and value must be 5-D')
+        torch._check(weights.shape[4] == kernel_size * kernel_size,
+                     lambda: 'contmix: weights must have kernel_size**2 taps')
+        return value.new_empty(value.shape)  # the kernel returns a contiguous tensor
+
+    @torch.library.register_fake('mmoverlock::contmix_backward')
+    def _contmix_backward_fake(grad_out, weights, value, rpb, kernel_size, softmax):
+        grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None else value.new_empty((0, ))
+        return weights.new_empty(weights.shape), value.new_empty(value.shape), grad_rpb
+
+    def _setup_context(ctx, inputs, output):
+        weights, value, rpb, kernel_size, softmax = inputs
+        # Inputs only: the biased logits and the softmax are recomputed in backward (that is the memory saving).
+        ctx.save_for_backward(weights, value, rpb)
+        ctx.kernel_size = kernel_size
+        ctx.softmax = softmax
+
+    def _backward(ctx, grad_out):
+        weights, value, rpb = ctx.saved_tensors
+        grad_weights, grad_value, grad_rpb = torch.ops.mmoverlock.contmix_backward(
+            grad_out, weights, value, rpb, ctx.kernel_size, ctx.softmax)
+        return grad_weights, grad_value, (grad_rpb if rpb is not None else None), None, None
+
+    torch.library.register_autograd('mmoverlock::contmix_forward', _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pure-torch fallback.
+# ---------------------------------------------------------------------------------------------------------------
+def _window_rows(length: int, kernel_size: int, device) -> Tensor:
+    """[length, K] neighbour positions along one axis: ``clamp(i - K//2, 0, length - K) + arange(K)``."""
+    start = (torch.arange(length, device=device) - kernel_size // 2).clamp(0, length - kernel_size)
+    return start[:, None] + torch.arange(kernel_size, device=device)
+
+
+def _neighbour_index(H: int, W: int, K: int, device) -> Tensor:
+    """[K*K, H*W] flat index of each pixel's neighbour at tap t, one row per tap (for index_select / index_add_)."""
+    rows, cols = _window_rows(H, K, device), _window_rows(W, K, device)
+    index = rows[:, None, :, None] * W + cols[None, :, None, :]  # [H, W, K, K]
+    return index.reshape(H * W, K * K).t().contiguous()
+
+
+def _bias_index(H: int, W: int, K: int, device) -> Tensor:
+    """[H*W, K*K] flat index into a group's (2K-1)² bias table: (y - i + K - 1) * (2K - 1) + (x - j + K - 1)."""
+    rows = _window_rows(H, K, device) - torch.arange(H, device=device)[:, None] + K - 1  # [H, K]
+    cols = _window_rows(W, K, device) - torch.arange(W, device=device)[:, None] + K - 1  # [W, K]
+    index = rows[:, None, :, None] * (2 * K - 1) + cols[None, :, None, :]  # [H, W, K, K]
+    return index.reshape(H * W, K * K)
+
+
+def _tap_weights(weights: Tensor, rpb: Optional[Tensor], K: int, softmax: bool, dtype) -> Tensor:
+    """[B, G, H*W, K*K] aggregation weights in ``dtype``: softmax?(weights + gathered rpb)."""
+    B, G, H, W, T = weights.shape
+    logits = weights.to(dtype).reshape(B, G, H * W, T)
+    if rpb is not None:
+        bias = rpb.to(dtype).flatten(1)[:, _bias_index(H, W, K, weights.device)]  # [G, H*W, T]
+        logits = logits + bias
+    return logits.softmax(dim=-1) if softmax else logits
+
+
+def _acc_dtype(dtype):
+    """Accumulate half-precision inputs in float32, like the CUDA kernels."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class _ContMixTorch(torch.autograd.Function):
+    """Pure-torch ContMix: one gather and one multiply-add per tap (peak extra memory O(B*G*H*W*(K*K + C)))."""
+
+    @staticmethod
+    def forward(ctx, weights, value, rpb, kernel_size, softmax):
+        ctx.save_for_backward(weights, value, rpb)
+        ctx.kernel_size, ctx.softmax = kernel_size, softmax
+        B, G, H, W, C = value.shape
+        acc = _acc_dtype(value.dtype)
+        with torch.autocast(value.device.type, enabled=False):
+            probs = _tap_weights(weights, rpb, kernel_size, softmax, acc)
+            index = _neighbour_index(H, W, kernel_size, value.device)
+            flat = value.reshape(B, G, H * W, C)
+            out = value.new_zeros((B, G, H * W, C), dtype=acc)
+            for t in range(kernel_size * kernel_size):
+                out.addcmul_(flat.index_select(2, index[t]).to(acc), probs[..., t:t + 1])
+        return out.view(B, G, H, W, C).to(value.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        weights, value, rpb = ctx.saved_tensors
+        K, softmax = ctx.kernel_size, ctx.softmax
+        B, G, H, W, C = value.shape
+        T = K * K
+        acc = _acc_dtype(value.dtype)
+        with torch.autocast(value.device.type, enabled=False):
+            probs = _tap_weights(weights, rpb, K, softmax, acc)  # recomputed, not saved
+            index = _neighbour_index(H, W, K, value.device)
+            flat = value.reshape(B, G, H * W, C)
+            grad = grad_out.reshape(B, G, H * W, C).to(acc)
+            grad_probs = probs.new_empty((B, G, H * W, T))
+            grad_value = value.new_zeros((B, G, H * W, C), dtype=acc)
+            for t in range(T):
+                grad_probs[..., t] = (grad * flat.index_select(2, index[t]).to(acc)).sum(-1)
+                grad_value.index_add_(2, index[t], grad * probs[..., t:t + 1])
+            if softmax:
+                grad_logits = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
+            else:
+                grad_logits = grad_probs
+            grad_rpb = None
+            if rpb is not None and ctx.needs_input_grad[2]:
+                R = 2 * K - 1
+                grad_rpb = grad_logits.new_zeros((G, R * R)).index_add_(
+                    1,
+                    _bias_index(H, W, K, value.device).flatten(),
+                    grad_logits.sum(0).reshape(G, H * W * T),
+                ).view(G, R, R).to(rpb.dtype)
+        return (grad_logits.view(weights.shape).to(weights.dtype), grad_value.view(value.shape).to(value.dtype),
+                grad_rpb, None, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public function: input checks, autocast, backend selection.
+# ---------------------------------------------------------------------------------------------------------------
+def _check_shapes(weights: Tensor, value: Tensor, kernel_size, rpb: Optional[Tensor]) -> None:
+    """Raise ``ValueError`` naming the offending argument and the expected form."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'contmix_aggregate: kernel_size must be a positive odd int, got {kernel_size!r}')
+    K = kernel_size
+    for name, tensor in (('weights', weights), ('value', value)):
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f'contmix_aggregate: {name} must be a Tensor, got {type(tensor).__name__}')
+    if value.dim() != 5:
+        raise ValueError(f'contmix_aggregate: value must be 5-D [B, G, H, W, C], got shape {tuple(value.shape)}')
+    if weights.dim() != 5:
+        raise ValueError(f'contmix_aggregate: weights must be 5-D [B, G, H, W, K*K], '
+                         f'got shape {tuple(weights.shape)}')
+    B, G, H, W, _ = value.shape
+    if tuple(weights.shape[:4]) != (B, G, H, W):
+        raise ValueError(f'contmix_aggregate: weights {tuple(weights.shape)} and value {tuple(value.shape)} must '
+                         f'agree in B, G, H, W (their first four dims)')
+    if weights.shape[4] != K * K:
+        raise ValueError(f'contmix_aggregate: weights must have kernel_size**2 = {K * K} taps in its last dim, '
+                         f'got {weights.shape[4]}')
+    if H < K or W < K:
+        raise ValueError(f'contmix_aggregate: H and W must be at least kernel_size = {K} (windows are shifted '
+                         f'inwards, never padded), got H={H}, W={W}')
+    if rpb is not None:
+        if not isinstance(rpb, Tensor):
+            raise ValueError(f'contmix_aggregate: rpb must be a Tensor or None, got {type(rpb).__name__}')
+        if tuple(rpb.shape) != (G, 2 * K - 1, 2 * K - 1):
+            raise ValueError(f'contmix_aggregate: rpb must have shape [G, 2K-1, 2K-1] = '
+                             f'{[G, 2 * K - 1, 2 * K - 1]}, got {list(rpb.shape)}')
+
+
+def _check_dtypes_devices(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> None:
+    """Raise ``TypeError`` for dtype and ``ValueError`` for device mismatches (after autocast)."""
+    tensors = [('weights', weights), ('value', value)] + ([('rpb', rpb)] if rpb is not None else [])
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            raise TypeError(f'contmix_aggregate: {name} must be a floating-point tensor, got {tensor.dtype}')
+        if tensor.dtype != value.dtype:
+            raise TypeError(f'contmix_aggregate: {name} has dtype {tensor.dtype} but value has {value.dtype}; '
+                            f'pass tensors of one dtype (or run under torch.autocast)')
+        if tensor.device != value.device:
+            raise ValueError(f'contmix_aggregate: {name} is on {tensor.device} but value is on {value.device}')
+
+
+def _autocast(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Under autocast, bring all inputs to one dtype: the autocast dtype on CUDA (the kernels accumulate in
+    float32), float32 elsewhere (the CPU kernels are float32/float64)."""
+    device_type = value.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return weights, value, rpb
+    dtype = torch.get_autocast_dtype(device_type) if device_type == 'cuda' else torch.float32
+    cast = (lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t)
+    return cast(weights), cast(value), cast(rpb)
+
+
+def _resolve_backend(backend: Optional[str], value: Tensor) -> str:
+    """Pick the backend: the argument, else the environment variable, else by device and dtype."""
+    requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or None)
+    if requested is None or requested == 'auto':
+        if value.device.type == 'cuda':
+            return 'cuda' if 'cuda' in _BUILT else 'torch'
+        if value.device.type == 'cpu' and 'cpu' in _BUILT and value.dtype in (torch.float32, torch.float64):
+            return 'cpu'
+        return 'torch'
+    source = 'backend' if backend is not None else f'environment variable {BACKEND_ENV}'
+    if requested not in _BACKENDS:
+        raise ValueError(f'contmix_aggregate: {source} must be one of {list(_BACKENDS)} or None, got {requested!r}')
+    if requested == 'torch':
+        return requested
+    if _ext is None:
+        raise RuntimeError(f'contmix_aggregate: {source} asks for {requested!r}, but mmoverlock._ext is not built '
+                           f'({_EXT_ERROR}); {_BUILD_HINT}. Available here: {available_backends()}.')
+    if requested not in _BUILT:
+        raise RuntimeError(f'contmix_aggregate: {source} asks for {requested!r}, but mmoverlock._ext was built '
+                           f'without it (built: {list(_BUILT)}); {_BUILD_HINT}.')
+    if value.device.type != requested:
+        raise ValueError(f'contmix_aggregate: {source} {requested!r} needs {requested} tensors, got tensors on '
+                         f'{value.device}')
+    if requested == 'cpu' and value.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"contmix_aggregate: the 'cpu' backend supports float32 and float64, got {value.dtype}; "
+                        f"use backend='torch' or autocast")
+    return requested
+
+
+def contmix_aggregate(weights: Tensor,
+                      value: Tensor,
+                      kernel_size: int,
+                      rpb: Optional[Tensor] = None,
+                      softmax: bool = False,
+                      backend: Optional[str] = None) -> Tensor:
+    """Aggregate every pixel's K×K neighbourhood of ``value`` with its own (biased, softmaxed) weights.
+
+    Args:
+        weights (Tensor): Per-pixel logits [B, G, H, W, K*K], tap ``t = a*K + e`` for window row ``a``, column ``e``.
+        value (Tensor): Values [B, G, H, W, C]. Non-contiguous views of either are accepted.
+        kernel_size (int): Odd window size K, with ``H >= K`` and ``W >= K``.
+        rpb (Tensor, optional): Relative position bias [G, 2K-1, 2K-1] added to the logits. Defaults to ``None``.
+        softmax (bool): Softmax over the K*K taps before aggregating. Defaults to ``False``.
+        backend (str, optional): ``'cpu'``, ``'cuda'`` or ``'torch'`` to force one; ``None`` picks ``'cuda'`` for CUDA
+            tensors, else ``'cpu'`` when compiled, else ``'torch'``, unless the environment variable
+            ``MMOVERLOCK_CONTMIX_BACKEND`` names one. Defaults to ``None``.
+
+    Returns:
+        Tensor: [B, G, H, W, C] (contiguous), differentiable in ``weights``, ``value`` and ``rpb``.
+
+    Raises:
+        ValueError: A malformed shape, ``kernel_size``, device or backend name.
+        TypeError: Mismatched or unsupported dtypes outside autocast.
+        RuntimeError: A backend that this build does not have (the message says how to build it).
+    """
+    _check_shapes(weights, value, kernel_size, rpb)
+    weights, value, rpb = _autocast(weights, value, rpb)
+    _check_dtypes_devices(weights, value, rpb)
+    name = _resolve_backend(backend, value)
+    if name == 'torch':
+        return _ContMixTorch.apply(weights, value, rpb, kernel_size, bool(softmax))
+    return torch.ops.mmoverlock.contmix_forward(weights, value, rpb, kernel_size, bool(softmax))

@@ -1,0 +1,83 @@
+"""Build and install mmoverlock, compiling the ContMix core into ``mmoverlock._ext``.
+
+The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too when torch is a CUDA build and nvcc
+is found (``CUDA_HOME``), or when ``FORCE_CUDA=1``; ``FORCE_CUDA=0`` disables them. Without a visible GPU the
+target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
+Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
+"""
+import glob
+import os
+import os.path as osp
+
+from setuptools import find_packages, setup
+
+ROOT = osp.dirname(osp.abspath(__file__))
+CSRC = osp.join('mmoverlock', 'ops', 'csrc')
+
+
+def get_version():
+    scope = {}
+    with open(osp.join(ROOT, 'mmoverlock', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def want_cuda(torch, cuda_home):
+    force = os.getenv('FORCE_CUDA')
+    if force is not None:
+        return force == '1'
+    return torch.version.cuda is not None and cuda_home is not None
+
+
+def get_extensions():
+    if os.getenv('MMOVERLOCK_NO_EXT') == '1':
+        return []
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob(osp.join(CSRC, '*.cpp')) + glob.glob(osp.join(CSRC, 'cpu', '*.cpp')))
+    include_dirs = [osp.join(ROOT, CSRC, 'common')]
+    # -fopenmp: at::parallel_for is inline in ATen's headers and runs serially unless OpenMP is on; the library
+    # links the libgomp.so.1 that torch already loaded. It also enables the `omp simd` reductions of the kernels.
+    cxx_flags = ['-O3', '-std=c++20', '-g0', '-fopenmp']
+    link_flags = ['-fopenmp']
+    define_macros = []
+    if want_cuda(torch, CUDA_HOME):
+        if CUDA_HOME is None:
+            raise RuntimeError('FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the toolkit root.')
+        if not torch.cuda.is_available() and not os.getenv('TORCH_CUDA_ARCH_LIST'):
+            os.environ['TORCH_CUDA_ARCH_LIST'] = '9.0'
+        sources += sorted(glob.glob(osp.join(CSRC, 'cuda', '*.cu')))
+        define_macros.append(('MMOVERLOCK_WITH_CUDA', None))
+        nvcc_flags = ['-O3', '-std=c++20', '--expt-relaxed-constexpr', '-lineinfo']
+        return [CUDAExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,
+                              extra_compile_args={'cxx': cxx_flags, 'nvcc': nvcc_flags}, extra_link_args=link_flags)]
+    return [CppExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,
+                         extra_compile_args={'cxx': cxx_flags}, extra_link_args=link_flags)]
+
+
+def get_cmdclass():
+    if os.getenv('MMOVERLOCK_NO_EXT') == '1':
+        return {}
+    from torch.utils.cpp_extension import BuildExtension
+    return {'build_ext': BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name='mmoverlock',
+    version=get_version(),
+    description='OverLoCK (CVPR 2025) backbone for OpenMMLab 2.0: mmdet and mmseg, with a fused ContMix extension',
+    long_description=open(osp.join(ROOT, 'README.md')).read() if osp.exists(osp.join(ROOT, 'README.md')) else '',
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    python_requires='>=3.9',
+    install_requires=['torch>=2.1'],
+    extras_require={
+        'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'timm'],
+        'tests': ['pytest'],
+    },
+    ext_modules=get_extensions(),
+    cmdclass=get_cmdclass(),
+    zip_safe=False,
+)

@@ -1,0 +1,111 @@
+"""Train a detector (mmdet) or a segmentor (mmseg) from an mmoverlock config; the task follows ``default_scope``.
+
+The flags are those of mmdet's and mmseg's ``tools/train.py`` (``--resume`` takes mmdet's optional checkpoint path;
+bare ``--resume`` resumes from the latest checkpoint of the work dir, as in both). Distributed runs work the usual way
+(``torchrun --nproc_per_node N tools/train.py CONFIG --launcher pytorch``, NCCL on GPUs) and also on CPU-only machines,
+where the gloo backend and a CPU SyncBatchNorm are set up by :mod:`cpu_dist`.
+
+Examples:
+    python tools/train.py configs/_smoke_/upernet_overlock-pico_1xb8-300i_shapes-128x128.py
+    torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch --work-dir work_dirs/ddp
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from cpu_dist import setup_cpu_distributed
+
+TASKS = ('mmdet', 'mmseg')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train an mmoverlock detector or segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', default=False, help='enable automatic-mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true', help='enable automatically scaling LR')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or (bare flag) from the latest checkpoint in the work dir')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value pairs (e.g. train_cfg.max_iters=10)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def task_of(cfg):
+    """The OpenMMLab package a config belongs to (``mmdet`` or ``mmseg``), read from its ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ValueError(f'config default_scope is {scope!r}; expected one of {TASKS}')
+    return scope
+
+
+def apply_common_args(cfg, args, config_path):
+    """The work-dir rule shared by train and test: CLI > value in the config > ``work_dirs/<config name>``."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def build_runner(cfg):
+    """Build the runner the config asks for (``runner_type``), else mmengine's default."""
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    task = task_of(cfg)
+    if task == 'mmdet':
+        # As mmdet's tool: fewer dynamo recompilations when a model is compiled.
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    apply_common_args(cfg, args, args.config)
+
+    if args.amp:
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper'):
+            raise ValueError(f'--amp needs optim_wrapper type OptimWrapper, got {wrapper_type}')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and 'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    setup_cpu_distributed(cfg, args.launcher)
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
