@@ -20,7 +20,10 @@ def _mmengine_checkpoint_globals() -> list:
         from numpy.core.multiarray import _reconstruct, scalar
     dtype_classes = [type(np.dtype(name)) for name in
                      ('float16', 'float32', 'float64', 'int8', 'int16', 'int32', 'int64', 'uint8', 'bool')]
-    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtype_classes]
+    # HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')`` etc., so every mmengine
+    # checkpoint holds builtins.getattr. The weights-only unpickler still refuses to call anything that is not
+    # allow-listed, so getattr can only fetch attributes of objects that were themselves allowed.
+    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, getattr, *dtype_classes]
 
 
 def allow_mmengine_checkpoints() -> None:

@@ -81,8 +81,17 @@ else
   printf '%s' "$STAMP_TEXT" > "$STAMP"
 fi
 
-log "installing mmoverlock (editable; compiles mmoverlock._ext)"
-(cd "$ROOT" && pip_install --no-build-isolation --no-deps -e .)
+# Rebuild the extension only when its sources or setup.py changed (a CUDA build takes minutes on 2 cores).
+EXT_HASH="$(cd "$ROOT" && cat setup.py $(find mmoverlock/ops/csrc -type f | sort) | sha256sum | cut -c1-16)"
+EXT_STAMP="$VENV/.mmoverlock-ext"
+if [[ -f "$EXT_STAMP" ]] && [[ "$(cat "$EXT_STAMP")" == "$EXT_HASH" ]] && \
+   (cd "$ROOT" && "$VPY" -c 'import mmoverlock._ext' 2>/dev/null); then
+  log "mmoverlock extension up to date"
+else
+  log "installing mmoverlock (editable; compiles mmoverlock._ext, with CUDA kernels when nvcc is found)"
+  (cd "$ROOT" && CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" pip_install --no-build-isolation --no-deps -e .)
+  printf '%s' "$EXT_HASH" > "$EXT_STAMP"
+fi
 "$VPY" -c 'import mmoverlock, mmcv, mmdet, mmseg, mmengine, torch; from mmoverlock.ops import available_backends
 print(f"mmoverlock {mmoverlock.__version__} | torch {torch.__version__} | mmengine {mmengine.__version__} | "
       f"mmcv {mmcv.__version__} | mmdet {mmdet.__version__} | mmseg {mmseg.__version__} | "

@@ -117,7 +117,7 @@ class OverLoCK(BaseModule):
         self.num_levels_channels = [dims[0], dims[1], dims[2] + ctx_dim, dims[3] + ctx_dim]
         self.out_channels = [self.num_levels_channels[i] for i in out_indices]
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth), device='cpu').tolist()
         self.patch_embed1 = stem(in_channels, dims[0])
         self.patch_embed2 = conv_bn(dims[0], dims[1], stride=2)
         self.patch_embed3 = conv_bn(dims[1], dims[2], stride=2)
@@ -267,8 +267,9 @@ class OverLoCK(BaseModule):
         """The authors' initialisation, or the checkpoint named by ``init_cfg=dict(type='Pretrained', ...)``."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            load_overlock_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                     map_location=cfg.get('map_location', 'cpu'))
+            # Kept so that users (and tests) can inspect what did not match; it is also logged.
+            self.pretrained_load_result = load_overlock_checkpoint(
+                self, cfg['checkpoint'], prefix=cfg.get('prefix'), map_location=cfg.get('map_location', 'cpu'))
             self._is_init = True
             return
         if cfg is not None:

@@ -1,0 +1,18 @@
+# The two commands of the README. Both create or update the project-local .venv first (tools/setup_env.sh).
+PY := .venv/bin/python
+
+.PHONY: setup demo test clean
+
+setup:
+	bash tools/setup_env.sh
+
+# The main job: generate the bundled data, train + evaluate OverLoCK Cascade Mask R-CNN and UperNet on it, run the demo.
+demo: setup
+	$(PY) tools/main_job.py
+
+# The test suite (CPU; CUDA tests skip with a reason where no GPU is present).
+test: setup
+	$(PY) -m pytest tests -q -ra --durations=15
+
+clean:
+	rm -rf build *.egg-info mmoverlock/_ext*.so work_dirs outputs

@@ -1,0 +1,203 @@
+"""OverLoCK backbone: state-dict layout of every variant, checkpoint loading, arch validation and training options."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmoverlock.models import OverLoCK
+from mmoverlock.models.checkpoint import LoadResult
+
+VARIANTS = ('xt', 't', 's', 'b')
+TINY_ARCH = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], kernel_size=[17, 15, 13, 7],
+                 mlp_ratio=[2, 2, 2, 2], sub_mlp_ratio=[2, 2], sub_num_heads=[2, 3], smk_size=5,
+                 ls_init_value=[None, None, 1, 1], res_scale=True)
+
+
+@pytest.fixture(scope='module')
+def manifest(reference_dir):
+    with open(osp.join(reference_dir, 'official_state_dict_manifest.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['train', 'deploy'])
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_state_dict_matches_manifest(manifest, variant, task, deploy):
+    entry = manifest[f'{task}/overlock_{variant}' + ('/deploy' if deploy else '')]
+    with torch.device('meta'):
+        model = OverLoCK(arch=variant, overview_fusion=(task == 'detection'), deploy=deploy)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert set(shapes) == set(entry['state_dict']), (
+        f'missing {sorted(set(entry["state_dict"]) - set(shapes))[:5]}, '
+        f'unexpected {sorted(set(shapes) - set(entry["state_dict"]))[:5]}')
+    assert shapes == entry['state_dict']
+    assert sum(p.numel() for p in model.parameters()) == entry['num_params']
+
+
+@pytest.mark.parametrize('variant,channels', [('xt', [56, 112, 340, 420]), ('t', [64, 128, 384, 640]),
+                                              ('s', [64, 128, 448, 640]), ('b', [80, 160, 528, 720])])
+def test_out_channels(variant, channels):
+    with torch.device('meta'):
+        assert OverLoCK(arch=variant).out_channels == channels
+        assert OverLoCK(arch=variant, out_indices=(1, 3)).out_channels == [channels[1], channels[3]]
+
+
+@pytest.mark.parametrize('size', [(32, 32), (64, 96), (112, 137), (97, 33)])
+def test_any_input_size_and_batch(size):
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH, out_indices=(0, 2, 3), overview_fusion=True).eval()
+    model.init_weights()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        outs = model(x)
+    assert len(outs) == 3
+    for out, stride, channels in zip(outs, (4, 16, 32), model.out_channels):
+        assert out.shape == (2, channels, -(-size[0] // stride), -(-size[1] // stride))
+        assert torch.isfinite(out).all()
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(KeyError, match="arch must be one of"):
+        OverLoCK(arch='huge')
+    with pytest.raises(KeyError, match='missing .*smk_size'):
+        OverLoCK(arch={k: v for k, v in TINY_ARCH.items() if k != 'smk_size'})
+    with pytest.raises(KeyError, match="unexpected .*'foo'"):
+        OverLoCK(arch=dict(TINY_ARCH, foo=1))
+    with pytest.raises(ValueError, match='out_indices'):
+        OverLoCK(arch=TINY_ARCH, out_indices=(4,))
+    model = OverLoCK(arch=TINY_ARCH)
+    with pytest.raises(ValueError, match=r'\[B, 3, H, W\]'):
+        model(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='>= 32'):
+        model(torch.zeros(1, 3, 16, 64))
+
+
+def _random_state_dict(shapes):
+    torch.manual_seed(0)
+    return {k: (torch.randn(s) if s else torch.tensor(3)) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize('wrapper', ['state_dict', 'model', 'bare'])
+def test_imagenet_checkpoint_loads_with_expected_key_report(manifest, tmp_path, wrapper):
+    shapes = manifest['classification/overlock_xt']['state_dict']
+    state_dict = _random_state_dict(shapes)
+    path = tmp_path / 'overlock_xt_in1k_224.pth'
+    torch.save(state_dict if wrapper == 'bare' else {wrapper: state_dict}, path)
+    model = OverLoCK(arch='xt', overview_fusion=True, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    report = model.pretrained_load_result
+    assert isinstance(report, LoadResult)
+    assert {k.split('.')[0] for k in report.unexpected_keys} == {'head', 'aux_head'}
+    assert set(report.unexpected_keys) == {k for k in shapes if k.startswith(('head.', 'aux_head.'))}
+    assert {k.split('.')[0] for k in report.missing_keys} == {'extra_norm', 'h_proj'}
+    loaded = model.state_dict()
+    for key in ('patch_embed1.0.weight', 'sub_blocks4.1.rpb2', 'blocks3.2.proj.1.dil_bn_k3_5.running_var'):
+        assert torch.equal(loaded[key], state_dict[key])
+
+
+def test_deploy_and_detector_checkpoints_load(manifest, tmp_path):
+    deploy_sd = _random_state_dict(manifest['segmentation/overlock_xt/deploy']['state_dict'])
+    torch.save(deploy_sd, tmp_path / 'deploy.pth')
+    model = OverLoCK(arch='xt', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'deploy.pth')))
+    model.init_weights()
+    assert torch.equal(model.state_dict()['blocks1.0.proj.1.lk_origin.bias'], deploy_sd['blocks1.0.proj.1.lk_origin.bias'])
+
+    det_sd = _random_state_dict(manifest['detection/overlock_xt']['state_dict'])
+    full = {f'backbone.{k}': v for k, v in det_sd.items()}
+    full['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 56, 1, 1)
+    torch.save({'meta': {}, 'state_dict': full}, tmp_path / 'detector.pth')
+    model = OverLoCK(arch='xt', overview_fusion=True,
+                     init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'detector.pth')))
+    model.init_weights()
+    assert all(torch.equal(v, det_sd[k]) for k, v in model.state_dict().items())
+
+
+def test_wrong_variant_or_form_fails_clearly(manifest, tmp_path):
+    torch.save(_random_state_dict(manifest['classification/overlock_t']['state_dict']), tmp_path / 't.pth')
+    model = OverLoCK(arch='xt', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 't.pth')))
+    with pytest.raises(ValueError, match=r"looks like OverLoCK-T \(arch='t'\).*this model is OverLoCK-XT"):
+        model.init_weights()
+    torch.save(_random_state_dict(manifest['classification/overlock_xt/deploy']['state_dict']), tmp_path / 'd.pth')
+    model = OverLoCK(arch='xt', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'd.pth')))
+    with pytest.raises(ValueError, match='deploy=True'):
+        model.init_weights()
+
+
+def test_default_init_follows_the_spec():
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH, overview_fusion=True)
+    model.init_weights()
+    sd = model.state_dict()
+    assert sd['sub_blocks3.0.rpb2'].abs().max() == 0 and sd['blocks1.0.proj.7.gamma'].abs().max() == 0
+    assert torch.all(sd['extra_norm.0.weight'] == 1) and torch.all(sd['patch_embed1.1.weight'] == 1)
+    assert torch.all(sd['h_proj.1.weight'] == 1e-5) and torch.all(sd['sub_blocks3.1.x_scale.weight'] == 1)
+    std = sd['sub_blocks4.0.mlp.0.weight'].std().item()
+    assert 0.015 < std < 0.025 and sd['sub_blocks4.0.mlp.0.bias'].abs().max() == 0
+
+
+def test_switch_to_deploy_is_exact_in_eval():
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH, overview_fusion=True).double()
+    model.init_weights()
+    for m in model.modules():  # non-trivial BN statistics so that the folding is really exercised
+        if isinstance(m, _BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.switch_to_deploy()(x)
+    deployed = OverLoCK(arch=TINY_ARCH, overview_fusion=True, deploy=True)
+    assert set(deployed.state_dict()) == set(model.state_dict())
+    for a, b in zip(before, after):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10 * b.abs().max().item())
+
+
+def test_frozen_stages_and_norm_eval():
+    model = OverLoCK(arch=TINY_ARCH, frozen_stages=2, norm_eval=True)
+    model.init_weights()
+    model.train()
+    frozen = [model.patch_embed1, model.blocks1, model.extra_norm[0], model.patch_embed2, model.blocks2,
+              model.extra_norm[1]]
+    for module in frozen:
+        assert not module.training
+        assert all(not p.requires_grad for p in module.parameters())
+    assert all(p.requires_grad for p in model.blocks3.parameters())
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.sum() for o in outs).backward()
+    assert all(torch.equal(stats[k], v) for k, v in model.state_dict().items() if 'running' in k)
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert model.blocks3[0].dwconv.weight.grad is not None
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = OverLoCK(arch=TINY_ARCH, overview_fusion=True).double()
+    plain.init_weights()
+    ckpt = OverLoCK(arch=TINY_ARCH, overview_fusion=True, with_cp=True).double()
+    ckpt.load_state_dict(plain.state_dict())
+    plain.eval(), ckpt.eval()
+    x = torch.randn(1, 3, 64, 80, dtype=torch.float64)
+    grads = []
+    for model in (plain, ckpt):
+        xi = x.clone().requires_grad_(True)
+        sum((o * o).sum() for o in model(xi)).backward()
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_drop_path_rates_are_linear():
+    model = OverLoCK(arch=TINY_ARCH, drop_path_rate=0.3)
+    rates = [b.proj[-1].drop_prob if hasattr(b.proj[-1], 'drop_prob') else 0.
+             for name in ('blocks1', 'blocks2', 'blocks3', 'blocks4') for b in getattr(model, name)]
+    rates += [getattr(b.drop_path, 'drop_prob', 0.) for name in ('sub_blocks3', 'sub_blocks4')
+              for b in getattr(model, name)]
+    assert rates == pytest.approx(torch.linspace(0, 0.3, 8).tolist())

@@ -1,0 +1,95 @@
+"""The installed stack works on current torch: a real mmengine Runner job that saves, resumes and load_froms a
+checkpoint with torch's default ``weights_only``; mmcv's compiled ops; mmoverlock's extension module."""
+import os.path as osp
+
+import pytest
+import torch
+from torch import nn
+
+import mmoverlock  # noqa: F401  (applies the compatibility fixes)
+
+
+def _toy_runner(work_dir, max_epochs, **kwargs):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class ToyRegressor(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 1)
+
+        def forward(self, inputs, targets, mode='tensor'):
+            pred = self.linear(inputs)
+            if mode == 'loss':
+                return dict(loss=((pred.squeeze(-1) - targets) ** 2).mean())
+            return pred
+
+    torch.manual_seed(0)
+    xs = torch.randn(32, 4)
+    data = [dict(inputs=x, targets=x.sum()) for x in xs]
+    return Runner(
+        model=ToyRegressor(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=data, sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=8, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05)),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
+        randomness=dict(seed=0), **kwargs)
+
+
+def test_runner_checkpoint_resume_and_load_from(tmp_path):
+    assert torch.__version__ >= '2.6', 'this test is about the weights_only default of torch >= 2.6'
+    runner = _toy_runner(tmp_path / 'a', max_epochs=2)
+    runner.train()
+    ckpt = tmp_path / 'a' / 'epoch_2.pth'
+    assert ckpt.is_file()
+    # Every global the checkpoint needs is allow-listed; plain torch.load (weights_only default) reads it.
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    allowed = {f'{g.__module__}.{g.__qualname__}' for g in torch.serialization.get_safe_globals()}
+    assert set(unsafe) <= allowed, f'not allow-listed: {set(unsafe) - allowed}'
+    state = torch.load(str(ckpt))
+    assert state['meta']['epoch'] == 2 and 'message_hub' in state
+
+    resumed = _toy_runner(tmp_path / 'a', max_epochs=3, resume=True)
+    resumed.train()
+    assert resumed.epoch == 3 and osp.isfile(tmp_path / 'a' / 'epoch_3.pth')
+    assert resumed.message_hub.get_info('epoch') is not None
+
+    loaded = _toy_runner(tmp_path / 'b', max_epochs=1, load_from=str(ckpt))
+    loaded.load_or_resume()
+    assert torch.equal(loaded.model.linear.weight, state['state_dict']['linear.weight'])
+
+
+def test_mmcv_compiled_ops():
+    from mmcv.ops import RoIAlign, nms
+
+    feats = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(1, 2, 16, 16)
+    rois = torch.tensor([[0, 0., 0., 7., 7.]])
+    out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(feats, rois)
+    assert out.shape == (1, 2, 2, 2)
+    # Averages over each quarter of the 8x8 box rise with row/column, as the input does.
+    assert out[0, 0, 1, 1] > out[0, 0, 0, 0] and out[0, 1, 0, 0] > out[0, 0, 1, 1]
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    dets, keep = nms(boxes, scores, iou_threshold=0.5)
+    assert keep.tolist() == [0, 2] and dets.shape == (2, 5)
+
+
+def test_extension_loads_and_reports_backends():
+    from mmoverlock import _ext
+    from mmoverlock.ops import available_backends
+
+    backends = available_backends()
+    assert 'torch' in backends and 'cpu' in backends, backends
+    assert _ext.__file__.endswith('.so')
+
+
+def test_pinned_versions():
+    import mmcv
+    import mmdet
+    import mmengine
+    import mmseg
+
+    assert (mmengine.__version__, mmcv.__version__, mmdet.__version__, mmseg.__version__) == (
+        '0.10.7', '2.1.0', '3.3.0', '1.2.2')
+    assert torch.__version__.startswith('2.14.1')
