@@ -6,6 +6,7 @@ stage-3 map into a coarse context, and a Focus-Net re-processes stages 3 and 4 w
 context. Module names and state-dict keys are the authors' (``../shared/spec/overlock.md``).
 """
 import copy
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -61,6 +62,8 @@ class OverLoCK(BaseModule):
         frozen_stages (int): Stages to freeze, -1 for none (see above). Defaults to -1.
         norm_eval (bool): Keep BatchNorm layers in eval mode while training. Defaults to ``False``.
         with_cp (bool): Activation checkpointing per block (less memory, slower). Defaults to ``False``.
+        pretrained (str, optional): Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set
+            by mmseg's ``EncoderDecoder(pretrained=...)``. Defaults to ``None``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the authors'
             ImageNet, deploy-form, or full mmdet/mmseg checkpoints. Defaults to ``None`` (the authors' init).
 
@@ -94,7 +97,14 @@ class OverLoCK(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
+        if pretrained is not None:
+            # mmseg's EncoderDecoder forwards its model-level ``pretrained`` here, as mmseg's own backbones accept.
+            if init_cfg is not None:
+                raise ValueError('OverLoCK: give either pretrained or init_cfg, not both')
+            warnings.warn('OverLoCK: pretrained is deprecated, use init_cfg=dict(type="Pretrained", checkpoint=...)')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
         out_indices = tuple(out_indices)

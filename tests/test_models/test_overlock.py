@@ -147,7 +147,7 @@ def test_switch_to_deploy_is_exact_in_eval():
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5)
     model.eval()
-    x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
+    x = torch.randn(1, 3, 64, 80, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
         after = model.switch_to_deploy()(x)
@@ -184,7 +184,7 @@ def test_with_cp_gives_the_same_gradients():
     ckpt = OverLoCK(arch=TINY_ARCH, overview_fusion=True, with_cp=True).double()
     ckpt.load_state_dict(plain.state_dict())
     plain.eval(), ckpt.eval()
-    x = torch.randn(1, 3, 64, 80, dtype=torch.float64)
+    x = torch.randn(1, 3, 48, 40, dtype=torch.float64)
     grads = []
     for model in (plain, ckpt):
         xi = x.clone().requires_grad_(True)
@@ -201,3 +201,21 @@ def test_drop_path_rates_are_linear():
     rates += [getattr(b.drop_path, 'drop_prob', 0.) for name in ('sub_blocks3', 'sub_blocks4')
               for b in getattr(model, name)]
     assert rates == pytest.approx(torch.linspace(0, 0.3, 8).tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (autocast to float16/bfloat16)')
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast_on_gpu(dtype):
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH, overview_fusion=True).cuda()
+    model.init_weights()
+    x = torch.randn(2, 3, 96, 128, device='cuda', requires_grad=True)
+    with torch.no_grad():
+        reference = model(x)
+    with torch.autocast('cuda', dtype=dtype):
+        outs = model(x)
+    sum(o.float().sum() for o in outs).backward()
+    assert torch.isfinite(x.grad).all()
+    for out, ref in zip(outs, reference):
+        assert torch.isfinite(out).all()
+        assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from mmengine.config import Config
+from mmengine.hub import get_config
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
@@ -32,10 +32,16 @@ def test_cascade_mask_rcnn_with_overlock():
     from mmdet.testing import demo_mm_inputs
 
     init_default_scope('mmdet')
-    cfg = Config.fromfile('mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py')
+    cfg = get_config('mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py')
     model_cfg = cfg.model
     model_cfg.backbone = dict(type='OverLoCK', arch=TINY_ARCH, overview_fusion=True, drop_path_rate=0.1)
     model_cfg.neck.in_channels = TINY_CHANNELS
+    # Fewer proposals and sampled RoIs than the COCO defaults: the heads, not the backbone, dominate CPU time.
+    model_cfg.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=64)
+    for stage in model_cfg.train_cfg.rcnn:
+        stage.sampler.num = 32
+    model_cfg.test_cfg.rpn.update(nms_pre=200, max_per_img=64)
+    model_cfg.test_cfg.rcnn.max_per_img = 10
     model = MODELS.build(model_cfg)
     model.init_weights()
     assert model.backbone.out_channels == TINY_CHANNELS
@@ -44,7 +50,7 @@ def test_cascade_mask_rcnn_with_overlock():
     packed = demo_mm_inputs(batch_size=2, image_shapes=[(3, 128, 160), (3, 96, 128)], num_items=[3, 2],
                             num_classes=80, with_mask=True)
     data = model.data_preprocessor(packed, training=True)
-    losses = model.loss(**data)
+    losses = model(**data, mode='loss')
     assert {'loss_rpn_cls', 's0.loss_cls', 's2.loss_mask'} <= set(losses)
     _train_step_changes_weights(model, packed)
 
@@ -61,8 +67,9 @@ def test_upernet_with_overlock():
     from mmengine.structures import PixelData
 
     init_default_scope('mmseg')
-    cfg = Config.fromfile('mmseg::_base_/models/upernet_r50.py')
+    cfg = get_config('mmseg::_base_/models/upernet_r50.py')
     model_cfg = cfg.model
+    model_cfg.pretrained = None  # the base config's ResNet weights
     norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
     model_cfg.backbone = dict(type='OverLoCK', arch=TINY_ARCH, overview_fusion=False, drop_path_rate=0.1)
     model_cfg.decode_head.update(in_channels=TINY_CHANNELS, num_classes=5, norm_cfg=norm_cfg, channels=32)
@@ -81,7 +88,7 @@ def test_upernet_with_overlock():
         sample.set_metainfo(dict(img_shape=(128, 128), ori_shape=(128, 128), pad_shape=(128, 128)))
         packed['data_samples'].append(sample)
     data = model.data_preprocessor(packed, training=True)
-    losses = model.loss(**data)
+    losses = model(**data, mode='loss')
     assert {'decode.loss_ce', 'aux.loss_ce'} <= set(losses)
     _train_step_changes_weights(model, packed)
 
