@@ -124,8 +124,8 @@ class OverLoCK(BaseModule):
         a = self.arch
         depth, sub_depth, dims, ks = a['depth'], a['sub_depth'], a['embed_dim'], a['kernel_size']
         ctx_dim = dims[3] // 4
-        self.num_levels_channels = [dims[0], dims[1], dims[2] + ctx_dim, dims[3] + ctx_dim]
-        self.out_channels = [self.num_levels_channels[i] for i in out_indices]
+        self.level_channels = [dims[0], dims[1], dims[2] + ctx_dim, dims[3] + ctx_dim]
+        self.out_channels = [self.level_channels[i] for i in out_indices]
 
         dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth), device='cpu').tolist()
         self.patch_embed1 = stem(in_channels, dims[0])
@@ -152,7 +152,7 @@ class OverLoCK(BaseModule):
             setattr(self, f'sub_blocks{stage + 1}', blocks)
             start += n
 
-        norms = [LayerNorm2d(c) for c in self.num_levels_channels]
+        norms = [LayerNorm2d(c) for c in self.level_channels]
         if overview_fusion:
             norms.append(LayerNorm2d(dims[3]))
             self.h_proj = nn.Sequential(nn.Conv2d(dims[3], dims[3] + ctx_dim, 1),
@@ -192,7 +192,7 @@ class OverLoCK(BaseModule):
             x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
 
         Returns:
-            tuple[Tensor]: The levels in ``out_indices``, level i [B, num_levels_channels[i], H / 2^(i+2),
+            tuple[Tensor]: The levels in ``out_indices``, level i [B, level_channels[i], H / 2^(i+2),
             W / 2^(i+2)] (sizes rounded up).
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:

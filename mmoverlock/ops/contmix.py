@@ -15,7 +15,8 @@ Backends:
 * ``'torch'``: a pure-torch fallback with the same semantics and gradients that accumulates tap by tap with index
   tensors, so it never materialises K*K*C values per pixel. Used automatically when the extension is not built.
 
-This module imports only torch and the compiled module: it must work where OpenMMLab is not installed.
+This module imports only torch (>= 2.4, for ``torch.library.register_fake``/``register_autograd``) and the compiled
+module: it must work where OpenMMLab is not installed.
 """
 import importlib
 import os
@@ -44,7 +45,7 @@ def _load_extension():
     """
     try:
         return importlib.import_module('mmoverlock._ext'), None
-    except ImportError as err:
+    except (ImportError, OSError) as err:
         pkg_dir = osp.dirname(osp.dirname(osp.abspath(__file__)))
         if any(name.startswith('_ext.') for name in os.listdir(pkg_dir)):
             warnings.warn(f'mmoverlock._ext exists but failed to load ({err}); using the pure-torch ContMix '

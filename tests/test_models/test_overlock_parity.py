@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from mmoverlock.models import OverLoCK
+from mmoverlock.ops import available_backends
+from mmoverlock.ops.contmix import BACKEND_ENV
 
 TOLERANCE = 1e-9
 
@@ -24,8 +26,10 @@ def build_reference_model(ref, overview_fusion):
     return model.eval()
 
 
+@pytest.mark.parametrize('backend', [b for b in available_backends() if b != 'cuda'])  # CPU tensors
 @pytest.mark.parametrize('name,overview_fusion', [('detection', True), ('segmentation', False)])
-def test_outputs_and_gradients_match_authors(reference_dir, name, overview_fusion):
+def test_outputs_and_gradients_match_authors(reference_dir, name, overview_fusion, backend, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, backend)  # every ContMix core of the model runs on this backend
     ref = load_case_file(reference_dir, name)
     model = build_reference_model(ref, overview_fusion)
     errors = {}
@@ -47,7 +51,7 @@ def test_outputs_and_gradients_match_authors(reference_dir, name, overview_fusio
             errors[f'case{idx}/param_grads'] = max(rel_err(params[k].grad, g) for k, g in nonzero.items())
             for k in set(case['param_grads']) - set(nonzero):  # zero in the reference: must be zero here too
                 assert params[k].grad.abs().max() <= 1e-12, k
-    print(f'{name}: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
+    print(f'{name} [{backend}]: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCE}
     assert not bad, f'relative errors above {TOLERANCE}: {bad}'
 

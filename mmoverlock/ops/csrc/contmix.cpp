@@ -54,10 +54,12 @@ at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
 
+#ifndef MMOVERLOCK_WITH_CUDA
 [[noreturn]] void no_cuda() {
   TORCH_CHECK(false, "contmix: mmoverlock._ext was built without CUDA; rebuild with FORCE_CUDA=1 "
                      "(pip install --no-build-isolation -e .) on a machine with nvcc");
 }
+#endif
 
 at::Tensor contmix_forward(const at::Tensor& weights, const at::Tensor& value, const std::optional<at::Tensor>& rpb,
                            int64_t kernel_size, bool softmax) {
@@ -88,22 +90,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contmix_backward(const at::Tensor
   const at::Tensor go = grad_out.contiguous(), w = weights.contiguous(), v = value.contiguous(),
                    b = optional_contiguous(rpb);
   const auto acc_options = v.options().dtype(at::toOpMathType(v.scalar_type()));
-  // Two numbers per pixel (log-sum-exp, <grad_out, out>) instead of the K*K softmax probabilities.
-  at::Tensor stats = at::empty(softmax ? at::IntArrayRef({v.size(0), v.size(1), v.size(2), v.size(3), 2})
-                                       : at::IntArrayRef({0}),
-                               acc_options);
   at::Tensor grad_weights = at::empty(w.sizes(), w.options());
   at::Tensor grad_value = at::empty(v.sizes(), v.options());
   // Accumulated in the accumulation dtype (the CUDA kernel adds block partial sums atomically).
   at::Tensor grad_rpb = b.defined() ? at::zeros(b.sizes(), acc_options) : at::Tensor();
   if (v.is_cuda()) {
 #ifdef MMOVERLOCK_WITH_CUDA
+    // Two numbers per pixel (log-sum-exp, <grad_out, out>) instead of the K*K softmax probabilities.
+    at::Tensor stats = at::empty(softmax ? at::IntArrayRef({v.size(0), v.size(1), v.size(2), v.size(3), 2})
+                                         : at::IntArrayRef({0}),
+                                 acc_options);
     backward_cuda(go, w, v, b, kernel_size, softmax, stats, grad_weights, grad_value, grad_rpb);
 #else
     no_cuda();
 #endif
   } else {
-    backward_cpu(go, w, v, b, kernel_size, softmax, stats, grad_weights, grad_value, grad_rpb);
+    backward_cpu(go, w, v, b, kernel_size, softmax, grad_weights, grad_value, grad_rpb);
   }
   grad_rpb = b.defined() ? grad_rpb.to(b.scalar_type()) : at::empty({0}, v.options());
   return {grad_weights, grad_value, grad_rpb};

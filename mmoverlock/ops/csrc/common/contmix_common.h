@@ -5,7 +5,8 @@
 // the same index arithmetic that the CUDA kernels run. The kernels only differ in how they parallelise.
 //
 // Layout (all contiguous): weights/logits [B, G, H, W, T] with T = K*K taps, t = a*K + e; value, out [B, G, H, W, C];
-// rpb [G, R, R] with R = 2K - 1; stats [B, G, H, W, 2] = (log-sum-exp of the biased logits, sum_c grad_out*out).
+// rpb [G, R, R] with R = 2K - 1; the CUDA backward's stats [B, G, H, W, 2] = (log-sum-exp of the biased logits,
+// sum_c grad_out * out).
 #pragma once
 
 #include <cmath>
@@ -69,8 +70,8 @@ CONTMIX_HD acc_t tap_weight(acc_t logit, acc_t lse, bool softmax) {
 }
 
 // Gradient of the (biased) logit from dL/dP of its tap. With softmax, dL/dl_t = P_t (dL/dP_t - sum_s P_s dL/dP_s),
-// and sum_s P_s dL/dP_s = sum_c grad_out[c] * out[c] (called `dot` here), which the kernels take from `stats` instead
-// of storing the probabilities.
+// where `dot` = sum_s P_s dL/dP_s (= sum_c grad_out[c] * out[c], which is how the CUDA kernels get it without
+// storing the probabilities).
 template <typename acc_t>
 CONTMIX_HD acc_t logit_grad(acc_t weight, acc_t grad_weight, acc_t dot, bool softmax) {
   return softmax ? weight * (grad_weight - dot) : grad_weight;

@@ -1,17 +1,19 @@
-// CPU kernels of the ContMix core (float32 and float64), parallel over output rows with at::parallel_for.
+// CPU kernels of the ContMix core (float32 and float64), parallel with at::parallel_for.
 //
-// Every kernel owns the rows it writes, so there are no races and the results do not depend on the thread count:
-//   forward / stats: one output pixel at a time (logits -> softmax -> aggregate over the K*K neighbours);
-//   grad_value:      gathered over the inverse neighbourhood of each value pixel (no scatter, no atomics);
-//   grad_weights:    one output pixel at a time, probabilities recomputed from the saved log-sum-exp;
-//   grad_rpb:        one bias-table row per task, summed from grad_weights.
-// The softmax probabilities are never stored: backward keeps two numbers per pixel (`stats`) instead of K*K.
+// Every task owns the memory it writes, so there are no races and no atomics, and the results do not depend on the
+// number of threads:
+//   forward:   one task per output row; per pixel: biased logits -> softmax -> aggregate over the K*K neighbours.
+//   backward:  one task per (plane, band of value rows). Each pixel's softmax is recomputed once from the inputs (it
+//              is never stored); the task scatters P * grad_out into its own band of grad_value and writes
+//              grad_weights for the pixels of its band. Pixels whose windows straddle a band edge are recomputed by
+//              both bands, so bands are kept at least 2K rows high.
+//   grad_rpb:  one task per (group, bias-table row), summed from grad_weights.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -21,6 +23,9 @@
 namespace mmoverlock {
 namespace contmix {
 namespace {
+
+// Channels accumulated in registers at a time (four SSE registers of float).
+constexpr int64_t kChannelBlock = 16;
 
 struct Shape {
   int64_t B, G, H, W, C, K, T, R;
@@ -32,64 +37,121 @@ Shape make_shape(const at::Tensor& value, int64_t K, bool softmax) {
                softmax};
 }
 
+// Tasks per thread chunk such that a chunk does at least ~2^16 multiply-adds: small problems then run inline instead
+// of waking the thread pool, whose start-up costs milliseconds when the cores are busy.
+int64_t grain(int64_t work_per_task) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_task));
+}
+
 template <typename scalar_t>
 const scalar_t* optional_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
+// exp(x) for x <= 0 in plain, branch-free arithmetic (Cephes' expf polynomial, ~1 ulp) so that loops over taps
+// vectorise; glibc's expf is a scalar call. Inputs below -87 flush to 2^-126, harmless for softmax weights.
+inline float exp_nonpositive(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;               // x - n ln2, ln2 split in two
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
 // Biased logits of one pixel: logits[t] = w[t] + rpb_g[bias of tap t] (rpb_g may be null).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t>
 inline void pixel_logits(const scalar_t* w, const scalar_t* rpb_g, const Window& win, const Shape& s,
-                         acc_t* logits) {
+                         scalar_t* logits) {
+  if (rpb_g == nullptr) {
+    std::copy(w, w + s.T, logits);
+    return;
+  }
   for (int64_t a = 0; a < s.K; ++a) {
-    for (int64_t e = 0; e < s.K; ++e) {
-      const int64_t t = a * s.K + e;
-      acc_t l = static_cast<acc_t>(w[t]);
-      if (rpb_g != nullptr) l += static_cast<acc_t>(rpb_g[win.bias0 + a * s.R + e]);
-      logits[t] = l;
-    }
+    const scalar_t* bias = rpb_g + win.bias0 + a * s.R;
+    for (int64_t e = 0; e < s.K; ++e) logits[a * s.K + e] = w[a * s.K + e] + bias[e];
   }
 }
 
-// Softmax of p[0:T] in place (max-subtracted); returns the log-sum-exp that backward uses to recompute it.
-template <typename acc_t>
-inline acc_t softmax_inplace(acc_t* p, int64_t T) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t t = 0; t < T; ++t) m = std::max(m, p[t]);
-  acc_t sum = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    p[t] = exp_acc(p[t] - m);
-    sum += p[t];
-  }
-  const acc_t inv = acc_t(1) / sum;
+// Softmax of p[0:T] in place, max-subtracted. Separate loops so that the exp and the sum vectorise.
+template <typename scalar_t>
+inline void softmax_inplace(scalar_t* __restrict__ p, int64_t T) {
+  scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t t = 0; t < T; ++t) m = p[t] > m ? p[t] : m;
+#pragma omp simd
+  for (int64_t t = 0; t < T; ++t) p[t] = exp_nonpositive(p[t] - m);
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t t = 0; t < T; ++t) sum += p[t];
+  const scalar_t inv = scalar_t(1) / sum;
+#pragma omp simd
   for (int64_t t = 0; t < T; ++t) p[t] *= inv;
-  return m + log_acc(sum);
 }
 
-// acc[0:C] = sum over taps of p[t] * value[neighbour t, 0:C]; the channel loop is contiguous and vectorised.
-template <typename scalar_t, typename acc_t>
-inline void aggregate(const acc_t* p, const scalar_t* v_plane, const Window& win, const Shape& s,
-                      acc_t* __restrict__ acc) {
-  std::fill(acc, acc + s.C, acc_t(0));
+// The aggregation weights of one pixel: softmax?(weights + bias).
+template <typename scalar_t>
+inline void pixel_weights(const scalar_t* w, const scalar_t* rpb_g, const Window& win, const Shape& s,
+                          scalar_t* p) {
+  pixel_logits(w, rpb_g, win, s, p);
+  if (s.softmax) softmax_inplace(p, s.T);
+}
+
+// out[c0:c0+NC] = sum over taps of p[t] * value[neighbour t, c0:c0+NC]. With a compile-time NC the accumulators
+// stay in vector registers across the K*K taps.
+template <int64_t NC, typename scalar_t>
+inline void aggregate_block(const scalar_t* p, const scalar_t* v_plane, const Window& win, const Shape& s,
+                            int64_t c0, scalar_t* __restrict__ out) {
+  scalar_t acc[NC] = {};
   for (int64_t a = 0; a < s.K; ++a) {
-    const scalar_t* vrow = v_plane + ((win.row0 + a) * s.W + win.col0) * s.C;
+    const scalar_t* vrow = v_plane + ((win.row0 + a) * s.W + win.col0) * s.C + c0;
     for (int64_t e = 0; e < s.K; ++e) {
-      const acc_t pt = p[a * s.K + e];
+      const scalar_t pt = p[a * s.K + e];
       const scalar_t* __restrict__ vp = vrow + e * s.C;
-#pragma omp simd
-      for (int64_t c = 0; c < s.C; ++c) acc[c] += pt * static_cast<acc_t>(vp[c]);
+      for (int64_t c = 0; c < NC; ++c) acc[c] += pt * vp[c];
     }
   }
+  for (int64_t c = 0; c < NC; ++c) out[c0 + c] = acc[c];
 }
 
-// Forward pass. With `stats` non-null it is the first backward pass instead: it recomputes the output only to store,
-// per pixel, the log-sum-exp of the biased logits and sum_c grad_out * out, and writes no output.
+// The channel tail (< kChannelBlock channels) with a run-time count.
 template <typename scalar_t>
-void forward_kernel(const Shape& s, const scalar_t* w, const scalar_t* v, const scalar_t* rpb, scalar_t* out,
-                    const scalar_t* grad_out, at::opmath_type<scalar_t>* stats) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, s.B * s.G * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> p(s.T), acc(s.C);
+inline void aggregate_tail(const scalar_t* p, const scalar_t* v_plane, const Window& win, const Shape& s,
+                           int64_t c0, scalar_t* __restrict__ out) {
+  const int64_t nc = s.C - c0;
+  scalar_t acc[kChannelBlock] = {};
+  for (int64_t a = 0; a < s.K; ++a) {
+    const scalar_t* vrow = v_plane + ((win.row0 + a) * s.W + win.col0) * s.C + c0;
+    for (int64_t e = 0; e < s.K; ++e) {
+      const scalar_t pt = p[a * s.K + e];
+      const scalar_t* __restrict__ vp = vrow + e * s.C;
+      for (int64_t c = 0; c < nc; ++c) acc[c] += pt * vp[c];
+    }
+  }
+  for (int64_t c = 0; c < nc; ++c) out[c0 + c] = acc[c];
+}
+
+// out[0:C] = sum over taps of p[t] * value[neighbour t, 0:C], kChannelBlock channels at a time.
+template <typename scalar_t>
+inline void aggregate(const scalar_t* p, const scalar_t* v_plane, const Window& win, const Shape& s,
+                      scalar_t* out) {
+  int64_t c0 = 0;
+  for (; c0 + kChannelBlock <= s.C; c0 += kChannelBlock) aggregate_block<kChannelBlock>(p, v_plane, win, s, c0, out);
+  if (c0 < s.C) aggregate_tail(p, v_plane, win, s, c0, out);
+}
+
+template <typename scalar_t>
+void forward_kernel(const Shape& s, const scalar_t* w, const scalar_t* v, const scalar_t* rpb, scalar_t* out) {
+  at::parallel_for(0, s.B * s.G * s.H, grain(s.W * s.T * (s.C + 1)), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> p(s.T);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / s.H, i = row % s.H;
       const scalar_t* v_plane = v + plane * s.H * s.W * s.C;
@@ -97,97 +159,77 @@ void forward_kernel(const Shape& s, const scalar_t* w, const scalar_t* v, const 
       for (int64_t j = 0; j < s.W; ++j) {
         const int64_t pix = row * s.W + j;
         const Window win = pixel_window(i, j, s.H, s.W, s.K);
-        pixel_logits(w + pix * s.T, rpb_g, win, s, p.data());
-        const acc_t lse = s.softmax ? softmax_inplace(p.data(), s.T) : acc_t(0);
-        aggregate(p.data(), v_plane, win, s, acc.data());
-        if (stats != nullptr) {
-          const scalar_t* go = grad_out + pix * s.C;
-          acc_t dot = 0;
-          for (int64_t c = 0; c < s.C; ++c) dot += static_cast<acc_t>(go[c]) * acc[c];
-          stats[2 * pix] = lse;
-          stats[2 * pix + 1] = dot;
-        } else {
-          scalar_t* o = out + pix * s.C;
-          for (int64_t c = 0; c < s.C; ++c) o[c] = static_cast<scalar_t>(acc[c]);
-        }
+        pixel_weights(w + pix * s.T, rpb_g, win, s, p.data());
+        aggregate(p.data(), v_plane, win, s, out + pix * s.C);
       }
     }
   });
 }
 
-// grad_value[y, x] = sum over the pixels (i, j) whose window holds (y, x) of P[i, j, tap] * grad_out[i, j]:
-// a gather over the inverse neighbourhood, so each task writes only its own rows.
+// Rows per backward band: enough tasks for the threads, but at least 2K rows so that recomputing the pixels whose
+// windows straddle a band edge stays cheap. Depends on the shape and thread count only through the split; every
+// grad_value element is still summed in the same order, so the result does not.
+int64_t band_rows(const Shape& s) {
+  const int64_t planes = s.B * s.G;
+  const int64_t wanted = std::max<int64_t>(1, (4 * at::get_num_threads() + planes - 1) / planes);
+  return std::max((s.H + wanted - 1) / wanted, std::min(s.H, 2 * s.K));
+}
+
+// grad_value and grad_weights (= dL/d biased logits) in one pass over (plane, band) tasks.
 template <typename scalar_t>
-void grad_value_kernel(const Shape& s, const scalar_t* grad_out, const scalar_t* w, const scalar_t* rpb,
-                       const at::opmath_type<scalar_t>* stats, scalar_t* grad_value) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, s.B * s.G * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(s.C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t plane = row / s.H, y = row % s.H;
+void backward_kernel(const Shape& s, const scalar_t* grad_out, const scalar_t* w, const scalar_t* v,
+                     const scalar_t* rpb, scalar_t* grad_weights, scalar_t* grad_value) {
+  const int64_t band = band_rows(s);
+  const int64_t bands = (s.H + band - 1) / band;
+  at::parallel_for(0, s.B * s.G * bands, grain(2 * band * s.W * s.T * (s.C + 1)), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> p(s.T), dp(s.T);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / bands;
+      const int64_t y0 = (task % bands) * band, y1 = std::min(s.H, y0 + band);  // value rows [y0, y1) of this task
       const int64_t plane_pix = plane * s.H * s.W;
+      const scalar_t* v_plane = v + plane_pix * s.C;
+      scalar_t* gv_plane = grad_value + plane_pix * s.C;
       const scalar_t* rpb_g = rpb != nullptr ? rpb + (plane % s.G) * s.R * s.R : nullptr;
-      int64_t ilo, ihi;
-      inverse_window(y, s.H, s.K, &ilo, &ihi);
-      for (int64_t x = 0; x < s.W; ++x) {
-        int64_t jlo, jhi;
-        inverse_window(x, s.W, s.K, &jlo, &jhi);
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t i = ilo; i <= ihi; ++i) {
-          const int64_t a = y - window_start(i, s.H, s.K);
-          for (int64_t j = jlo; j <= jhi; ++j) {
-            const int64_t e = x - window_start(j, s.W, s.K);
-            const int64_t pix = plane_pix + i * s.W + j;
-            acc_t l = static_cast<acc_t>(w[pix * s.T + a * s.K + e]);
-            if (rpb_g != nullptr) l += static_cast<acc_t>(rpb_g[bias_offset(y, i, x, j, s.K)]);
-            const acc_t p = tap_weight(l, s.softmax ? stats[2 * pix] : acc_t(0), s.softmax);
-            const scalar_t* __restrict__ go = grad_out + pix * s.C;
-            acc_t* __restrict__ ap = acc.data();
+      std::fill(gv_plane + y0 * s.W * s.C, gv_plane + y1 * s.W * s.C, scalar_t(0));
+      // The output rows whose windows reach into [y0, y1).
+      int64_t i_first, i_last, unused;
+      inverse_window(y0, s.H, s.K, &i_first, &unused);
+      inverse_window(y1 - 1, s.H, s.K, &unused, &i_last);
+      for (int64_t i = i_first; i <= i_last; ++i) {
+        const int64_t row0 = window_start(i, s.H, s.K);
+        const int64_t a0 = std::max<int64_t>(0, y0 - row0), a1 = std::min(s.K, y1 - row0);  // tap rows in band
+        const bool owns_row = y0 <= i && i < y1;
+        for (int64_t j = 0; j < s.W; ++j) {
+          const int64_t pix = plane_pix + i * s.W + j;
+          const Window win = pixel_window(i, j, s.H, s.W, s.K);
+          const scalar_t* __restrict__ go = grad_out + pix * s.C;
+          pixel_weights(w + pix * s.T, rpb_g, win, s, p.data());
+          // grad_value[neighbour t] += P_t * grad_out, for the taps whose row lies in this band.
+          for (int64_t a = a0; a < a1; ++a) {
+            scalar_t* gv_row = gv_plane + ((row0 + a) * s.W + win.col0) * s.C;
+            for (int64_t e = 0; e < s.K; ++e) {
+              const scalar_t pt = p[a * s.K + e];
+              scalar_t* __restrict__ gv = gv_row + e * s.C;
 #pragma omp simd
-            for (int64_t c = 0; c < s.C; ++c) ap[c] += p * static_cast<acc_t>(go[c]);
-          }
-        }
-        scalar_t* gv = grad_value + (row * s.W + x) * s.C;
-        for (int64_t c = 0; c < s.C; ++c) gv[c] = static_cast<scalar_t>(acc[c]);
-      }
-    }
-  });
-}
-
-// grad_weights[i, j, t] = dL/d(biased logit): dL/dP_t = <grad_out[i, j], value[neighbour t]>, through the softmax
-// with P_t recomputed from the stored log-sum-exp.
-template <typename scalar_t>
-void grad_weights_kernel(const Shape& s, const scalar_t* grad_out, const scalar_t* w, const scalar_t* v,
-                         const scalar_t* rpb, const at::opmath_type<scalar_t>* stats, scalar_t* grad_weights) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, s.B * s.G * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> go(s.C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t plane = row / s.H, i = row % s.H;
-      const scalar_t* v_plane = v + plane * s.H * s.W * s.C;
-      const scalar_t* rpb_g = rpb != nullptr ? rpb + (plane % s.G) * s.R * s.R : nullptr;
-      for (int64_t j = 0; j < s.W; ++j) {
-        const int64_t pix = row * s.W + j;
-        const Window win = pixel_window(i, j, s.H, s.W, s.K);
-        for (int64_t c = 0; c < s.C; ++c) go[c] = static_cast<acc_t>(grad_out[pix * s.C + c]);
-        const acc_t lse = s.softmax ? stats[2 * pix] : acc_t(0);
-        const acc_t dot = s.softmax ? stats[2 * pix + 1] : acc_t(0);
-        const acc_t* __restrict__ gp = go.data();
-        for (int64_t a = 0; a < s.K; ++a) {
-          for (int64_t e = 0; e < s.K; ++e) {
-            const int64_t t = a * s.K + e;
-            const scalar_t* __restrict__ vp = v_plane + ((win.row0 + a) * s.W + win.col0 + e) * s.C;
-            acc_t dp = 0;
-#pragma omp simd reduction(+ : dp)
-            for (int64_t c = 0; c < s.C; ++c) dp += gp[c] * static_cast<acc_t>(vp[c]);
-            acc_t p = 0;
-            if (s.softmax) {
-              acc_t l = static_cast<acc_t>(w[pix * s.T + t]);
-              if (rpb_g != nullptr) l += static_cast<acc_t>(rpb_g[win.bias0 + a * s.R + e]);
-              p = tap_weight(l, lse, true);
+              for (int64_t c = 0; c < s.C; ++c) gv[c] += pt * go[c];
             }
-            grad_weights[pix * s.T + t] = static_cast<scalar_t>(logit_grad(p, dp, dot, s.softmax));
           }
+          if (!owns_row) continue;
+          // dL/dP_t = <grad_out, value[neighbour t]>, then through the softmax.
+          scalar_t dot = 0;
+          for (int64_t a = 0; a < s.K; ++a) {
+            const scalar_t* vrow = v_plane + ((win.row0 + a) * s.W + win.col0) * s.C;
+            for (int64_t e = 0; e < s.K; ++e) {
+              const scalar_t* __restrict__ vp = vrow + e * s.C;
+              scalar_t d = 0;
+#pragma omp simd reduction(+ : d)
+              for (int64_t c = 0; c < s.C; ++c) d += go[c] * vp[c];
+              dp[a * s.K + e] = d;
+              dot += p[a * s.K + e] * d;
+            }
+          }
+          scalar_t* gw = grad_weights + pix * s.T;
+          for (int64_t t = 0; t < s.T; ++t) gw[t] = logit_grad(p[t], dp[t], dot, s.softmax);
         }
       }
     }
@@ -195,15 +237,14 @@ void grad_weights_kernel(const Shape& s, const scalar_t* grad_out, const scalar_
 }
 
 // grad_rpb[g, r, q] = sum over batch, pixels and taps whose bias index is (r, q) of grad_weights. One task per
-// (group, table row): for pixel row i the row index r fixes the tap row a, so each grad_weights entry is read once.
+// (group, table row): for pixel row i the table row r fixes the tap row a, so each grad_weights entry is read once.
 template <typename scalar_t>
-void grad_rpb_kernel(const Shape& s, const scalar_t* grad_weights, at::opmath_type<scalar_t>* grad_rpb) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, s.G * s.R, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(s.R);
+void grad_rpb_kernel(const Shape& s, const scalar_t* grad_weights, scalar_t* grad_rpb) {
+  at::parallel_for(0, s.G * s.R, grain(s.B * s.H * s.W * s.K), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> acc(s.R);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / s.R, r = task % s.R;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(acc.begin(), acc.end(), scalar_t(0));
       for (int64_t b = 0; b < s.B; ++b) {
         const int64_t plane_pix = (b * s.G + g) * s.H * s.W;
         for (int64_t i = 0; i < s.H; ++i) {
@@ -211,8 +252,8 @@ void grad_rpb_kernel(const Shape& s, const scalar_t* grad_weights, at::opmath_ty
           if (a < 0 || a >= s.K) continue;
           for (int64_t j = 0; j < s.W; ++j) {
             const scalar_t* gw = grad_weights + (plane_pix + i * s.W + j) * s.T + a * s.K;
-            acc_t* aq = acc.data() + (window_start(j, s.W, s.K) - j + s.K - 1);
-            for (int64_t e = 0; e < s.K; ++e) aq[e] += static_cast<acc_t>(gw[e]);
+            scalar_t* aq = acc.data() + (window_start(j, s.W, s.K) - j + s.K - 1);
+            for (int64_t e = 0; e < s.K; ++e) aq[e] += gw[e];
           }
         }
       }
@@ -228,26 +269,21 @@ void forward_cpu(const at::Tensor& weights, const at::Tensor& value, const at::T
   const Shape s = make_shape(value, kernel_size, softmax);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_forward_cpu", [&] {
     forward_kernel<scalar_t>(s, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-                             optional_ptr<scalar_t>(rpb), out.mutable_data_ptr<scalar_t>(), nullptr, nullptr);
+                             optional_ptr<scalar_t>(rpb), out.mutable_data_ptr<scalar_t>());
   });
 }
 
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& weights, const at::Tensor& value,
-                  const at::Tensor& rpb, int64_t kernel_size, bool softmax, at::Tensor& stats,
-                  at::Tensor& grad_weights, at::Tensor& grad_value, at::Tensor& grad_rpb) {
+                  const at::Tensor& rpb, int64_t kernel_size, bool softmax, at::Tensor& grad_weights,
+                  at::Tensor& grad_value, at::Tensor& grad_rpb) {
   const Shape s = make_shape(value, kernel_size, softmax);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* w = weights.const_data_ptr<scalar_t>();
-    const scalar_t* v = value.const_data_ptr<scalar_t>();
-    const scalar_t* b = optional_ptr<scalar_t>(rpb);
-    acc_t* st = softmax ? stats.mutable_data_ptr<acc_t>() : nullptr;
-    if (softmax) forward_kernel<scalar_t>(s, w, v, b, nullptr, go, st);
-    grad_value_kernel<scalar_t>(s, go, w, b, st, grad_value.mutable_data_ptr<scalar_t>());
     scalar_t* gw = grad_weights.mutable_data_ptr<scalar_t>();
-    grad_weights_kernel<scalar_t>(s, go, w, v, b, st, gw);
-    if (rpb.defined()) grad_rpb_kernel<scalar_t>(s, gw, grad_rpb.mutable_data_ptr<acc_t>());
+    backward_kernel<scalar_t>(s, grad_out.const_data_ptr<scalar_t>(), weights.const_data_ptr<scalar_t>(),
+                              value.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(rpb), gw,
+                              grad_value.mutable_data_ptr<scalar_t>());
+    // Float and double accumulate in their own type on the CPU, so grad_rpb is written directly.
+    if (rpb.defined()) grad_rpb_kernel<scalar_t>(s, gw, grad_rpb.mutable_data_ptr<scalar_t>());
   });
 }
 

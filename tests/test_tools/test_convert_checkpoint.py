@@ -1,0 +1,107 @@
+"""The checkpoint converter on synthetic state dicts laid out like the authors' mmdet 2.x / mmseg 0.x releases.
+
+The synthetic "releases" take their backbone keys and shapes from the authors' own layout
+(``../shared/reference/official_state_dict_manifest.json``, detection / segmentation forms) under ``backbone.``,
+and the neck/head keys of the same mmdet/mmseg models, wrapped the way mmcv 1.x saved checkpoints
+(``meta`` with ``CLASSES`` / ``PALETTE`` and versions, ``optimizer``).
+"""
+import os.path as osp
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from _helpers import CONFIG_DIR, SMOKE_SEG, run_tool
+from convert_checkpoint import build_model_for, compare_with_model, convert
+
+MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')
+UPERNET_T = osp.join(CONFIG_DIR, 'upernet', 'upernet_overlock-t_8xb2-160k_ade20k-512x512.py')
+
+
+@pytest.fixture(scope='module')
+def models():
+    return {'det': build_model_for(MASK_RCNN_T), 'seg': build_model_for(UPERNET_T)}
+
+
+def authors_release(model, manifest_entry, version, classes, palette=None, key_prefix=''):
+    """A checkpoint dict as the authors' mmcv 1.x training saved it: their backbone layout + this model's heads."""
+    gen = torch.Generator().manual_seed(0)
+    state = OrderedDict()
+    for key, shape in manifest_entry['state_dict'].items():
+        state['backbone.' + key] = torch.randn(shape, generator=gen) if shape else torch.tensor(3)
+    for key, value in model.state_dict().items():
+        if not key.startswith('backbone.'):
+            state[key] = torch.randn(value.shape, generator=gen) if value.dim() else value.clone()
+    state = OrderedDict((key_prefix + k, v) for k, v in state.items())
+    meta = dict(CLASSES=classes, config='model = dict(...)', epoch=12, iter=87960, mmcv_version='1.7.2', **version)
+    if palette is not None:
+        meta['PALETTE'] = palette
+    return dict(meta=meta, state_dict=state, optimizer=dict(state={}, param_groups=[dict(lr=0.0002)]))
+
+
+def test_detection_release_needs_no_renames_and_loads_strictly(models, official_manifest):
+    release = authors_release(models['det'], official_manifest['detection/overlock_t'], dict(mmdet_version='2.28.2'),
+                              classes=tuple(f'class{i}' for i in range(80)))
+    converted, report = convert(release)
+    assert report['task'] == 'mmdet' and report['renamed'] == [] and report['dropped'] == []
+    assert report['backbone'] == dict(overview_fusion=True, deploy=False,
+                                      num_keys=len(official_manifest['detection/overlock_t']['state_dict']))
+    assert report['dropped_entries'] == ['optimizer']
+    assert set(converted) == {'state_dict', 'meta'}
+    assert converted['meta']['dataset_meta']['classes'] == release['meta']['CLASSES']
+    assert converted['meta']['source_mmdet_version'] == '2.28.2'
+    assert compare_with_model(converted['state_dict'], models['det']) == dict(missing=[], unexpected=[],
+                                                                             shape_mismatch=[])
+    models['det'].load_state_dict(converted['state_dict'], strict=True)
+    for key, value in release['state_dict'].items():  # converted, not altered
+        assert torch.equal(converted['state_dict'][key], value)
+
+
+def test_segmentation_release_with_wrapper_prefix(models, official_manifest):
+    palette = [[i, i, i] for i in range(150)]
+    release = authors_release(models['seg'], official_manifest['segmentation/overlock_t'],
+                              dict(mmseg_version='0.30.0'), classes=tuple(f'c{i}' for i in range(150)),
+                              palette=palette, key_prefix='module.')
+    release['state_dict']['module.ema_backbone_patch_embed1_0_weight'] = torch.zeros(1)
+    converted, report = convert(release)
+    assert report['task'] == 'mmseg' and report['backbone']['overview_fusion'] is False
+    assert len(report['renamed']) == len(release['state_dict']) - 1  # all but the dropped EMA key
+    assert all(old == 'module.' + new for old, new in report['renamed'])
+    assert report['dropped'] == [('module.ema_backbone_patch_embed1_0_weight', 'EMA shadow weights of an mmcv EMAHook')]
+    assert converted['meta']['dataset_meta']['palette'][3] == (3, 3, 3)
+    models['seg'].load_state_dict(converted['state_dict'], strict=True)
+
+
+def test_legacy_head_layout_and_form_mismatch(models, official_manifest):
+    """mmdet 1.x heads outside roi_head are renamed; a detection-form backbone in a segmentation config is reported."""
+    release = authors_release(models['det'], official_manifest['detection/overlock_t'], {}, classes=('a', ))
+    legacy = OrderedDict((k[len('roi_head.'):] if k.startswith('roi_head.') else k, v)
+                         for k, v in release['state_dict'].items())
+    converted, report = convert({'state_dict': legacy})
+    assert {new for _old, new in report['renamed']} == {k for k in release['state_dict'] if k.startswith('roi_head.')}
+    models['det'].load_state_dict(converted['state_dict'], strict=True)
+
+    seg_like = {k: v for k, v in converted['state_dict'].items() if k.startswith('backbone.')}
+    check = compare_with_model(seg_like, models['seg'])
+    assert check['unexpected'] and all(k.startswith(('backbone.h_proj.', 'backbone.extra_norm.4.'))
+                                       for k in check['unexpected'])
+    assert all(k.startswith(('decode_head.', 'auxiliary_head.')) for k in check['missing'])
+
+
+def test_cli_on_a_small_checkpoint(tmp_path):
+    """End to end through the command line: convert, check against the config (strict), and save a loadable file."""
+    model = build_model_for(SMOKE_SEG)
+    src = tmp_path / 'release.pth'
+    torch.save(dict(meta=dict(CLASSES=('bg', 'a', 'b', 'c', 'd'), mmseg_version='0.30.0'),
+                    state_dict=OrderedDict(('module.' + k, v) for k, v in model.state_dict().items())), src)
+    out = run_tool(['convert_checkpoint.py', src, tmp_path / 'converted.pth', '--config', SMOKE_SEG, '--strict',
+                    '--report', tmp_path / 'report.json'], cwd=tmp_path)
+    assert 'against the config\'s model: 0 missing, 0 unexpected, 0 shape mismatches' in out
+    converted = torch.load(tmp_path / 'converted.pth', weights_only=True)
+    model.load_state_dict(converted['state_dict'], strict=True)
+    assert converted['meta']['dataset_meta']['classes'] == ('bg', 'a', 'b', 'c', 'd')
+
+    with pytest.raises(AssertionError, match='conversion check failed'):
+        run_tool(['convert_checkpoint.py', src, tmp_path / 'bad.pth', '--config',
+                  osp.join(CONFIG_DIR, '_smoke_', 'cascade-mask-rcnn_overlock-pico_fpn_1xb8-smoke_shapes-coco.py'),
+                  '--strict'], cwd=tmp_path)
