@@ -73,7 +73,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     python_requires='>=3.9',
-    install_requires=['torch>=2.1'],
+    install_requires=['torch>=2.4'],
     extras_require={
         'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'timm'],
         'tests': ['pytest'],
