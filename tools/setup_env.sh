@@ -39,7 +39,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
+# This machine's pip config lists local index folders that hold only some packages; pip warns for every other one.
+quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+pip_install() { quiet_pip install --disable-pip-version-check -q "$@"; }
 
 if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$STAMP_TEXT" ]]; then
   log "pinned stack already installed ($STAMP)"
@@ -54,15 +56,15 @@ else
   if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
     log "building mmcv $MMCV_VERSION from source with CPU ops (about 11 minutes on 2 cores); cached in $WHEEL_DIR"
     BUILD="$(mktemp -d)"
-    "$VPY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
+    quiet_pip download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
     tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
     SRC="$BUILD/mmcv-$MMCV_VERSION"
     # torch >= 2.10 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17 and the last -std wins.
     sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
     mkdir -p "$WHEEL_DIR.tmp"
     # CPU ops only: CUDA_HOME unset so mmcv's setup does not pick nvcc; -g0 keeps the wheel small (2 MB vs 32 MB).
-    (cd "$SRC" && env -u CUDA_HOME MMCV_WITH_OPS=1 FORCE_CUDA=0 CFLAGS="-g0" \
-       "$VPY" -m pip wheel -q --no-build-isolation --no-deps . -w "$WHEEL_DIR.tmp")
+    (cd "$SRC" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 CFLAGS="-g0" && \
+       quiet_pip wheel -q --no-build-isolation --no-deps . -w "$WHEEL_DIR.tmp")
     rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
     rm -rf "$BUILD"
   else
