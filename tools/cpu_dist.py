@@ -10,8 +10,8 @@ machine (checked on torch 2.14):
 :func:`setup_cpu_distributed` fixes all three from ``tools/train.py`` / ``tools/test.py`` without touching the config
 semantics: it initialises a gloo process group itself (so the runner skips ``init_dist``) and selects
 :class:`CPUDistributedDataParallel`, which drops ``device_ids`` and swaps every SyncBatchNorm for
-:class:`CPUSyncBatchNorm` (same state-dict keys, statistics all-reduced over gloo, gradients flowing through the
-all-reduce). On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as usual.
+:class:`CPUSyncBatchNorm` (a ``_BatchNorm`` with the same state-dict keys whose statistics are all-reduced over gloo,
+gradients flowing through the all-reduce). On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as usual.
 """
 import os
 import subprocess
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -41,20 +42,36 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
-class CPUSyncBatchNorm(nn.SyncBatchNorm):
-    """:class:`torch.nn.SyncBatchNorm` that also synchronises CPU tensors (through gloo).
+class CPUSyncBatchNorm(_BatchNorm):
+    """Batch normalisation whose batch statistics are synchronised over a gloo process group (CPU tensors).
 
-    In training with an initialised process group of more than one rank and a CPU input, the batch mean and
-    (biased) variance are computed over the samples of all ranks in two all-reduces (mean first, then centred squares,
-    which keeps float32 accurate) and the running statistics get the unbiased variance, exactly as torch's kernel does.
-    Every other case (eval, one rank, a GPU tensor) is delegated to the parent class, so a model converted here still
-    trains on GPUs and loads the same checkpoints.
+    It derives from ``_BatchNorm``, not from :class:`torch.nn.SyncBatchNorm`: DDP refuses to wrap a CPU module that
+    contains any ``nn.SyncBatchNorm`` ("SyncBatchNorm layers only work with GPU modules"), subclasses included.
+
+    In training with more than one rank, the batch mean and (biased) variance are computed over the samples of all
+    ranks in two all-reduces (mean first, then centred squares, which keeps float32 accurate) and the running
+    statistics get the unbiased variance, as torch's kernel does; gradients flow through the all-reduces. In eval or
+    with one rank it is a plain BatchNorm. Parameters and buffers are those of every BatchNorm, so checkpoints load
+    into the unconverted model unchanged.
+
+    Args:
+        num_features (int): Channels ``C`` of the ``(N, C, ...)`` input.
+        eps, momentum, affine, track_running_stats: As for :class:`torch.nn.BatchNorm2d`.
+        process_group (ProcessGroup, optional): Group to synchronise over; the default group when ``None``.
     """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f'CPUSyncBatchNorm expects an (N, C, ...) input, got {input.dim()}D')
 
     def forward(self, input):
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
-        if not (self.training and input.device.type == 'cpu' and group is not None
-                and dist.get_world_size(group) > 1):
+        if not (self.training and group is not None and dist.get_world_size(group) > 1):
             return super().forward(input)
         self._check_input_dim(input)
         channels = input.size(1)
@@ -93,7 +110,7 @@ def convert_cpu_sync_batchnorm(module):
     Returns:
         nn.Module: ``module``, or its replacement when ``module`` itself is a SyncBatchNorm.
     """
-    if isinstance(module, nn.SyncBatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+    if isinstance(module, nn.SyncBatchNorm):
         new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                module.track_running_stats, module.process_group)
         if module.affine:

@@ -28,8 +28,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 #: Instance classes (COCO ids are 1-based in this order). ``ring`` is stored as RLE, the others as polygons.
 CLASSES = ('circle', 'square', 'triangle', 'ring')
-#: One base colour per class (RGB); each object jitters it so colour is a strong but not a perfect cue.
-CLASS_COLORS = ((230, 60, 50), (50, 170, 60), (60, 90, 230), (235, 200, 40))
+#: One base colour per class (RGB); each object jitters it so colour is a strong but not a perfect cue. The ring is
+#: cyan, not yellow: a yellow ring differs from the red circle in one channel only, and shape-biased segmentors then
+#: took rings for circles for the whole smoke schedule.
+CLASS_COLORS = ((230, 60, 50), (50, 170, 60), (60, 90, 230), (40, 200, 210))
 #: Semantic classes of the ADE-format set: index i is stored as label i + 1 in the PNGs (0 = ignored "other").
 SEG_CLASSES = ('background', ) + CLASSES
 SEG_PALETTE = ((120, 120, 120), ) + CLASS_COLORS
@@ -58,9 +60,11 @@ def _draw_mask(size, polygon, hole=None):
 
 
 def _background(rng, size):
-    """A low-contrast textured background: a random colour gradient plus blurred noise (so plain thresholding fails)."""
+    """A textured, weakly tinted background: a gradient between two greyish colours plus blurred noise, so that
+    brightness alone does not separate objects from it, while the saturated object colours still do."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    c0, c1 = rng.uniform(70, 170, 3), rng.uniform(70, 170, 3)
+    c0 = rng.uniform(70, 170) + rng.uniform(-15, 15, 3)
+    c1 = rng.uniform(70, 170) + rng.uniform(-15, 15, 3)
     t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
     t = (t - t.min()) / (np.ptp(t) + 1e-6)
     img = c0 * (1 - t) + c1 * t
@@ -79,7 +83,7 @@ def _sample_scene(rng, size, max_objects):
             cx, cy = rng.uniform(r + 2, size - r - 2, 2)
             kind = CLASSES[label]
             outline = _polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
-            hole = _polygon(kind, cx, cy, r * 0.5, 0.0) if kind == 'ring' else None
+            hole = _polygon(kind, cx, cy, r * 0.4, 0.0) if kind == 'ring' else None
             mask = _draw_mask(size, outline, hole)
             grown = np.asarray(Image.fromarray(mask * 255).filter(ImageFilter.MaxFilter(5))) > 0
             if mask.sum() > 16 and not (grown & occupied).any():
@@ -163,7 +167,8 @@ def _write_held_out(rng, folder, num_images, size, max_objects):
             osp.join(folder, f'held_out_{i:03d}.jpg'), quality=95)
 
 
-def generate(out='data/generated', size=128, num_train=160, num_val=40, num_held_out=6, max_objects=3, seed=0):
+def generate(out='data/generated', size=128, num_train=160, num_val=40, num_held_out=6, max_objects=3,
+             seg_max_objects=5, seed=0):
     """Write both datasets under ``out`` deterministically from ``seed``; returns the path of ``meta.json``.
 
     Args:
@@ -172,7 +177,9 @@ def generate(out='data/generated', size=128, num_train=160, num_val=40, num_held
         num_train (int): Training images per dataset. Defaults to ``160``.
         num_val (int): Validation images per dataset. Defaults to ``40``.
         num_held_out (int): Unlabelled demo images per dataset. Defaults to ``6``.
-        max_objects (int): Most objects per image (at least one). Defaults to ``3``.
+        max_objects (int): Most objects per image of the COCO-format set (at least one). Defaults to ``3``.
+        seg_max_objects (int): Most objects per image of the ADE-format set. More than for detection because
+            per-pixel training sees the small shape classes far less often than the background. Defaults to ``5``.
         seed (int): Seed of the generator (each split uses its own stream). Defaults to ``0``.
     """
     streams = np.random.SeedSequence(seed).spawn(6)
@@ -182,9 +189,9 @@ def generate(out='data/generated', size=128, num_train=160, num_val=40, num_held
     _write_coco_split(rng[1], coco, 'val', num_val, size, max_objects, start_id=next_id)
     _write_held_out(rng[2], osp.join(coco, 'held_out'), num_held_out, size, max_objects)
     ade = osp.join(out, 'ade')
-    _write_ade_split(rng[3], ade, 'training', num_train, size, max_objects)
-    _write_ade_split(rng[4], ade, 'validation', num_val, size, max_objects)
-    _write_held_out(rng[5], osp.join(ade, 'held_out'), num_held_out, size, max_objects)
+    _write_ade_split(rng[3], ade, 'training', num_train, size, seg_max_objects)
+    _write_ade_split(rng[4], ade, 'validation', num_val, size, seg_max_objects)
+    _write_held_out(rng[5], osp.join(ade, 'held_out'), num_held_out, size, seg_max_objects)
     meta = dict(size=size, seed=seed, num_train=num_train, num_val=num_val, classes=list(CLASSES),
                 palette=[list(c) for c in CLASS_COLORS], seg_classes=list(SEG_CLASSES),
                 seg_palette=[list(c) for c in SEG_PALETTE])
@@ -201,14 +208,16 @@ def parse_args():
     parser.add_argument('--num-train', type=int, default=160)
     parser.add_argument('--num-val', type=int, default=40)
     parser.add_argument('--num-held-out', type=int, default=6)
-    parser.add_argument('--max-objects', type=int, default=3)
+    parser.add_argument('--max-objects', type=int, default=3, help='most objects per COCO-format image')
+    parser.add_argument('--seg-max-objects', type=int, default=5, help='most objects per ADE-format image')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    meta = generate(args.out, args.size, args.num_train, args.num_val, args.num_held_out, args.max_objects, args.seed)
+    meta = generate(args.out, args.size, args.num_train, args.num_val, args.num_held_out, args.max_objects,
+                    args.seg_max_objects, args.seed)
     print(f'wrote COCO-format set to {osp.join(args.out, "coco")} and ADE20K-format set to '
           f'{osp.join(args.out, "ade")} ({meta})')
 

@@ -6,8 +6,10 @@ bare ``--resume`` resumes from the latest checkpoint of the work dir, as in both
 where the gloo backend and a CPU SyncBatchNorm are set up by :mod:`cpu_dist`.
 
 Examples:
-    python tools/train.py configs/_smoke_/upernet_overlock-pico_1xb8-300i_shapes-128x128.py
-    torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch --work-dir work_dirs/ddp
+    python tools/train.py configs/_smoke_/upernet_overlock-pico_1xb8-smoke_shapes-128x128.py
+    torchrun --nproc_per_node 8 tools/train.py configs/upernet/upernet_overlock-t_8xb2-160k_ade20k-512x512.py \
+        --launcher pytorch
+    srun -p PARTITION --ntasks 16 --ntasks-per-node 8 --gres gpu:8 python -u tools/train.py CONFIG --launcher slurm
 """
 import argparse
 import os

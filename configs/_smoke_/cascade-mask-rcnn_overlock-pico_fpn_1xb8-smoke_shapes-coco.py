@@ -42,7 +42,7 @@ model = dict(
 data_root = 'data/generated/coco/'
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'ring'),
-    palette=[(230, 60, 50), (50, 170, 60), (60, 90, 230), (235, 200, 40)])
+    palette=[(230, 60, 50), (50, 170, 60), (60, 90, 230), (40, 200, 210)])
 image_scale = (128, 128)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -81,7 +81,7 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # ---------------------------------------------------------------- schedule: AdamW from scratch, one evaluation at the end
-max_epochs = 10
+max_epochs = 8
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),

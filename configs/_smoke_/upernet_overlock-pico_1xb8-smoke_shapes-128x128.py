@@ -30,7 +30,7 @@ dataset_type = 'BaseSegDataset'
 data_root = 'data/generated/ade'
 metainfo = dict(
     classes=('background', 'circle', 'square', 'triangle', 'ring'),
-    palette=[(120, 120, 120), (230, 60, 50), (50, 170, 60), (60, 90, 230), (235, 200, 40)])
+    palette=[(120, 120, 120), (230, 60, 50), (50, 170, 60), (60, 90, 230), (40, 200, 210)])
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),

@@ -89,7 +89,8 @@ def test_detection_recipes():
         choice = cfg.train_dataloader.dataset.pipeline[3]
         assert choice.type == 'RandomChoice' and len(choice.transforms) == 2
         assert [s[1] for s in choice.transforms[0][0].scales] == list(range(480, 801, 32))
-    cascade = Config.fromfile(osp.join(CONFIG_DIR, 'cascade_mask_rcnn', 'cascade-mask-rcnn_overlock-t_fpn_ms-3x_coco.py'))
+    cascade = Config.fromfile(
+        osp.join(CONFIG_DIR, 'cascade_mask_rcnn', 'cascade-mask-rcnn_overlock-t_fpn_ms-3x_coco.py'))
     assert cascade.model.type == 'CascadeRCNN' and len(cascade.model.roi_head.bbox_head) == 3
 
 
