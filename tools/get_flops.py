@@ -95,12 +95,35 @@ def count_flops(module, inputs):
     return analyzer
 
 
+def _watch_mask_rois(model):
+    """Record how many RoIs the (first) mask head sees: mmdet 3's tensor mode runs it on every RPN proposal."""
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is None or not getattr(roi_head, 'with_mask', False):
+        return [], None
+    head = roi_head.mask_head[0] if isinstance(roi_head.mask_head, torch.nn.ModuleList) else roi_head.mask_head
+    seen = []
+    return seen, head.register_forward_hook(lambda _module, args, _out: seen.append(int(args[0].shape[0])))
+
+
+def _on_100_mask_rois(flops, mask_head_flops=None, mask_rois=None):
+    """Model FLOPs with the mask heads counted on 100 RoIs, the convention of published detector FLOPs.
+
+    mmdet 2.x's ``forward_dummy`` (which papers such as Swin's and OverLoCK's used with fvcore) ran the mask heads on
+    the first 100 proposals; mmdet 3's tensor mode runs them on all (up to 1000 per image), so for Cascade Mask R-CNN
+    most of the traced FLOPs are mask heads. Mask-head FLOPs are linear in the number of RoIs.
+    """
+    if flops is None or not mask_rois:
+        return None
+    return flops - mask_head_flops + mask_head_flops * min(1.0, 100 / mask_rois)
+
+
 def analyse(config, shape=None, cfg_options=None, deploy=False, backbone_only=False):
     """Params and FLOPs of the whole model and of its backbone at ``shape`` (H, W).
 
     Returns:
         dict: ``params`` / ``flops`` of the model (``None`` with ``backbone_only``) and the backbone,
-        ``contmix_flops`` (part of the backbone's), the ops the counter skipped, and the settings used.
+        ``contmix_flops`` (part of the backbone's), for detectors with masks the mask heads' share, the RoIs they
+        ran on and the total with them on 100 RoIs, the ops the counter skipped, and the settings used.
     """
     model, cfg = build_model(config, cfg_options, deploy, init=not backbone_only)
     task = cfg.default_scope
@@ -115,15 +138,21 @@ def analyse(config, shape=None, cfg_options=None, deploy=False, backbone_only=Fa
             raise RuntimeError(f'ContMix traced as {unknown_contmix}, which get_flops does not count: add it to '
                                'CONTMIX_OPS')
         model_flops, skipped = None, sorted(backbone.unsupported_ops())
+        mask = dict(mask_head_flops=None, mask_rois=None)
         if not backbone_only:
             forward = model.forward
             model.forward = partial(forward, data_samples=_data_samples(task, height, width), mode='tensor')
+            rois_seen, hook = _watch_mask_rois(model)
             try:
                 whole = count_flops(model, (image, ))
                 model_flops = whole.total()
                 skipped = sorted(whole.unsupported_ops())
+                if rois_seen:
+                    mask = dict(mask_head_flops=whole.by_module()['roi_head.mask_head'], mask_rois=rois_seen[-1])
             finally:
                 model.forward = forward
+                if hook is not None:
+                    hook.remove()
     return dict(
         config=config,
         task=task,
@@ -134,6 +163,8 @@ def analyse(config, shape=None, cfg_options=None, deploy=False, backbone_only=Fa
         backbone_params=sum(p.numel() for p in model.backbone.parameters()),
         backbone_flops=backbone_flops,
         contmix_flops=by_op.get('contmix', 0),
+        **mask,
+        flops_mask_head_on_100_rois=_on_100_mask_rois(model_flops, **mask),
         uncounted_ops=skipped,
         note='FLOPs = multiply-adds (fvcore convention) at batch 1; element-wise ops are not counted')
 
@@ -168,7 +199,10 @@ def main(argv=None):
           f"backbone: params {_fmt(result['backbone_params'], 'params')}, "
           f"FLOPs {_fmt(result['backbone_flops'], 'FLOPs')} "
           f"(ContMix core {_fmt(result['contmix_flops'], 'FLOPs')})\n"
-          f"not counted (element-wise or data-dependent): {', '.join(result['uncounted_ops']) or 'none'}\n{line}")
+          + (f"mask heads: {_fmt(result['mask_head_flops'], 'FLOPs')} on {result['mask_rois']} RoIs (mmdet 3 tensor "
+             f"mode); model FLOPs with them on 100 RoIs as published figures count: "
+             f"{_fmt(result['flops_mask_head_on_100_rois'], 'FLOPs')}\n" if result['mask_rois'] else '')
+          + f"not counted (element-wise or data-dependent): {', '.join(result['uncounted_ops']) or 'none'}\n{line}")
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:

@@ -21,6 +21,7 @@ import os.path as osp
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
@@ -62,12 +63,13 @@ def run_tool(args, log_path):
     cmd = [sys.executable] + args
     print(f'$ {" ".join(cmd[1:])}   (log: {osp.relpath(log_path, ROOT)})', flush=True)
     start = time.perf_counter()
-    with open(log_path, 'w') as log, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with open(log_path, 'w', buffering=1) as log, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                       text=True, bufsize=1, env=tool_env()) as proc:
         for line in proc.stdout:
             log.write(line)
-            if any(marker in line for marker in ECHO):
-                print('    ' + line.rstrip()[-160:], flush=True)
+            found = [line.find(marker) for marker in ECHO if marker in line]
+            if found:  # from the marker on: the step counter and the losses, not the timestamp
+                print('    ' + line[min(found):].rstrip()[:170], flush=True)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = ''.join(f.readlines()[-30:])
@@ -77,6 +79,8 @@ def run_tool(args, log_path):
 
 def save_untrained_checkpoint(config, path, seed=0):
     """Save the config's model right after initialisation (same seed as training), with its dataset_meta."""
+    # mmengine imports pkg_resources, which warns on every import with setuptools 80 (kept below 81 for mmcv)
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     import torch
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope

@@ -16,6 +16,11 @@ def test_flops_include_contmix(config):
     result = analyse(config, shape=(96, 128))
     assert 0 < result['contmix_flops'] < result['backbone_flops'] < result['flops']
     assert result['backbone_params'] < result['params']
+    if config == SMOKE_DET:  # mask heads' share and the RoIs they ran on (at most test_cfg.rpn.max_per_img = 100)
+        assert 0 < result['mask_rois'] <= 100 and 0 < result['mask_head_flops'] < result['flops']
+        assert result['flops_mask_head_on_100_rois'] == result['flops']
+    else:
+        assert result['mask_rois'] is None and result['flops_mask_head_on_100_rois'] is None
     # ContMix at level 2 (stride 16, 6x8 < K=13, so resized to 13x17) and level 3 (stride 32, 3x4 -> 7x9):
     # each block aggregates d/2 channels with a 5x5 kernel and d/2 with KxK, B*H*W*C*K^2 multiply-adds.
     expected = 2 * (13 * 17 * 32 * (5 * 5 + 13 * 13)) + 2 * (7 * 9 * 48 * (5 * 5 + 7 * 7))

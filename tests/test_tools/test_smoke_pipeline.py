@@ -83,19 +83,26 @@ def test_segmentation_pipeline(shapes_workdir):
 
 
 @pytest.mark.skipif(not osp.exists(MIM), reason='openmim is not installed beside this interpreter')
-def test_mim_test_segmentation(shapes_workdir, tmp_path):
-    """`mim test mmseg CONFIG --checkpoint CKPT` (mmseg's own tools/test.py) evaluates an mmoverlock checkpoint."""
+@pytest.mark.parametrize('package,config,metric,extra', [
+    ('mmseg', SMOKE_SEG, 'mIoU', []),
+    # score_thr 0 so the untrained detector's low-score boxes reach CocoMetric (see test_detection_pipeline)
+    ('mmdet', SMOKE_DET, 'coco/bbox_mAP', ['--cfg-options', 'model.test_cfg.rcnn.score_thr=0.0']),
+])
+def test_mim_test(shapes_workdir, tmp_path, package, config, metric, extra):
+    """`mim test <package> CONFIG --checkpoint CKPT` (the package's own tools/test.py) evaluates an mmoverlock
+    checkpoint saved with torch's default weights_only loading in mind."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
-    cfg = Config.fromfile(SMOKE_SEG)
-    init_default_scope('mmseg')
+    cfg = Config.fromfile(config)
+    init_default_scope(package)
     model = MODELS.build(cfg.model)
-    checkpoint = tmp_path / 'seg.pth'
+    model.init_weights()
+    checkpoint = tmp_path / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(cfg.train_dataloader.dataset.metainfo))),
                checkpoint)
-    proc = subprocess.run([MIM, 'test', 'mmseg', SMOKE_SEG, '--checkpoint', str(checkpoint), '--work-dir',
-                           str(tmp_path / 'mim')], cwd=shapes_workdir, stdout=subprocess.PIPE,
+    proc = subprocess.run([MIM, 'test', package, config, '--checkpoint', str(checkpoint), '--work-dir',
+                           str(tmp_path / 'mim'), *extra], cwd=shapes_workdir, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert 'mIoU' in proc.stdout
+    assert metric in proc.stdout, proc.stdout[-4000:]
