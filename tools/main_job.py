@@ -86,8 +86,12 @@ def save_untrained_checkpoint(config, path, seed=0):
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import set_random_seed
 
+    from mmengine.logging import MMLogger
+
     cfg = Config.fromfile(osp.join(ROOT, config))
     init_default_scope(cfg.default_scope)
+    # init_weights reports every parameter's initialiser through the current MMLogger (thousands of lines): quiet it
+    MMLogger.get_instance('mmoverlock_main_job', log_level='WARNING')
     set_random_seed(seed)
     model = MODELS.build(cfg.model)
     model.init_weights()

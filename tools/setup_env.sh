@@ -63,8 +63,14 @@ else
     sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
     mkdir -p "$WHEEL_DIR.tmp"
     # CPU ops only: CUDA_HOME unset so mmcv's setup does not pick nvcc; -g0 keeps the wheel small (2 MB vs 32 MB).
-    (cd "$SRC" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 CFLAGS="-g0" && \
-       quiet_pip wheel -q --no-build-isolation --no-deps . -w "$WHEEL_DIR.tmp")
+    # Its setuptools prints ~700 lines of deprecation warnings: they go to a log, shown only if the build fails.
+    BUILD_LOG="$CACHE/mmcv-$MMCV_VERSION-build.log"
+    if ! (cd "$SRC" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 CFLAGS="-g0" && \
+          quiet_pip wheel -q --no-build-isolation --no-deps . -w "$WHEEL_DIR.tmp") > "$BUILD_LOG" 2>&1; then
+      tail -n 60 "$BUILD_LOG" >&2
+      log "building mmcv failed; full log: $BUILD_LOG"
+      exit 1
+    fi
     rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
     rm -rf "$BUILD"
   else
