@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ TASKS = {
 #: Log lines echoed to the console while a tool runs (everything goes to the step's log file).
 ECHO = ('Epoch(train)', 'Iter(train)', 'Epoch(val)', 'Iter(val)', 'Epoch(test)', 'Iter(test)', 'Saving checkpoint',
         'Error', 'Traceback', 'pictures in', 'wrote ')
+#: mmengine's log-line prefix (``11/25 16:03:44 - mmengine - INFO - ``), dropped from the echo.
+LOG_PREFIX = re.compile(r'^\d\d/\d\d \d\d:\d\d:\d\d - mmengine - [A-Z]+ - ')
 
 
 def tool_env():
@@ -67,9 +70,8 @@ def run_tool(args, log_path):
                                                       text=True, bufsize=1, env=tool_env()) as proc:
         for line in proc.stdout:
             log.write(line)
-            found = [line.find(marker) for marker in ECHO if marker in line]
-            if found:  # from the marker on: the step counter and the losses, not the timestamp
-                print('    ' + line[min(found):].rstrip()[:170], flush=True)
+            if any(marker in line for marker in ECHO):  # the step counter and the losses, not the timestamp
+                print('    ' + LOG_PREFIX.sub('', line).strip()[:170], flush=True)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = ''.join(f.readlines()[-30:])
