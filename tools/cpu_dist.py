@@ -11,7 +11,8 @@ machine (checked on torch 2.14):
 semantics: it initialises a gloo process group itself (so the runner skips ``init_dist``) and selects
 :class:`CPUDistributedDataParallel`, which drops ``device_ids`` and swaps every SyncBatchNorm for
 :class:`CPUSyncBatchNorm` (a ``_BatchNorm`` with the same state-dict keys whose statistics are all-reduced over gloo,
-gradients flowing through the all-reduce). On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as usual.
+gradients flowing through the all-reduce). On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as
+usual.
 """
 import os
 import subprocess

@@ -66,8 +66,9 @@ def run_tool(args, log_path):
     cmd = [sys.executable] + args
     print(f'$ {" ".join(cmd[1:])}   (log: {osp.relpath(log_path, ROOT)})', flush=True)
     start = time.perf_counter()
-    with open(log_path, 'w', buffering=1) as log, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, bufsize=1, env=tool_env()) as proc:
+    with open(log_path, 'w', buffering=1) as log, subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=tool_env()) as proc:
         for line in proc.stdout:
             log.write(line)
             if any(marker in line for marker in ECHO):  # the step counter and the losses, not the timestamp
@@ -80,23 +81,20 @@ def run_tool(args, log_path):
 
 
 def save_untrained_checkpoint(config, path, seed=0):
-    """Save the config's model right after initialisation (same seed as training), with its dataset_meta."""
+    """Save the config's model right after initialisation (same seed as training), with its dataset_meta.
+
+    The model comes from :func:`get_flops.build_model`: the config's model, ``init_weights`` run with mmengine's
+    per-parameter report silenced, no pretrained download.
+    """
     # mmengine imports pkg_resources, which warns on every import with setuptools 80 (kept below 81 for mmcv)
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     import torch
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import set_random_seed
 
-    from mmengine.logging import MMLogger
+    from get_flops import build_model
 
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    init_default_scope(cfg.default_scope)
-    # init_weights reports every parameter's initialiser through the current MMLogger (thousands of lines): quiet it
-    MMLogger.get_instance('mmoverlock_main_job', log_level='WARNING')
     set_random_seed(seed)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    model, cfg = build_model(osp.join(ROOT, config))
     meta = dict(dataset_meta=dict(cfg.train_dataloader.dataset.metainfo), note='untrained: weights at init')
     torch.save(dict(state_dict=model.state_dict(), meta=meta), path)
 
