@@ -1,16 +1,16 @@
-"""Shared fixtures: paths of the ground-truth files produced from the authors' code."""
+"""Shared fixtures: the ground-truth files produced from the authors' code (``tests/data/reference``)."""
+import gzip
+import json
 import os.path as osp
 
 import pytest
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-REFERENCE_DIR = osp.join(osp.dirname(REPO_ROOT), 'shared', 'reference')
+REFERENCE_DIR = osp.join(REPO_ROOT, 'tests', 'data', 'reference')
 
 
 @pytest.fixture(scope='session')
 def reference_dir():
-    if not osp.isdir(REFERENCE_DIR):
-        pytest.fail(f'reference data not found at {REFERENCE_DIR} (expected ../shared/reference beside the repo)')
     return REFERENCE_DIR
 
 
@@ -31,6 +31,5 @@ def shapes_workdir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def official_manifest(reference_dir):
     """The authors' state-dict layouts (key → shape) and parameter counts, per task / variant / form."""
-    import json
-    with open(osp.join(reference_dir, 'official_state_dict_manifest.json')) as f:
+    with gzip.open(osp.join(reference_dir, 'official_state_dict_manifest.json.gz'), 'rt') as f:
         return json.load(f)

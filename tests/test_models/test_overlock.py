@@ -1,5 +1,4 @@
 """OverLoCK backbone: state-dict layout of every variant, checkpoint loading, arch validation and training options."""
-import json
 import os.path as osp
 
 import pytest
@@ -15,17 +14,11 @@ TINY_ARCH = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96
                  ls_init_value=[None, None, 1, 1], res_scale=True)
 
 
-@pytest.fixture(scope='module')
-def manifest(reference_dir):
-    with open(osp.join(reference_dir, 'official_state_dict_manifest.json')) as f:
-        return json.load(f)
-
-
 @pytest.mark.parametrize('deploy', [False, True], ids=['train', 'deploy'])
 @pytest.mark.parametrize('task', ['detection', 'segmentation'])
 @pytest.mark.parametrize('variant', VARIANTS)
-def test_state_dict_matches_manifest(manifest, variant, task, deploy):
-    entry = manifest[f'{task}/overlock_{variant}' + ('/deploy' if deploy else '')]
+def test_state_dict_matches_manifest(official_manifest, variant, task, deploy):
+    entry = official_manifest[f'{task}/overlock_{variant}' + ('/deploy' if deploy else '')]
     with torch.device('meta'):
         model = OverLoCK(arch=variant, overview_fusion=(task == 'detection'), deploy=deploy)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -80,8 +73,8 @@ def _random_state_dict(shapes):
 
 
 @pytest.mark.parametrize('wrapper', ['state_dict', 'model', 'bare'])
-def test_imagenet_checkpoint_loads_with_expected_key_report(manifest, tmp_path, wrapper):
-    shapes = manifest['classification/overlock_xt']['state_dict']
+def test_imagenet_checkpoint_loads_with_expected_key_report(official_manifest, tmp_path, wrapper):
+    shapes = official_manifest['classification/overlock_xt']['state_dict']
     state_dict = _random_state_dict(shapes)
     path = tmp_path / 'overlock_xt_in1k_224.pth'
     torch.save(state_dict if wrapper == 'bare' else {wrapper: state_dict}, path)
@@ -97,14 +90,14 @@ def test_imagenet_checkpoint_loads_with_expected_key_report(manifest, tmp_path, 
         assert torch.equal(loaded[key], state_dict[key])
 
 
-def test_deploy_and_detector_checkpoints_load(manifest, tmp_path):
-    deploy_sd = _random_state_dict(manifest['segmentation/overlock_xt/deploy']['state_dict'])
+def test_deploy_and_detector_checkpoints_load(official_manifest, tmp_path):
+    deploy_sd = _random_state_dict(official_manifest['segmentation/overlock_xt/deploy']['state_dict'])
     torch.save(deploy_sd, tmp_path / 'deploy.pth')
     model = OverLoCK(arch='xt', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'deploy.pth')))
     model.init_weights()
     assert torch.equal(model.state_dict()['blocks1.0.proj.1.lk_origin.bias'], deploy_sd['blocks1.0.proj.1.lk_origin.bias'])
 
-    det_sd = _random_state_dict(manifest['detection/overlock_xt']['state_dict'])
+    det_sd = _random_state_dict(official_manifest['detection/overlock_xt']['state_dict'])
     full = {f'backbone.{k}': v for k, v in det_sd.items()}
     full['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 56, 1, 1)
     torch.save({'meta': {}, 'state_dict': full}, tmp_path / 'detector.pth')
@@ -114,12 +107,13 @@ def test_deploy_and_detector_checkpoints_load(manifest, tmp_path):
     assert all(torch.equal(v, det_sd[k]) for k, v in model.state_dict().items())
 
 
-def test_wrong_variant_or_form_fails_clearly(manifest, tmp_path):
-    torch.save(_random_state_dict(manifest['classification/overlock_t']['state_dict']), tmp_path / 't.pth')
+def test_wrong_variant_or_form_fails_clearly(official_manifest, tmp_path):
+    torch.save(_random_state_dict(official_manifest['classification/overlock_t']['state_dict']), tmp_path / 't.pth')
     model = OverLoCK(arch='xt', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 't.pth')))
     with pytest.raises(ValueError, match=r"looks like OverLoCK-T \(arch='t'\).*this model is OverLoCK-XT"):
         model.init_weights()
-    torch.save(_random_state_dict(manifest['classification/overlock_xt/deploy']['state_dict']), tmp_path / 'd.pth')
+    deploy_sd = _random_state_dict(official_manifest['classification/overlock_xt/deploy']['state_dict'])
+    torch.save(deploy_sd, tmp_path / 'd.pth')
     model = OverLoCK(arch='xt', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'd.pth')))
     with pytest.raises(ValueError, match='deploy=True'):
         model.init_weights()

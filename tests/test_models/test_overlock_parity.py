@@ -1,4 +1,4 @@
-"""Parity with the authors' implementation: float64 outputs and gradients from ../shared/reference (1e-9 relative)."""
+"""Parity with the authors' implementation: float64 outputs and gradients from tests/data/reference (1e-9 relative)."""
 import os.path as osp
 
 import pytest
