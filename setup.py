@@ -1,7 +1,8 @@
 """Build and install mmoverlock, compiling the ContMix core into ``mmoverlock._ext``.
 
-The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too when torch is a CUDA build and nvcc
-is found (``CUDA_HOME``), or when ``FORCE_CUDA=1``; ``FORCE_CUDA=0`` disables them. Without a visible GPU the
+The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too when torch is a CUDA build and
+``$CUDA_HOME/bin/nvcc`` exists, or when ``FORCE_CUDA=1``; ``FORCE_CUDA=0`` disables them. Otherwise the build says in
+one line that it compiles the CPU kernels only. Without a visible GPU the
 target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
 Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
 """
@@ -22,11 +23,27 @@ def get_version():
     return scope['__version__']
 
 
+def find_nvcc(cuda_home):
+    """Path of the toolkit's nvcc, or None: a CUDA_HOME without bin/nvcc (a runtime-only install) is no toolkit."""
+    if cuda_home is None:
+        return None
+    nvcc = osp.join(cuda_home, 'bin', 'nvcc')
+    return nvcc if osp.isfile(nvcc) and os.access(nvcc, os.X_OK) else None
+
+
 def want_cuda(torch, cuda_home):
+    """Compile the CUDA kernels? ``FORCE_CUDA`` decides when set; otherwise a CUDA build of torch and a real nvcc."""
     force = os.getenv('FORCE_CUDA')
     if force is not None:
         return force == '1'
-    return torch.version.cuda is not None and cuda_home is not None
+    if torch.version.cuda is None:
+        print('mmoverlock: torch is a CPU build; compiling the CPU kernels only')
+        return False
+    if find_nvcc(cuda_home) is None:
+        print(f'mmoverlock: no nvcc under CUDA_HOME={cuda_home}; compiling the CPU kernels only '
+              '(install the CUDA toolkit and set CUDA_HOME, or FORCE_CUDA=1, for the CUDA kernels)')
+        return False
+    return True
 
 
 def get_extensions():
@@ -44,8 +61,9 @@ def get_extensions():
     link_flags = ['-fopenmp']
     define_macros = []
     if want_cuda(torch, CUDA_HOME):
-        if CUDA_HOME is None:
-            raise RuntimeError('FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the toolkit root.')
+        if find_nvcc(CUDA_HOME) is None:
+            raise RuntimeError(f'FORCE_CUDA=1 but no nvcc was found under CUDA_HOME={CUDA_HOME}: set CUDA_HOME to '
+                               'the root of a CUDA toolkit.')
         if not torch.cuda.is_available() and not os.getenv('TORCH_CUDA_ARCH_LIST'):
             os.environ['TORCH_CUDA_ARCH_LIST'] = '9.0'
         sources += sorted(glob.glob(osp.join(CSRC, 'cuda', '*.cu')))

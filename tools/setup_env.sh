@@ -97,7 +97,12 @@ if [[ -f "$EXT_STAMP" ]] && [[ "$(cat "$EXT_STAMP")" == "$EXT_HASH" ]] && \
   log "mmoverlock extension up to date"
 else
   log "installing mmoverlock (editable; compiles mmoverlock._ext, with CUDA kernels when nvcc is found)"
-  (cd "$ROOT" && CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" pip_install --no-build-isolation --no-deps -e .)
+  # The CUDA kernels are compiled when a toolkit is found (setup.py checks $CUDA_HOME/bin/nvcc and says so otherwise).
+  if [[ -z "${CUDA_HOME:-}" ]] && [[ -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi
+  if [[ "${FORCE_CUDA:-}" == 0 ]]; then log "CUDA kernels off (FORCE_CUDA=0): compiling the CPU kernels only"
+  elif [[ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ]]; then log "compiling the CPU and CUDA kernels (nvcc: $CUDA_HOME/bin/nvcc)"
+  else log "no CUDA toolkit (no nvcc under CUDA_HOME=${CUDA_HOME:-unset}): compiling the CPU kernels only"; fi
+  (cd "$ROOT" && pip_install --no-build-isolation --no-deps -e .)
   printf '%s' "$EXT_HASH" > "$EXT_STAMP"
 fi
 "$VPY" -c 'import mmoverlock, mmcv, mmdet, mmseg, mmengine, torch; from mmoverlock.ops import available_backends
