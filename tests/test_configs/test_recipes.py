@@ -8,7 +8,6 @@ whose meaning a value alone does not show: the learning-rate curve, the no-decay
 the ADE20K test-time resize.
 """
 import copy
-import math
 import os.path as osp
 import warnings
 from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, PARAM_SCHEDULERS, init_default_scope
 from mmengine.model import revert_sync_batchnorm
