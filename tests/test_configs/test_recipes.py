@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, PARAM_SCHEDULERS, init_default_scope
-from mmengine.model import revert_sync_batchnorm
 
 from _helpers import CONFIG_DIR, SMOKE_DET, SMOKE_SEG, all_configs
 
