@@ -1,24 +1,17 @@
-# Parameters of OverLoCK that take no weight decay under AdamW, shared by every detection and segmentation schedule.
+# The authors' no-weight-decay rule, the default of every COCO / ADE20K reproduction config.
 #
-# The authors' configs exempt 'norm' and the relative position bias tables (their Swin-derived key names); this is the
-# same rule spelled for OverLoCK's own module names, plus the layer scales, as the issue asks:
-# - norm_decay_mult=0: every normalisation layer by type (the LayerNorms `extra_norm`, `norm1/2` and the one opening each
-#   RepConvBlock, all BatchNorms, and the neck/head norms),
-# - `rpb1` / `rpb2`: ContMix relative position biases,
-# - layer scales: `ls` (RepConvBlock), `ls1` / `ls2` (ContMix), `x_scale` / `h_scale` (context mixing), and the
-#   LayerScale closing the detection form's `h_proj`,
-# - GRN's `gamma` / `beta`: per-channel affine terms of a normalisation, treated like a norm's weight and bias.
-# Matching is by substring of the full parameter name (e.g. 'backbone.sub_blocks3.0.ls1.weight'), hence the dots.
+# Their detection and segmentation configs exempt a parameter from weight decay when its full name contains one of
+# these substrings (mmengine's custom_keys match substrings of 'backbone.extra_norm.0.weight' etc., as mmcv 1.x did):
+# - 'norm': in OverLoCK the LayerNorms `extra_norm.*` and `norm1` / `norm2` of the ContMix blocks;
+# - 'absolute_pos_embed', 'relative_position_bias_table': Swin's names, kept from the Swin recipe they started from;
+#   OverLoCK has no such parameter.
+# Everything else decays, as in their runs: every BatchNorm (`origin_bn`, `dil_bn_*`, those of the stem and the
+# down-sampling layers, the heads' ConvModule `bn`), the RepConvBlocks' LayerNorm `proj.0`, the ContMix position biases
+# `rpb1` / `rpb2`, the layer scales and GRN's `gamma` / `beta`.
+# configs/_base_/overlock_paramwise_norms-scales.py holds a broader rule that a config can opt into.
 overlock_paramwise_cfg = dict(
-    norm_decay_mult=0.,
     custom_keys={
-        '.rpb': dict(decay_mult=0.),
-        '.ls.': dict(decay_mult=0.),
-        '.ls1.': dict(decay_mult=0.),
-        '.ls2.': dict(decay_mult=0.),
-        '.x_scale.': dict(decay_mult=0.),
-        '.h_scale.': dict(decay_mult=0.),
-        'backbone.h_proj.1.': dict(decay_mult=0.),
-        '.gamma': dict(decay_mult=0.),
-        '.beta': dict(decay_mult=0.),
+        'absolute_pos_embed': dict(decay_mult=0.),
+        'relative_position_bias_table': dict(decay_mult=0.),
+        'norm': dict(decay_mult=0.),
     })

@@ -9,7 +9,7 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
     '../_base_/models/overlock_pico.py',
-    '../_base_/overlock_paramwise.py',
+    '../_base_/overlock_paramwise_norms-scales.py',
 ]
 custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 
@@ -89,7 +89,7 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg={{_base_.overlock_paramwise_cfg}},
+    paramwise_cfg={{_base_.overlock_paramwise_cfg_norms_scales}},
     clip_grad=dict(max_norm=10.0))
 default_hooks = dict(
     logger=dict(interval=10),

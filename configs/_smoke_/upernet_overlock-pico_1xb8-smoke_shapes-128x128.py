@@ -6,7 +6,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
     '../_base_/models/overlock_pico.py',
-    '../_base_/overlock_paramwise.py',
+    '../_base_/overlock_paramwise_norms-scales.py',
 ]
 custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 
@@ -75,7 +75,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg={{_base_.overlock_paramwise_cfg}})
+    paramwise_cfg={{_base_.overlock_paramwise_cfg_norms_scales}})
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=max_iters, by_epoch=False),

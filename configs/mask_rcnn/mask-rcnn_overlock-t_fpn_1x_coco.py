@@ -1,7 +1,8 @@
 # Mask R-CNN + FPN with OverLoCK-T, 1x schedule: the authors' released COCO detector (their README: AP^b 48.3, AP^m 43.3;
 # maskrcnn1x_overlock_tiny_coco.pth evaluates with this config after tools/convert_checkpoint.py).
-# Backbone in detection form (overview_fusion=True: level 3 also receives the Overview-Net context through h_proj),
-# drop path 0.2 and AdamW lr 2e-4 / wd 0.05 as in the authors' config; BN layers become SyncBN in distributed runs.
+# The authors' recipe unchanged (tests/test_configs/test_recipes.py compares it item by item): backbone in detection
+# form (overview_fusion=True: level 3 also receives the Overview-Net context through h_proj), drop path 0.2, AdamW
+# lr 2e-4 / wd 0.05 with their no-decay rule, 8 GPUs x 2 images, fp32, one checkpoint kept plus the best.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',
@@ -24,3 +25,5 @@ model = dict(
 
 # The authors convert every BatchNorm of the backbone to SyncBatchNorm when training distributed (2 images per GPU).
 sync_bn = 'torch'
+# They keep the latest checkpoint and the best one (by the first metric, COCO bbox mAP).
+default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='auto'))

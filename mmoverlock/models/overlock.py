@@ -22,6 +22,9 @@ from .checkpoint import load_overlock_checkpoint
 from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, conv_bn, stem
 from .registry import register_model
 
+# The authors' ImageNet-1K release of each preset, loaded by ``pretrained=True``; the deploy form has its own file.
+RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_{arch}_in1k_224{form}.pth'
+
 ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_mlp_ratio', 'sub_num_heads',
              'smk_size', 'ls_init_value', 'res_scale')
 
@@ -62,8 +65,10 @@ class OverLoCK(BaseModule):
         frozen_stages (int): Stages to freeze, -1 for none (see above). Defaults to -1.
         norm_eval (bool): Keep BatchNorm layers in eval mode while training. Defaults to ``False``.
         with_cp (bool): Activation checkpointing per block (less memory, slower). Defaults to ``False``.
-        pretrained (str, optional): Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set
-            by mmseg's ``EncoderDecoder(pretrained=...)``. Defaults to ``None``.
+        pretrained (bool | str, optional): ``True`` loads the authors' ImageNet-1K checkpoint of the preset ``arch``
+            (``RELEASE_URL``; the re-parameterised file when ``deploy=True``), as their ``overlock_t(pretrained=True)``
+            does. A string is a deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set by
+            mmseg's ``EncoderDecoder(pretrained=...)``. ``False`` or ``None``: no checkpoint. Defaults to ``None``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the authors'
             ImageNet, deploy-form, or full mmdet/mmseg checkpoints. Defaults to ``None`` (the authors' init).
 
@@ -97,14 +102,12 @@ class OverLoCK(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 pretrained: Optional[str] = None,
+                 pretrained: Union[bool, str, None] = None,
                  init_cfg: Optional[dict] = None):
-        if pretrained is not None:
-            # mmseg's EncoderDecoder forwards its model-level ``pretrained`` here, as mmseg's own backbones accept.
+        if pretrained is not None and pretrained is not False:
             if init_cfg is not None:
                 raise ValueError('OverLoCK: give either pretrained or init_cfg, not both')
-            warnings.warn('OverLoCK: pretrained is deprecated, use init_cfg=dict(type="Pretrained", checkpoint=...)')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+            init_cfg = dict(type='Pretrained', checkpoint=self.pretrained_checkpoint(pretrained, arch, deploy))
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
         out_indices = tuple(out_indices)
@@ -159,6 +162,23 @@ class OverLoCK(BaseModule):
                                         LayerScale(dims[3] + ctx_dim, init_value=1e-5))
         self.extra_norm = nn.ModuleList(norms)
         self._freeze_stages()
+
+    @classmethod
+    def pretrained_checkpoint(cls, pretrained: Union[bool, str], arch: Union[str, dict], deploy: bool) -> str:
+        """The checkpoint path or URL that the ``pretrained`` argument names (see the class docstring)."""
+        if pretrained is True:
+            if not isinstance(arch, str) or arch not in cls.arch_settings:
+                raise ValueError(f'OverLoCK: pretrained=True loads the release of a preset arch, one of '
+                                 f'{sorted(cls.arch_settings)}; got arch={arch!r}. Give a checkpoint path or URL '
+                                 f'(init_cfg=dict(type="Pretrained", checkpoint=...)) for another architecture')
+            return RELEASE_URL.format(arch=arch, form='_reparam' if deploy else '')
+        if isinstance(pretrained, str):
+            # mmseg's EncoderDecoder forwards its model-level ``pretrained`` here, as mmseg's own backbones accept.
+            warnings.warn('OverLoCK: pretrained=<path> is deprecated, use init_cfg=dict(type="Pretrained", '
+                          'checkpoint=...)')
+            return pretrained
+        raise TypeError(f'OverLoCK: pretrained must be True, False, None or a checkpoint path/URL string, '
+                        f'got {pretrained!r}')
 
     @classmethod
     def parse_arch(cls, arch: Union[str, dict]) -> dict:

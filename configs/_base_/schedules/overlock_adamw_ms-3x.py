@@ -1,5 +1,6 @@
-# The authors' Mask R-CNN 3x schedule (mmdet 2.x schedule_3x): 36 epochs, steps at 27 and 33, 500-iter linear warm-up,
-# AdamW lr 1e-4 (half the 1x rate), weight decay 0.05, total batch 16. Pair it with datasets/coco_instance_ms-crop.py.
+# The authors' Mask R-CNN 3x schedule: 36 epochs, steps at 27 and 33, 500-iteration linear warm-up from 0.001, AdamW
+# lr 1e-4 (half the 1x rate), betas (0.9, 0.999), weight decay 0.05, total batch 16, their no-weight-decay rule.
+# Pair it with datasets/coco_instance_ms-crop.py.
 _base_ = ['./overlock_adamw_1x.py']
 
 max_epochs = 36
