@@ -1,7 +1,7 @@
 # UperNet with OverLoCK-T on ADE20K, 512x512 crops, 160k iterations at 8 GPUs x 2 images: the authors' released
 # segmenter (their README: mIoU 50.3; upernet_overlock_tiny_ade20k.pth evaluates with this config after
-# tools/convert_checkpoint.py). Backbone in segmentation form (overview_fusion=False), auxiliary FCN head on level 2
-# (D2 + D3/4 = 384 channels), AdamW 6e-5 / wd 0.01 with a 1500-iteration warm-up then poly decay.
+# tools/model_converters/convert_checkpoint.py). Backbone in segmentation form (overview_fusion=False), auxiliary
+# FCN head on level 2 (D2 + D3/4 = 384 channels), AdamW 6e-5 / wd 0.01 with a 1500-iteration warm-up then poly decay.
 # Drop path 0.2: the authors' segmentation configs are not public, so we use the rate they chose for this backbone in
 # their detection configs (fine-tuning of similar length: 160k x 16 crops vs 36 epochs of COCO).
 _base_ = [
