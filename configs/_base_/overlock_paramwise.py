@@ -1,7 +1,7 @@
 # Parameters of OverLoCK that take no weight decay under AdamW, shared by every detection and segmentation schedule.
 #
 # The authors' configs exempt 'norm' and the relative position bias tables (their Swin-derived key names); this is the
-# same rule spelled for OverLoCK's own module names, plus the layer scales, as the issue asks:
+# same rule spelled for OverLoCK's own module names, plus the layer scales:
 # - norm_decay_mult=0: every normalisation layer by type (the LayerNorms `extra_norm`, `norm1/2` and the one opening each
 #   RepConvBlock, all BatchNorms, and the neck/head norms),
 # - `rpb1` / `rpb2`: ContMix relative position biases,

@@ -1,4 +1,4 @@
-# UperNet on ADE20K as the issue and the Swin/ConvNeXt UperNet recipes specify: AdamW lr 6e-5, weight decay 0.01,
+# UperNet on ADE20K as the Swin/ConvNeXt UperNet recipes specify: AdamW lr 6e-5, weight decay 0.01,
 # 1500-iter linear warm-up then poly decay (power 1) to 0 at 160k iterations, total batch 16 (8 GPUs x 2 images),
 # no weight decay on norms / rpb / layer scales.
 _base_ = ['mmseg::_base_/schedules/schedule_160k.py', '../overlock_paramwise.py']
