@@ -5,8 +5,6 @@ what is stated: in particular torch's ``weights_only=True`` default stays on.
 """
 import torch
 
-_applied = False
-
 
 def _mmengine_checkpoint_globals() -> list:
     """The non-tensor types that mmengine 0.10.x writes into every checkpoint (``message_hub``, ``meta``)."""
@@ -36,13 +34,4 @@ def allow_mmengine_checkpoints() -> None:
     add_safe_globals(_mmengine_checkpoint_globals())
 
 
-def apply_all() -> None:
-    """Apply every fix once (idempotent)."""
-    global _applied
-    if _applied:
-        return
-    allow_mmengine_checkpoints()
-    _applied = True
-
-
-apply_all()
+allow_mmengine_checkpoints()

@@ -3,7 +3,8 @@
 The flags are those of mmdet's and mmseg's ``tools/test.py``; ``--out`` keeps each package's meaning (mmdet: a
 ``.pkl`` of predictions, mmseg: a directory of prediction PNGs). One addition, ``--metrics-json FILE``, writes the
 evaluation metrics to a JSON file (the runner's own JSON lands in a timestamped folder of the work dir), which is what
-the main job reads. Checkpoints of the authors' mmdet 2.x / mmseg 0.x releases load after tools/convert_checkpoint.py.
+``tools/misc/smoke_train.py`` reads. Checkpoints of the authors' mmdet 2.x / mmseg 0.x releases load after
+``tools/model_converters/convert_checkpoint.py``.
 
 Examples:
     python tools/test.py CONFIG work_dirs/x/iter_300.pth --metrics-json work_dirs/x/metrics.json
@@ -16,10 +17,9 @@ import os.path as osp
 import warnings
 from copy import deepcopy
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict, DictAction
 
-from cpu_dist import setup_cpu_distributed
-from train import apply_common_args, build_runner, task_of
+from mmoverlock.engine import build_runner, load_runner_config
 
 
 def parse_args(argv=None):
@@ -86,12 +86,7 @@ def enable_tta(cfg, task):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    task = task_of(cfg)
-    if task == 'mmdet':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-    apply_common_args(cfg, args, args.config)
+    cfg, task = load_runner_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
@@ -102,7 +97,6 @@ def main(argv=None):
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
 
-    setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
     if args.out is not None and task == 'mmdet':
         if not args.out.endswith(('.pkl', '.pickle')):

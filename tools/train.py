@@ -3,7 +3,7 @@
 The flags are those of mmdet's and mmseg's ``tools/train.py`` (``--resume`` takes mmdet's optional checkpoint path;
 bare ``--resume`` resumes from the latest checkpoint of the work dir, as in both). Distributed runs work the usual way
 (``torchrun --nproc_per_node N tools/train.py CONFIG --launcher pytorch``, NCCL on GPUs) and also on CPU-only machines,
-where the gloo backend and a CPU SyncBatchNorm are set up by :mod:`cpu_dist`.
+where the gloo backend and a CPU SyncBatchNorm are set up by :mod:`mmoverlock.engine`.
 
 Examples:
     python tools/train.py configs/_smoke_/upernet_overlock-pico_1xb8-smoke_shapes-128x128.py
@@ -13,15 +13,10 @@ Examples:
 """
 import argparse
 import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
-from cpu_dist import setup_cpu_distributed
-
-TASKS = ('mmdet', 'mmseg')
+from mmoverlock.engine import build_runner, load_runner_config
 
 
 def parse_args(argv=None):
@@ -50,39 +45,9 @@ def parse_args(argv=None):
     return args
 
 
-def task_of(cfg):
-    """The OpenMMLab package a config belongs to (``mmdet`` or ``mmseg``), read from its ``default_scope``."""
-    scope = cfg.get('default_scope')
-    if scope not in TASKS:
-        raise ValueError(f'config default_scope is {scope!r}; expected one of {TASKS}')
-    return scope
-
-
-def apply_common_args(cfg, args, config_path):
-    """The work-dir rule shared by train and test: CLI > value in the config > ``work_dirs/<config name>``."""
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
-
-
-def build_runner(cfg):
-    """Build the runner the config asks for (``runner_type``), else mmengine's default."""
-    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    task = task_of(cfg)
-    if task == 'mmdet':
-        # As mmdet's tool: fewer dynamo recompilations when a model is compiled.
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-    apply_common_args(cfg, args, args.config)
+    cfg, _task = load_runner_config(args.config, args.launcher, args.work_dir, args.cfg_options)
 
     if args.amp:
         wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -104,7 +69,6 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = args.resume
 
-    setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
     runner.train()
 

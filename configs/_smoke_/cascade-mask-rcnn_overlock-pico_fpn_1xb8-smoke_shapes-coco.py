@@ -1,6 +1,6 @@
 # Smoke config: Cascade Mask R-CNN + FPN with OverLoCK-pico (detection form), trained from scratch on the bundled
-# synthetic COCO-format shapes set (tools/generate_data.py: 128x128 images, 4 classes, polygons + RLE masks) on the
-# CPU in a few minutes. The real network, slimmed for 2 CPU cores: FPN/RoI width 64, 256-d box FCs, a 2-conv mask
+# synthetic COCO-format shapes set (tools/misc/generate_data.py: 128x128 images, 4 classes, polygons + RLE masks) on
+# the CPU in a few minutes. The real network, slimmed for 2 CPU cores: FPN/RoI width 64, 256-d box FCs, a 2-conv mask
 # head, fewer proposals/RoIs per image (at most 3 objects per 128-px image), and torchvision's RoIAlign kernel
 # (mmcv's CPU RoIAlign is 3-6x slower and dominated the step time; on GPUs either is fine).
 _base_ = [

@@ -1,6 +1,7 @@
 # Smoke config: UperNet with OverLoCK-pico (segmentation form) and the auxiliary FCN head on level 2, trained from
-# scratch on the bundled synthetic ADE20K-format shapes set (tools/generate_data.py: 128x128 JPEGs, label PNGs with
-# 0 = ignored "other", 1 = background, 2..5 = shapes) on the CPU in a few minutes. Head widths slimmed for 2 cores.
+# scratch on the bundled synthetic ADE20K-format shapes set (tools/misc/generate_data.py: 128x128 JPEGs, label PNGs
+# with 0 = ignored "other", 1 = background, 2..5 = shapes) on the CPU in a few minutes. Head widths slimmed for 2
+# cores.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',

@@ -1,5 +1,5 @@
 # Mask R-CNN + FPN with OverLoCK-T, 1x schedule: the authors' released COCO detector (their README: AP^b 48.3, AP^m 43.3;
-# maskrcnn1x_overlock_tiny_coco.pth evaluates with this config after tools/convert_checkpoint.py).
+# maskrcnn1x_overlock_tiny_coco.pth evaluates with this config after tools/model_converters/convert_checkpoint.py).
 # The authors' recipe unchanged (tests/test_configs/test_recipes.py compares it item by item): backbone in detection
 # form (overview_fusion=True: level 3 also receives the Overview-Net context through h_proj), drop path 0.2, AdamW
 # lr 2e-4 / wd 0.05 with their no-decay rule, 8 GPUs x 2 images, fp32, one checkpoint kept plus the best.

@@ -1,7 +1,7 @@
 # UperNet with OverLoCK-T on ADE20K, 512x512 crops, 160k iterations at 8 GPUs x 2 images: the authors' released
 # segmenter (their README: mIoU 50.3; upernet_overlock_tiny_ade20k.pth evaluates with this config after
-# tools/convert_checkpoint.py). The authors' recipe unchanged (tests/test_configs/test_recipes.py compares it item by
-# item): backbone in segmentation form (overview_fusion=False), drop path 0.2, auxiliary FCN head on level 2
+# tools/model_converters/convert_checkpoint.py). The authors' recipe unchanged (tests/test_configs/test_recipes.py
+# compares it item by item): backbone in segmentation form (overview_fusion=False), drop path 0.2, auxiliary FCN head on level 2
 # (D2 + D3/4 = 384 channels), AdamW 6e-5 / wd 0.01 with their no-decay rule, 1500-iteration warm-up then poly decay,
 # fp32, single-scale whole-image testing at (2048, 512) then a multiple of 32, evaluation and a checkpoint every 8000
 # iterations, one checkpoint kept plus the best mIoU.

@@ -1,21 +1,67 @@
-"""Loading the authors' released checkpoints into :class:`OverLoCK` (the one place that reads foreign weights).
+"""Reading OverLoCK checkpoints: unwrapping a loaded file, telling its form, loading the backbone.
 
 Accepted: an ImageNet classification checkpoint (``state_dict`` / ``model`` entry, or a bare state dict), its
 deploy (re-parameterised) form, and a full mmdet/mmseg checkpoint, whose ``backbone.`` part is taken.
-A checkpoint of another variant or form fails with a message that says what it looks like.
+A checkpoint of another variant or form fails with a message that says what it looks like. The same unwrapping and
+form detection serve :mod:`mmoverlock.models.checkpoint_conversion`, which converts whole released detectors and
+segmentors.
 """
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+#: Key fragment of the training-form re-parameterisable blocks; a deploy-form state dict has none.
+TRAINING_FORM_MARKER = '.origin_bn.'
+#: Key prefixes of the detection form's Overview-Net fusion, absent from the segmentation form.
+FUSION_PREFIXES = ('h_proj.', 'extra_norm.4.')
+#: Key prefix of a model saved while wrapped in (Distributed)DataParallel.
+WRAPPER_PREFIX = 'module.'
+
 
 class LoadResult(NamedTuple):
     """Keys of the model that the checkpoint lacked, and keys of the checkpoint that the model does not have."""
     missing_keys: List[str]
     unexpected_keys: List[str]
+
+
+def split_checkpoint(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The weights inside a loaded checkpoint file, and its other top-level entries (``meta``, ``optimizer``, ...).
+
+    Args:
+        checkpoint (dict): What ``torch.load`` returned: ``{'state_dict': ...}`` as mmcv / mmengine save it,
+            ``{'model': ...}`` as the ImageNet releases do, or a bare state dict.
+
+    Returns:
+        tuple[dict, dict]: The state dict and the remaining entries (empty for a bare state dict).
+    """
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'OverLoCK: the checkpoint holds no state dict (got {type(checkpoint).__name__})')
+    for entry in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(entry), dict):
+            return checkpoint[entry], {k: v for k, v in checkpoint.items() if k != entry}
+    return checkpoint, {}
+
+
+def is_deploy_form(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """Whether an OverLoCK state dict is in deploy (re-parameterised) form: no training-form branches."""
+    return not any(TRAINING_FORM_MARKER in k for k in state_dict)
+
+
+def backbone_form(state_dict: Dict[str, torch.Tensor], prefix: str = 'backbone.') -> Optional[dict]:
+    """Describe the OverLoCK backbone under ``prefix`` of a state dict.
+
+    Returns:
+        dict | None: ``overview_fusion`` (detection form), ``deploy`` and ``num_keys``; ``None`` when no key starts
+        with ``prefix``.
+    """
+    keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+    if not keys:
+        return None
+    return dict(overview_fusion=any(k.startswith(FUSION_PREFIXES) for k in keys), deploy=is_deploy_form(keys),
+                num_keys=len(keys))
 
 
 def extract_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -26,14 +72,8 @@ def extract_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[s
         prefix (str, optional): Keep only keys under this prefix (stripped). ``None`` takes ``backbone.`` when the
             checkpoint is a whole detector/segmentor, else everything.
     """
-    state_dict = checkpoint
-    for entry in ('state_dict', 'model'):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(entry), dict):
-            state_dict = state_dict[entry]
-            break
-    if not isinstance(state_dict, dict):
-        raise TypeError(f'OverLoCK: the checkpoint holds no state dict (got {type(state_dict).__name__})')
-    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    state_dict, _entries = split_checkpoint(checkpoint)
+    state_dict = {(k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k): v for k, v in state_dict.items()}
     if prefix is None and any(k.startswith('backbone.') for k in state_dict):
         prefix = 'backbone.'
     if prefix:
@@ -78,7 +118,7 @@ def check_compatible(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> N
         raise ValueError(f'OverLoCK: the checkpoint looks like {_name_variant(found, model.arch_settings)}, '
                          f'but this model is {_name_variant(expected, model.arch_settings)}; '
                          f'set arch to match the checkpoint')
-    ckpt_deploy = not any('.origin_bn.' in k for k in state_dict)
+    ckpt_deploy = is_deploy_form(state_dict)
     if ckpt_deploy and not model.deploy:
         raise ValueError('OverLoCK: the checkpoint is in deploy (re-parameterised) form; build the backbone '
                          'with deploy=True to load it')

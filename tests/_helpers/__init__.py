@@ -1,22 +1,27 @@
-"""Helpers shared by the config and tool tests (importable as ``_helpers``: pytest puts ``tests/`` on sys.path).
+"""Paths, the tiny architecture and a tool runner shared by the tests (importable as ``_helpers``: pytest puts
+``tests/`` on ``sys.path`` because ``tests/conftest.py`` sits in a folder without ``__init__.py``).
 
-Why a module and not only fixtures: the tools are scripts (``tools/*.py`` import their siblings by bare name, as they
-do when run), and the distributed test needs a hook that the spawned training processes import too.
+The command-line tools are run as a user runs them, in a subprocess; what tests need from them in-process lives in
+the package (:mod:`mmoverlock.apis`, :mod:`mmoverlock.analysis`, :mod:`mmoverlock.engine`).
 """
 import os
 import os.path as osp
 import subprocess
 import sys
 
+from mmengine.config import Config
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TESTS_DIR = osp.join(REPO_ROOT, 'tests')
-TOOLS_DIR = osp.join(REPO_ROOT, 'tools')
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 SMOKE_DET = osp.join(CONFIG_DIR, '_smoke_', 'cascade-mask-rcnn_overlock-pico_fpn_1xb8-smoke_shapes-coco.py')
 SMOKE_SEG = osp.join(CONFIG_DIR, '_smoke_', 'upernet_overlock-pico_1xb8-smoke_shapes-128x128.py')
 
-if TOOLS_DIR not in sys.path:  # so tests can `import train, get_flops, ...` like the scripts import each other
-    sys.path.insert(0, TOOLS_DIR)
+_PICO = Config.fromfile(osp.join(CONFIG_DIR, '_base_', 'models', 'overlock_pico.py'))
+#: The tiny architecture of the parity references and the smoke configs (one definition, in the config).
+TINY_ARCH = _PICO.overlock_pico_arch.to_dict()
+#: Its level channels (out_channels of all four levels, either form).
+TINY_CHANNELS = list(_PICO.overlock_pico_channels)
 
 
 def all_configs():
@@ -30,17 +35,16 @@ def all_configs():
 
 
 def run_tool(args, cwd, timeout=600, env=None, launcher=None):
-    """Run ``tools/<args[0]> args[1:]`` with this interpreter (or ``launcher`` + script); fail with the log tail.
+    """Run the script ``args[0]`` (relative to the repository root) with ``args[1:]`` under this interpreter (or
+    ``launcher`` + script); fail with the log tail.
 
     Returns:
         str: the combined stdout/stderr.
     """
-    script = osp.join(TOOLS_DIR, args[0])
+    script = osp.join(REPO_ROOT, args[0])
     cmd = (launcher or [sys.executable]) + [script] + [str(a) for a in args[1:]]
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS_DIR, os.environ.get('PYTHONPATH', '')]))
-    full_env.update(env or {})
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}')
     return proc.stdout

@@ -7,8 +7,7 @@ import torch.distributed as dist
 
 def sync_bn_worker(rank, world_size, port, inputs, grad_out, out_dir):
     """One rank of the CPUSyncBatchNorm check: normalise this rank's slice, backprop, save what came out."""
-    import _helpers  # noqa: F401  (tools/ on sys.path)
-    from cpu_dist import convert_cpu_sync_batchnorm
+    from mmoverlock.engine import convert_cpu_sync_batchnorm
 
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world_size)

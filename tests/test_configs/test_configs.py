@@ -6,13 +6,12 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import MODELS, init_default_scope
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from _helpers import CONFIG_DIR, all_configs
-from benchmark import make_batch, num_classes_of
+from _helpers import CONFIG_DIR, SMOKE_SEG, TINY_ARCH, TINY_CHANNELS, all_configs, write_config
+from mmoverlock.apis import build_model, dummy_batch, load_config, task_of
+from mmoverlock.models import OverLoCK
 from mmoverlock.models.layers import GRN, LayerScale
 
 CONFIGS = all_configs()
@@ -24,14 +23,7 @@ def _name(path):
     return osp.relpath(path, CONFIG_DIR)
 
 
-def _build(cfg):
-    """The config's model with random init (pretrained loading disabled), SyncBN reverted, eval mode."""
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
-    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
-
-
-def test_issue_configs_exist():
+def test_release_configs_exist():
     names = {_name(c) for c in CONFIGS}
     expected = set()
     for v in 'tsb':
@@ -58,7 +50,7 @@ def test_config_builds_and_runs(config):
         assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(variant))
         assert cfg.sync_bn == 'torch'
 
-    model = _build(cfg)
+    model, _ = build_model(cfg, init=False)  # no pretrained download
     channels = model.backbone.out_channels
     if task == 'mmdet':
         assert cfg.model.neck.in_channels == channels
@@ -66,7 +58,7 @@ def test_config_builds_and_runs(config):
         assert cfg.model.decode_head.in_channels == channels
         assert cfg.model.auxiliary_head.in_index == 2 and cfg.model.auxiliary_head.in_channels == channels[2]
 
-    inputs, samples = make_batch(task, num_classes_of(model, task), 1, 96, 128, False, torch.device('cpu'))
+    inputs, samples = dummy_batch(task, 1, 96, 128)
     with torch.no_grad():
         results = model(inputs, samples, mode='predict')
     assert len(results) == 1
@@ -75,6 +67,26 @@ def test_config_builds_and_runs(config):
         assert pred.bboxes.shape[1] == 4 and len(pred.masks) == len(pred.bboxes)
     else:
         assert results[0].pred_sem_seg.data.shape == (1, 96, 128)
+
+
+@pytest.mark.parametrize('scope', ['mmpretrain', None])
+def test_unknown_task_is_a_clear_error(tmp_path, scope):
+    """A config whose default_scope is not mmdet / mmseg fails when loaded, naming the file and the scope."""
+    config = write_config(tmp_path / 'other.py', SMOKE_SEG, f'default_scope = {scope!r}\n')
+    expected = rf"other.py has default_scope {scope!r}; expected one of \('mmdet', 'mmseg'\)"
+    with pytest.raises(ValueError, match=expected):
+        load_config(config)
+    with pytest.raises(ValueError, match='default_scope'):
+        build_model(config)
+    assert task_of(load_config(SMOKE_SEG, {'model.backbone.drop_path_rate': 0.1})) == 'mmseg'
+
+
+def test_pico_arch_is_the_reference_tiny_arch(reference_dir):
+    """The smoke configs' OverLoCK-pico is the architecture of the float64 parity references."""
+    for name in ('detection', 'segmentation'):
+        ref = torch.load(osp.join(reference_dir, f'tiny_{name}.pt'), weights_only=True)
+        assert {k: v for k, v in ref['arch'].items() if k != 'drop_path_rate'} == TINY_ARCH
+    assert OverLoCK(arch=TINY_ARCH).out_channels == TINY_CHANNELS
 
 
 def test_detection_recipes():
@@ -111,7 +123,7 @@ def test_no_weight_decay_on_norms_rpb_layer_scales(config):
     """The smoke configs' opt-in rule (configs/_base_/overlock_paramwise_norms-scales.py) exempts exactly the intended
     tensors."""
     cfg = Config.fromfile(osp.join(CONFIG_DIR, config))
-    model = _build(cfg)
+    model, _ = build_model(cfg, init=False)  # no pretrained download
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decay = {id(p): group['weight_decay'] for group in optim_wrapper.optimizer.param_groups for p in group['params']}
     exempt = set()

@@ -5,13 +5,11 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from _helpers import TINY_ARCH
 from mmoverlock.models import OverLoCK
 from mmoverlock.models.checkpoint import LoadResult
 
 VARIANTS = ('xt', 't', 's', 'b')
-TINY_ARCH = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], kernel_size=[17, 15, 13, 7],
-                 mlp_ratio=[2, 2, 2, 2], sub_mlp_ratio=[2, 2], sub_num_heads=[2, 3], smk_size=5,
-                 ls_init_value=[None, None, 1, 1], res_scale=True)
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['train', 'deploy'])

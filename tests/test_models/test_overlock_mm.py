@@ -8,11 +8,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
 import mmoverlock  # noqa: F401  (registers OverLoCK)
-
-TINY_ARCH = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2], embed_dim=[16, 32, 64, 96], kernel_size=[17, 15, 13, 7],
-                 mlp_ratio=[2, 2, 2, 2], sub_mlp_ratio=[2, 2], sub_num_heads=[2, 3], smk_size=5,
-                 ls_init_value=[None, None, 1, 1], res_scale=True)
-TINY_CHANNELS = [16, 32, 88, 120]
+from _helpers import TINY_ARCH, TINY_CHANNELS
 
 
 def _train_step_changes_weights(model, data):

@@ -1,7 +1,7 @@
 """The checkpoint converter on synthetic state dicts laid out like the authors' mmdet 2.x / mmseg 0.x releases.
 
 The synthetic "releases" take their backbone keys and shapes from the authors' own layout
-(``../shared/reference/official_state_dict_manifest.json``, detection / segmentation forms) under ``backbone.``,
+(``tests/data/reference/official_state_dict_manifest.json.gz``, detection / segmentation forms) under ``backbone.``,
 and the neck/head keys of the same mmdet/mmseg models, wrapped the way mmcv 1.x saved checkpoints
 (``meta`` with ``CLASSES`` / ``PALETTE`` and versions, ``optimizer``).
 """
@@ -11,11 +11,19 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from _helpers import CONFIG_DIR, SMOKE_SEG, run_tool
-from convert_checkpoint import build_model_for, compare_with_model, convert
+from _helpers import CONFIG_DIR, SMOKE_DET, SMOKE_SEG, run_tool
+from mmoverlock.apis import build_model
+from mmoverlock.models.checkpoint_conversion import compare_with_model, convert_release_checkpoint
+
+CONVERTER = 'tools/model_converters/convert_checkpoint.py'
 
 MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')
 UPERNET_T = osp.join(CONFIG_DIR, 'upernet', 'upernet_overlock-t_8xb2-160k_ade20k-512x512.py')
+
+
+def build_model_for(config):
+    """The config's model with its constructors' weights: the reference key layout."""
+    return build_model(config, init=False)[0]
 
 
 @pytest.fixture(scope='module')
@@ -42,7 +50,7 @@ def authors_release(model, manifest_entry, version, classes, palette=None, key_p
 def test_detection_release_needs_no_renames_and_loads_strictly(models, official_manifest):
     release = authors_release(models['det'], official_manifest['detection/overlock_t'], dict(mmdet_version='2.28.2'),
                               classes=tuple(f'class{i}' for i in range(80)))
-    converted, report = convert(release)
+    converted, report = convert_release_checkpoint(release)
     assert report['task'] == 'mmdet' and report['renamed'] == [] and report['dropped'] == []
     assert report['backbone'] == dict(overview_fusion=True, deploy=False,
                                       num_keys=len(official_manifest['detection/overlock_t']['state_dict']))
@@ -63,7 +71,7 @@ def test_segmentation_release_with_wrapper_prefix(models, official_manifest):
                               dict(mmseg_version='0.30.0'), classes=tuple(f'c{i}' for i in range(150)),
                               palette=palette, key_prefix='module.')
     release['state_dict']['module.ema_backbone_patch_embed1_0_weight'] = torch.zeros(1)
-    converted, report = convert(release)
+    converted, report = convert_release_checkpoint(release)
     assert report['task'] == 'mmseg' and report['backbone']['overview_fusion'] is False
     assert len(report['renamed']) == len(release['state_dict']) - 1  # all but the dropped EMA key
     assert all(old == 'module.' + new for old, new in report['renamed'])
@@ -77,7 +85,7 @@ def test_legacy_head_layout_and_form_mismatch(models, official_manifest):
     release = authors_release(models['det'], official_manifest['detection/overlock_t'], {}, classes=('a', ))
     legacy = OrderedDict((k[len('roi_head.'):] if k.startswith('roi_head.') else k, v)
                          for k, v in release['state_dict'].items())
-    converted, report = convert({'state_dict': legacy})
+    converted, report = convert_release_checkpoint({'state_dict': legacy})
     assert {new for _old, new in report['renamed']} == {k for k in release['state_dict'] if k.startswith('roi_head.')}
     models['det'].load_state_dict(converted['state_dict'], strict=True)
 
@@ -94,7 +102,7 @@ def test_cli_on_a_small_checkpoint(tmp_path):
     src = tmp_path / 'release.pth'
     torch.save(dict(meta=dict(CLASSES=('bg', 'a', 'b', 'c', 'd'), mmseg_version='0.30.0'),
                     state_dict=OrderedDict(('module.' + k, v) for k, v in model.state_dict().items())), src)
-    out = run_tool(['convert_checkpoint.py', src, tmp_path / 'converted.pth', '--config', SMOKE_SEG, '--strict',
+    out = run_tool([CONVERTER, src, tmp_path / 'converted.pth', '--config', SMOKE_SEG, '--strict',
                     '--report', tmp_path / 'report.json'], cwd=tmp_path)
     assert 'against the config\'s model: 0 missing, 0 unexpected, 0 shape mismatches' in out
     converted = torch.load(tmp_path / 'converted.pth', weights_only=True)
@@ -102,6 +110,4 @@ def test_cli_on_a_small_checkpoint(tmp_path):
     assert converted['meta']['dataset_meta']['classes'] == ('bg', 'a', 'b', 'c', 'd')
 
     with pytest.raises(AssertionError, match='conversion check failed'):
-        run_tool(['convert_checkpoint.py', src, tmp_path / 'bad.pth', '--config',
-                  osp.join(CONFIG_DIR, '_smoke_', 'cascade-mask-rcnn_overlock-pico_fpn_1xb8-smoke_shapes-coco.py'),
-                  '--strict'], cwd=tmp_path)
+        run_tool([CONVERTER, src, tmp_path / 'bad.pth', '--config', SMOKE_DET, '--strict'], cwd=tmp_path)

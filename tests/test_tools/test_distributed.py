@@ -7,6 +7,7 @@
    of the distributed run's losses, within float32 tolerance.
 """
 import json
+import os
 import socket
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _helpers import SMOKE_SEG, run_tool, write_config
+from _helpers import SMOKE_SEG, TESTS_DIR, run_tool, write_config
 from _helpers.dist_workers import sync_bn_worker
 
 
@@ -85,10 +86,12 @@ def test_two_processes_match_one_with_twice_the_batch(shapes_workdir, tmp_path):
     single_cfg = write_config(tmp_path / 'single.py', SMOKE_SEG, DDP_OVERRIDES.format(batch=4, out_dir=str(single_dir)))
     ddp_cfg = write_config(tmp_path / 'ddp.py', SMOKE_SEG, DDP_OVERRIDES.format(batch=2, out_dir=str(ddp_dir)))
 
-    run_tool(['train.py', single_cfg, '--work-dir', single_dir], cwd=shapes_workdir)
-    run_tool(['train.py', ddp_cfg, '--work-dir', ddp_dir, '--launcher', 'pytorch'], cwd=shapes_workdir,
-             launcher=[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                       '--master_port', str(_free_port())])
+    # the configs import the loss recorder from tests/_helpers, so the training processes need tests/ importable
+    env = dict(PYTHONPATH=os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get('PYTHONPATH')])))
+    run_tool(['tools/train.py', single_cfg, '--work-dir', single_dir], cwd=shapes_workdir, env=env)
+    run_tool(['tools/train.py', ddp_cfg, '--work-dir', ddp_dir, '--launcher', 'pytorch'], cwd=shapes_workdir,
+             env=env, launcher=[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                                '--master_port', str(_free_port())])
 
     single_run = json.loads((single_dir / 'losses_rank0.json').read_text())
     rank_runs = [json.loads((ddp_dir / f'losses_rank{r}.json').read_text()) for r in range(2)]

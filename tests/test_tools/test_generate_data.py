@@ -1,14 +1,18 @@
-"""The bundled-data generator writes valid COCO instances (polygons and RLE) and ADE20K-format label maps."""
+"""The bundled-data generator writes valid COCO instances (polygons and RLE) and ADE20K-format label maps, with the
+classes the smoke configs declare."""
 import json
 import os
 import os.path as osp
 
 import numpy as np
+from mmengine.config import Config
 from PIL import Image
 from pycocotools.coco import COCO
 
-import _helpers  # noqa: F401  (tools/ on sys.path)
-from generate_data import CLASSES, SEG_CLASSES
+from _helpers import SMOKE_DET, SMOKE_SEG
+
+CLASSES = Config.fromfile(SMOKE_DET).metainfo['classes']
+SEG_CLASSES = Config.fromfile(SMOKE_SEG).metainfo['classes']
 
 
 def test_coco_set(shapes_workdir):
@@ -49,4 +53,4 @@ def test_ade_set(shapes_workdir):
             # 0 = unlabelled band (ignored via reduce_zero_label), 1 = background, 2.. = the shape classes
             assert {0, 1} <= values <= set(range(len(SEG_CLASSES) + 1))
     meta = json.loads((shapes_workdir / 'data' / 'generated' / 'meta.json').read_text())
-    assert meta['seg_classes'] == list(SEG_CLASSES)
+    assert meta['classes'] == list(CLASSES) and meta['seg_classes'] == list(SEG_CLASSES)

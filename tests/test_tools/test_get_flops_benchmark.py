@@ -1,11 +1,12 @@
-"""get_flops counts the ContMix core and reports the backbone's own parameter count; benchmark writes its JSON."""
+"""The FLOP counter counts the ContMix core and reports the backbone's own parameter count; get_flops and benchmark
+write their JSON."""
 import json
 import os.path as osp
 
 import pytest
 
 from _helpers import CONFIG_DIR, SMOKE_DET, SMOKE_SEG, run_tool
-from get_flops import analyse
+from mmoverlock.analysis import config_complexity
 from mmoverlock.models import OverLoCK
 
 MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')
@@ -13,7 +14,7 @@ MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coc
 
 @pytest.mark.parametrize('config', [SMOKE_DET, SMOKE_SEG], ids=['det', 'seg'])
 def test_flops_include_contmix(config):
-    result = analyse(config, shape=(96, 128))
+    result = config_complexity(config, shape=(96, 128))
     assert 0 < result['contmix_flops'] < result['backbone_flops'] < result['flops']
     assert result['backbone_params'] < result['params']
     if config == SMOKE_DET:  # mask heads' share and the RoIs they ran on (at most test_cfg.rpn.max_per_img = 100)
@@ -28,26 +29,27 @@ def test_flops_include_contmix(config):
 
 
 def test_params_match_backbone_and_authors(official_manifest):
-    result = analyse(MASK_RCNN_T, shape=(64, 64), backbone_only=True)
+    result = config_complexity(MASK_RCNN_T, shape=(64, 64), backbone_only=True)
     assert result['flops'] is None and result['params'] > result['backbone_params']
     backbone = OverLoCK(arch='t', overview_fusion=True)
     assert result['backbone_params'] == sum(p.numel() for p in backbone.parameters())
     assert result['backbone_params'] == official_manifest['detection/overlock_t']['num_params']
-    deploy = analyse(MASK_RCNN_T, shape=(64, 64), deploy=True, backbone_only=True)
+    deploy = config_complexity(MASK_RCNN_T, shape=(64, 64), deploy=True, backbone_only=True)
     assert deploy['backbone_params'] == official_manifest['detection/overlock_t/deploy']['num_params']
     assert deploy['contmix_flops'] == result['contmix_flops'] > 0
 
 
 def test_get_flops_cli(tmp_path):
-    out = run_tool(['get_flops.py', SMOKE_SEG, '--shape', '64', '64', '--out', tmp_path / 'flops.json'], cwd=tmp_path)
+    out = run_tool(['tools/analysis_tools/get_flops.py', SMOKE_SEG, '--shape', '64', '64', '--out',
+                    tmp_path / 'flops.json'], cwd=tmp_path)
     assert 'ContMix core' in out
     assert json.loads((tmp_path / 'flops.json').read_text())['contmix_flops'] > 0
 
 
 def test_benchmark_writes_json(tmp_path):
     path = tmp_path / 'bench.json'
-    run_tool(['benchmark.py', SMOKE_DET, '--shape', '96', '128', '--batch-size', '2', '--iters', '1', '--warmup', '0',
-              '--out', path], cwd=tmp_path)
+    run_tool(['tools/analysis_tools/benchmark.py', SMOKE_DET, '--shape', '96', '128', '--batch-size', '2', '--iters',
+              '1', '--warmup', '0', '--out', path], cwd=tmp_path)
     result = json.loads(path.read_text())
     assert result['device'] == 'cpu' and result['shape'] == [96, 128] and result['batch_size'] == 2
     assert result['infer']['images_per_s'] > 0 and result['train']['step_s'] > 0

@@ -1,7 +1,8 @@
 # "OverLoCK-pico": a small OverLoCK for the smoke configs (CPU training in minutes on the bundled shapes data).
-# The architecture of ../shared/reference/tiny_arch.json (the one the backbone's float64 parity tests use): every
-# module of the real network (RepConvBlocks, both ContMix stages, the Overview-Net context, the detection-form
-# fusion), one block per stage, narrow widths. Level channels: [16, 32, 64 + 24, 96 + 24] = [16, 32, 88, 120].
+# The architecture of the backbone's float64 parity tests (the 'arch' of tests/data/reference/tiny_*.pt), and the one
+# definition the tests read it from: every module of the real network (RepConvBlocks, both ContMix stages, the
+# Overview-Net context, the detection-form fusion), one block per stage, narrow widths. Level channels:
+# [16, 32, 64 + 24, 96 + 24] = [16, 32, 88, 120].
 overlock_pico_arch = dict(
     depth=[1, 1, 1, 1],
     sub_depth=[2, 2],

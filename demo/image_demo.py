@@ -7,14 +7,15 @@ config's ``default_scope``; class names and palette come from the checkpoint's `
 and always for segmentors (label PNGs in ``OUT_DIR/pred/``: MMSegInferencer has no switch for it).
 
 Usage:
-    python tools/demo.py IMAGE_OR_FOLDER CONFIG CHECKPOINT [--out-dir outputs/demo] [--device cpu]
+    python demo/image_demo.py IMAGE_OR_FOLDER CONFIG CHECKPOINT [--out-dir outputs/demo] [--device cpu]
 """
 import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config
 from tqdm import tqdm
+
+from mmoverlock.apis import load_config, task_of
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -33,17 +34,14 @@ def list_images(path):
 
 def build_inferencer(config, checkpoint, device):
     """DetInferencer or MMSegInferencer for the config's task, with its own progress bar off (we draw one)."""
-    import mmoverlock  # noqa: F401  (registers OverLoCK; the config's custom_imports would too)
-    task = Config.fromfile(config).get('default_scope')
+    task = task_of(load_config(config))
     if task == 'mmdet':
         from mmdet.apis import DetInferencer
         return task, DetInferencer(model=config, weights=checkpoint, device=device, show_progress=False)
-    if task == 'mmseg':
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device)
-        inferencer.show_progress = False
-        return task, inferencer
-    raise ValueError(f'config default_scope is {task!r}; expected mmdet or mmseg')
+    from mmseg.apis import MMSegInferencer
+    inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device)
+    inferencer.show_progress = False
+    return task, inferencer
 
 
 def run_demo(inputs, config, checkpoint, out_dir, device='cpu', score_thr=0.3, opacity=0.5, save_pred=False):

@@ -1,18 +1,19 @@
 """CPU data-parallel training through mmengine's launcher: gloo process group, DDP wrapper and a CPU SyncBatchNorm.
 
 mmengine 0.10.7 assumes an accelerator whenever ``--launcher`` is not ``none``, and three things break on a CPU-only
-machine (checked on torch 2.14):
+machine:
 
 1. ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device(local_rank)``, which raises without an NVIDIA driver;
 2. ``Runner.wrap_model`` passes ``device_ids=[local_rank]`` to DDP, which DDP rejects for CPU modules;
 3. ``torch.nn.SyncBatchNorm`` (what ``sync_bn='torch'`` and mmseg's ``SyncBN`` heads build) raises for CPU tensors.
 
-:func:`setup_cpu_distributed` fixes all three from ``tools/train.py`` / ``tools/test.py`` without touching the config
-semantics: it initialises a gloo process group itself (so the runner skips ``init_dist``) and selects
-:class:`CPUDistributedDataParallel`, which drops ``device_ids`` and swaps every SyncBatchNorm for
-:class:`CPUSyncBatchNorm` (a ``_BatchNorm`` with the same state-dict keys whose statistics are all-reduced over gloo,
-gradients flowing through the all-reduce). On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as
-usual.
+:func:`setup_cpu_distributed` fixes all three before the runner is built (``tools/train.py`` and ``tools/test.py``
+call it through :func:`mmoverlock.engine.build_runner`) without touching the config semantics: it initialises a gloo
+process group itself (so the runner skips ``init_dist``) and selects :class:`CPUDistributedDataParallel`, which drops
+``device_ids`` and swaps every SyncBatchNorm for :class:`CPUSyncBatchNorm` (a ``_BatchNorm`` with the same state-dict
+keys whose statistics are all-reduced over gloo, gradients flowing through the all-reduce). The wrapper is registered
+in mmengine's ``MODEL_WRAPPERS`` on ``import mmoverlock`` (a config's ``custom_imports``), so a runner resolves it by
+name. On GPUs nothing here is used: NCCL and torch's own SyncBatchNorm run as usual.
 """
 import os
 import subprocess

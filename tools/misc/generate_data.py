@@ -1,9 +1,9 @@
 """Generate the bundled synthetic datasets (no downloads): a COCO-format instance set and an ADE20K-format set.
 
-The main job and the tests need data that (a) exercises the real mmdet/mmseg loaders and evaluators unchanged and
-(b) is easy enough that a small OverLoCK learns it from scratch in a few CPU minutes. So the images are small scenes of
-a few coloured shapes on a textured background: each class has its own colour family *and* its own geometry, and
-objects do not overlap.
+Smoke training (``tools/misc/smoke_train.py``) and the tests need data that (a) exercises the real mmdet/mmseg
+loaders and evaluators unchanged and (b) is easy enough that a small OverLoCK learns it from scratch in a few CPU
+minutes. So the images are small scenes of a few coloured shapes on a textured background: each class has its own
+colour family *and* its own geometry, and objects do not overlap.
 
 Layout written under ``--out`` (default ``data/generated``)::
 
@@ -15,7 +15,7 @@ Layout written under ``--out`` (default ``data/generated``)::
     ade/held_out/*.jpg                              unlabelled borders of real annotations), 1 = background, 2.. shapes
     meta.json                                       class names and palettes, read by the smoke configs' docs/tests
 
-Usage: python tools/generate_data.py [--out data/generated] [--size 128] [--num-train 160] [--num-val 40]
+Usage: python tools/misc/generate_data.py [--out data/generated] [--size 128] [--num-train 160] [--num-val 40]
 """
 import argparse
 import json

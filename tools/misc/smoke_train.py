@@ -1,18 +1,19 @@
-"""The main job: generate the bundled data, train OverLoCK detectors and segmentors on it on the CPU, prove they learn.
+"""Smoke training (``make smoke-train``): generate the bundled data, train OverLoCK detectors and segmentors on it on
+the CPU, prove they learn.
 
 Steps (each through the project's real command-line tools and mmdet/mmseg runners, as a user would run them):
 
-1. ``tools/generate_data.py``: the synthetic COCO-format and ADE20K-format shapes sets under ``data/generated``;
+1. ``tools/misc/generate_data.py``: the synthetic COCO-format and ADE20K-format shapes sets under ``data/generated``;
 2. for the smoke Cascade Mask R-CNN (OverLoCK-pico) and the smoke UperNet (OverLoCK-pico):
    a. save the freshly initialised model and evaluate it with ``tools/test.py`` (the untrained baseline),
    b. train it with ``tools/train.py`` for a few minutes,
    c. evaluate the trained checkpoint with ``tools/test.py`` (COCO bbox/segm AP, mIoU),
-   d. run ``tools/demo.py`` on the held-out images;
+   d. run ``demo/image_demo.py`` on the held-out images;
 3. print untrained vs trained metrics and where the metrics, logs, checkpoints and pictures are; write
    ``summary.json``. The job fails (exit 1) if a trained model is not clearly better than its untrained self.
 
 Usage (after tools/setup_env.sh):
-    .venv/bin/python tools/main_job.py [--out-dir outputs/main_job] [--tasks det seg]
+    .venv/bin/python tools/misc/smoke_train.py [--out-dir outputs/smoke_train] [--tasks det seg]
 """
 import argparse
 import json
@@ -24,8 +25,7 @@ import sys
 import time
 import warnings
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOLS = osp.join(ROOT, 'tools')
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA_ROOT = osp.join('data', 'generated')
 
 #: Per task: config, headline metrics (key, label, minimal gain over the untrained model for "it learned").
@@ -54,7 +54,7 @@ def tool_env():
 
     The models here are small, so a second intra-op thread gains little, while one core left to the data-loading
     worker and the rest of the machine keeps OpenMP's barriers from stalling whenever another process takes a core
-    (on 2 shared cores that stall made training steps up to 10x slower).
+    (on a 2-core machine shared with other work, those stalls made training steps up to 10x slower).
     """
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 2) - 1)))
@@ -62,7 +62,7 @@ def tool_env():
 
 
 def run_tool(args, log_path):
-    """Run ``python tools/<args...>`` from the repository root, log everything, echo progress; raise on failure."""
+    """Run ``python <script> <args...>`` from the repository root, log everything, echo progress; raise on failure."""
     cmd = [sys.executable] + args
     print(f'$ {" ".join(cmd[1:])}   (log: {osp.relpath(log_path, ROOT)})', flush=True)
     start = time.perf_counter()
@@ -83,15 +83,15 @@ def run_tool(args, log_path):
 def save_untrained_checkpoint(config, path, seed=0):
     """Save the config's model right after initialisation (same seed as training), with its dataset_meta.
 
-    The model comes from :func:`get_flops.build_model`: the config's model, ``init_weights`` run with mmengine's
-    per-parameter report silenced, no pretrained download.
+    The model comes from :func:`mmoverlock.apis.build_model`: the config's model, ``init_weights`` run with
+    mmengine's per-parameter report silenced, no pretrained download.
     """
     # mmengine imports pkg_resources, which warns on every import with setuptools 80 (kept below 81 for mmcv)
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     import torch
     from mmengine.runner import set_random_seed
 
-    from get_flops import build_model
+    from mmoverlock.apis import build_model
 
     set_random_seed(seed)
     model, cfg = build_model(osp.join(ROOT, config))
@@ -138,7 +138,7 @@ def run_task(key, out_dir, times):
 
     demo_dir = osp.join(work_dir, 'demo')
     times[f'{key}_demo_s'] = run_tool(
-        ['tools/demo.py', task['demo_images'], task['config'], checkpoint, '--out-dir', demo_dir],
+        ['demo/image_demo.py', task['demo_images'], task['config'], checkpoint, '--out-dir', demo_dir],
         osp.join(work_dir, 'demo.log'))
 
     keys = [name for name, _label, _gain in task['metrics']]
@@ -151,7 +151,7 @@ def run_task(key, out_dir, times):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train and evaluate OverLoCK detectors/segmentors on bundled data')
-    parser.add_argument('--out-dir', default='outputs/main_job', help='where work dirs, metrics and pictures go')
+    parser.add_argument('--out-dir', default='outputs/smoke_train', help='where work dirs, metrics and pictures go')
     parser.add_argument('--tasks', nargs='+', choices=sorted(TASKS), default=['det', 'seg'])
     parser.add_argument('--regenerate', action='store_true', help='rewrite data/generated even if present')
     return parser.parse_args(argv)
@@ -165,7 +165,7 @@ def main(argv=None):
     start = time.perf_counter()
     times = {}
     if args.regenerate or not osp.exists(osp.join(DATA_ROOT, 'meta.json')):
-        times['generate_data_s'] = run_tool(['tools/generate_data.py', '--out', DATA_ROOT],
+        times['generate_data_s'] = run_tool(['tools/misc/generate_data.py', '--out', DATA_ROOT],
                                             osp.join(out_dir, 'generate_data.log'))
     else:
         print(f'using the existing {DATA_ROOT} (--regenerate to rewrite it)')
@@ -173,7 +173,7 @@ def main(argv=None):
     results = {key: run_task(key, out_dir, times) for key in args.tasks}
     times['total_s'] = time.perf_counter() - start
 
-    print('\n' + '=' * 78 + '\nMain job summary (CPU, trained from scratch on the bundled synthetic data)')
+    print('\n' + '=' * 78 + '\nSmoke training summary (CPU, trained from scratch on the bundled synthetic data)')
     for key, res in results.items():
         print(f'\n{res["name"]}\n  {"metric":<10} {"untrained":>10} {"trained":>10}')
         for row in res['metrics']:

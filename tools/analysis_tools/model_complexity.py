@@ -1,7 +1,7 @@
 """Params and FLOPs of every OverLoCK backbone and every detector/segmentor config, as one table for the README.
 
-Each row is :func:`get_flops.analyse` (mmengine's FlopAnalyzer with the ContMix core counted), so the figures are
-exactly what ``tools/get_flops.py`` prints for the same config and shape:
+Each row is :func:`mmoverlock.analysis.config_complexity` (mmengine's FlopAnalyzer with the ContMix core counted), so
+the figures are exactly what ``tools/analysis_tools/get_flops.py`` prints for the same config and shape:
 
 - backbones ``xt``/``t``/``s``/``b`` at 224x224 (ImageNet resolution), training and deploy (re-parameterised) form;
   the paper's 16/33/56/95 M are its classifiers in deploy form, i.e. these backbones plus the classification head;
@@ -9,7 +9,7 @@ exactly what ``tools/get_flops.py`` prints for the same config and shape:
 - the UperNet configs at 512x2048 (the ADE20K convention of the OverLoCK, Swin and ConvNeXt papers).
 
 Usage:
-    python tools/model_complexity.py [--out-dir benchmarks/complexity] [--skip-models]
+    python tools/analysis_tools/model_complexity.py [--out-dir benchmarks/complexity] [--skip-models]
 Writes ``results.json`` and ``results.md`` in ``--out-dir``.
 """
 import argparse
@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from get_flops import analyse
+from mmoverlock.analysis import config_complexity
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: Any mmdet config serves for the backbone rows (only its backbone is traced, with ``arch`` overridden).
 BACKBONE_CONFIG = 'configs/cascade_mask_rcnn/cascade-mask-rcnn_overlock-t_fpn_ms-3x_coco.py'
 #: Classifier params (deploy form) reported in the OverLoCK paper, for the comparison column.
@@ -40,7 +40,8 @@ def backbone_rows():
     rows = []
     for arch in PAPER_CLASSIFIER_PARAMS_M:
         for deploy in (False, True):
-            res = analyse(BACKBONE_CONFIG, (224, 224), {'model.backbone.arch': arch}, deploy, backbone_only=True)
+            res = config_complexity(BACKBONE_CONFIG, (224, 224), {'model.backbone.arch': arch}, deploy,
+                                    backbone_only=True)
             rows.append(dict(arch=arch, deploy=deploy, shape=res['shape'], params=res['backbone_params'],
                              flops=res['backbone_flops'], contmix_flops=res['contmix_flops'],
                              paper_classifier_params_m=PAPER_CLASSIFIER_PARAMS_M[arch]))
@@ -53,7 +54,7 @@ def model_rows():
     rows = []
     for config, shape in MODEL_CONFIGS:
         start = time.perf_counter()
-        res = analyse(config, shape)
+        res = config_complexity(config, shape)
         rows.append(dict(config=config, shape=res['shape'], params=res['params'], flops=res['flops'],
                          backbone_params=res['backbone_params'], backbone_flops=res['backbone_flops'],
                          contmix_flops=res['contmix_flops'], mask_rois=res['mask_rois'],
@@ -104,7 +105,8 @@ def main(argv=None):
     parser.add_argument('--skip-models', action='store_true', help='backbones only (seconds instead of minutes)')
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    result = dict(command='python tools/model_complexity.py' + (' --skip-models' if args.skip_models else ''),
+    command = 'python tools/analysis_tools/model_complexity.py' + (' --skip-models' if args.skip_models else '')
+    result = dict(command=command,
                   date=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
                   python=platform.python_version(), backbones=backbone_rows(),
                   models=[] if args.skip_models else model_rows())

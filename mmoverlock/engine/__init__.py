@@ -1,0 +1,12 @@
+"""Running mmoverlock configs with mmengine's runner, on GPUs and on CPU-only machines (gloo, CPU SyncBatchNorm).
+
+Importing it registers :class:`CPUDistributedDataParallel` in mmengine's ``MODEL_WRAPPERS``.
+"""
+from .cpu_distributed import (CPUDistributedDataParallel, CPUSyncBatchNorm, convert_cpu_sync_batchnorm,
+                              setup_cpu_distributed)
+from .runner import build_runner, load_runner_config
+
+__all__ = [
+    'CPUDistributedDataParallel', 'CPUSyncBatchNorm', 'convert_cpu_sync_batchnorm', 'setup_cpu_distributed',
+    'build_runner', 'load_runner_config'
+]
