@@ -25,6 +25,13 @@
 #include "contmix_common.h"
 #include "contmix_shape.h"
 
+// Unroll the loops over a lane's CPT channels (a compile-time count).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CONTMIX_UNROLL _Pragma("unroll")
+#else
+#define CONTMIX_UNROLL _Pragma("GCC unroll 4")
+#endif
+
 namespace mmoverlock {
 namespace contmix {
 
@@ -115,7 +122,7 @@ CONTMIX_HD void forward_pixel(const Team& team, const Shape& s, int64_t pix, boo
   for (int64_t c0 = 0; c0 < s.C; c0 += size * CPT) {
     const int64_t cl = c0 + lane * CPT;  // this lane's first channel
     acc_t acc[CPT];
-#pragma unroll
+CONTMIX_UNROLL
     for (int q = 0; q < CPT; ++q) acc[q] = 0;
     for (int64_t t0 = 0; t0 < s.T; t0 += size) {
       const int64_t t = t0 + lane;
@@ -125,7 +132,7 @@ CONTMIX_HD void forward_pixel(const Team& team, const Shape& s, int64_t pix, boo
       for (int k = 0; k < n; ++k) {
         const acc_t p = team.broadcast(mine, k);
         const scalar_t* src = vp + ((win.row0 + a) * s.W + win.col0 + e) * s.C + cl;
-#pragma unroll
+CONTMIX_UNROLL
         for (int q = 0; q < CPT; ++q) {
           if (cl + q < s.C) acc[q] += p * static_cast<acc_t>(src[q]);
         }
@@ -135,7 +142,7 @@ CONTMIX_HD void forward_pixel(const Team& team, const Shape& s, int64_t pix, boo
         }
       }
     }
-#pragma unroll
+CONTMIX_UNROLL
     for (int q = 0; q < CPT; ++q) {
       if (cl + q < s.C) {
         if constexpr (kStats) {
@@ -178,7 +185,7 @@ CONTMIX_HD void grad_value_pixel(const Team& team, const Shape& s, int64_t pix, 
   for (int64_t c0 = 0; c0 < s.C; c0 += size * CPT) {
     const int64_t cl = c0 + lane * CPT;
     acc_t acc[CPT];
-#pragma unroll
+CONTMIX_UNROLL
     for (int q = 0; q < CPT; ++q) acc[q] = 0;
     for (int n0 = 0; n0 < nn_all; n0 += size) {
       // Each lane computes the weight that one neighbour gives to (y, x); the team then shares them.
@@ -198,7 +205,7 @@ CONTMIX_HD void grad_value_pixel(const Team& team, const Shape& s, int64_t pix, 
         const acc_t p = team.broadcast(mine, k);
         if (n0 + k < nn) {
           const scalar_t* src = grad_out + (plane_pix + i * s.W + jj) * s.C + cl;
-#pragma unroll
+CONTMIX_UNROLL
           for (int q = 0; q < CPT; ++q) {
             if (cl + q < s.C) acc[q] += p * static_cast<acc_t>(src[q]);
           }
@@ -210,7 +217,7 @@ CONTMIX_HD void grad_value_pixel(const Team& team, const Shape& s, int64_t pix, 
       }
     }
     if (store) {
-#pragma unroll
+CONTMIX_UNROLL
       for (int q = 0; q < CPT; ++q) {
         if (cl + q < s.C) grad_value[pix * s.C + cl + q] = static_cast<scalar_t>(acc[q]);
       }
