@@ -157,8 +157,10 @@ OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_contmix.py -k 
 MODEL_TESTS=(tests/test_models/test_overlock_cuda.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
 if [[ $MODE == gpu ]]; then
-  # Four workers share the GPU; the float64 references run on the CPU cores.
-  OMP_NUM_THREADS=4 run_step op_tests 200 "${PYTEST[@]}" -n 4 --junitxml "$WORK/op_tests.xml" "${OP_TESTS[@]}"
+  # Four workers (pytest-xdist, when installed) share the GPU; the float64 references run on the CPU cores.
+  WORKERS=(); "$PY" -c 'import xdist' 2>/dev/null && WORKERS=(-n 4)
+  run_step op_tests 200 env OMP_NUM_THREADS=4 "${PYTEST[@]}" "${WORKERS[@]}" --junitxml "$WORK/op_tests.xml" \
+    "${OP_TESTS[@]}"
   run_step model_tests 150 "${PYTEST[@]}" --junitxml "$WORK/model_tests.xml" "${MODEL_TESTS[@]}"
 else
   run_step op_tests 120 "${PYTEST[@]}" --collect-only "${OP_TESTS[@]}"
