@@ -133,6 +133,8 @@ build_extension() {
     return 0
   fi
   if [[ $MODE == gpu ]]; then export FORCE_CUDA=1; fi  # else setup.py decides, as for an ordinary install
+  # As tools/setup_env.sh: the toolkit root, where torch's guess from nvcc's folder may lack the CUDA libraries.
+  if [[ -z ${CUDA_HOME:-} && -d /usr/local/cuda ]]; then export CUDA_HOME=/usr/local/cuda; fi
   TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "$PY" setup.py -q build_ext --inplace
 }
