@@ -33,6 +33,8 @@ __all__ = ['available_backends', 'contmix_aggregate', 'BACKEND_ENV']
 #: Environment variable that forces a backend (``cpu``, ``cuda`` or ``torch``) for every call without ``backend=``.
 BACKEND_ENV = 'MMOVERLOCK_CONTMIX_BACKEND'
 _BACKENDS = ('cpu', 'cuda', 'torch')
+#: Largest ``kernel_size`` of the CUDA kernels (they keep a (2K-1)² bias table per block in shared memory).
+CUDA_MAX_KERNEL_SIZE = 31
 _BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) '
                'from the repository root; add FORCE_CUDA=1 to compile the CUDA kernels with nvcc')
 
@@ -245,12 +247,23 @@ def _autocast(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> Tuple[Te
     return cast(weights), cast(value), cast(rpb)
 
 
-def _resolve_backend(backend: Optional[str], value: Tensor) -> str:
-    """Pick the backend: the argument, else the environment variable, else by device and dtype."""
+def _check_cuda_kernel_size(kernel_size: Optional[int], source: str) -> None:
+    """The CUDA kernels keep a (2K-1)² bias table in shared memory: K <= ``CUDA_MAX_KERNEL_SIZE``."""
+    if kernel_size is not None and kernel_size > CUDA_MAX_KERNEL_SIZE:
+        raise ValueError(f"contmix_aggregate: kernel_size must be at most {CUDA_MAX_KERNEL_SIZE} for the 'cuda' "
+                         f"backend ({source}), got {kernel_size}; pass backend='torch' for larger windows")
+
+
+def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optional[int] = None) -> str:
+    """Pick the backend: the argument, else the environment variable, else by device and dtype. Raise before any
+    kernel runs when the chosen compiled backend cannot take the call (``kernel_size`` is checked when given)."""
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or None)
     if requested is None or requested == 'auto':
         if value.device.type == 'cuda':
-            return 'cuda' if 'cuda' in _BUILT else 'torch'
+            if 'cuda' not in _BUILT:
+                return 'torch'
+            _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
+            return 'cuda'
         if value.device.type == 'cpu' and 'cpu' in _BUILT and value.dtype in (torch.float32, torch.float64):
             return 'cpu'
         return 'torch'
@@ -265,6 +278,8 @@ def _resolve_backend(backend: Optional[str], value: Tensor) -> str:
     if requested not in _BUILT:
         raise RuntimeError(f'contmix_aggregate: {source} asks for {requested!r}, but mmoverlock._ext was built '
                            f'without it (built: {list(_BUILT)}); {_BUILD_HINT}.')
+    if requested == 'cuda':
+        _check_cuda_kernel_size(kernel_size, f'asked for by the {source}')
     if value.device.type != requested:
         raise ValueError(f'contmix_aggregate: {source} {requested!r} needs {requested} tensors, got tensors on '
                          f'{value.device}')
@@ -303,7 +318,7 @@ def contmix_aggregate(weights: Tensor,
     _check_shapes(weights, value, kernel_size, rpb)
     weights, value, rpb = _autocast(weights, value, rpb)
     _check_dtypes_devices(weights, value, rpb)
-    name = _resolve_backend(backend, value)
+    name = _resolve_backend(backend, value, kernel_size)
     if name == 'torch':
         return _ContMixTorch.apply(weights, value, rpb, kernel_size, bool(softmax))
     return torch.ops.mmoverlock.contmix_forward(weights, value, rpb, kernel_size, bool(softmax))

@@ -174,22 +174,28 @@ def test_cuda_matches_cpu_float32():
 
 
 # ------------------------------------------------------------------------------------ torch.library integration
-@requires_ext
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+# The CUDA kernels also take half types; the CPU kernels take float32/float64.
+OPCHECK_CASES = [pytest.param('cpu', dtype, marks=requires_ext, id=f'cpu-{dtype}')
+                 for dtype in (torch.float32, torch.float64)]
+OPCHECK_CASES += [pytest.param('cuda', dtype, marks=requires_cuda, id=f'cuda-{dtype}')
+                  for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize('device,dtype', OPCHECK_CASES)
 @pytest.mark.parametrize('use_rpb,softmax', [(False, False), (True, False), (False, True), (True, True)])
-def test_opcheck(use_rpb, softmax, dtype):
-    weights, value, rpb = make_inputs(2, 2, 7, 9, 5, 5, rpb=use_rpb, dtype=dtype)
+def test_opcheck(use_rpb, softmax, device, dtype):
+    weights, value, rpb = make_inputs(2, 2, 7, 9, 5, 5, rpb=use_rpb, dtype=dtype, device=device)
     torch.library.opcheck(torch.ops.mmoverlock.contmix_forward.default, (weights, value, rpb, 5, softmax))
     grad_out = torch.randn_like(value.detach())
     torch.library.opcheck(torch.ops.mmoverlock.contmix_backward.default,
                           (grad_out, weights.detach(), value.detach(), rpb.detach() if use_rpb else None, 5, softmax))
 
 
-@requires_ext
+@pytest.mark.parametrize('device', [pytest.param('cpu', marks=requires_ext), pytest.param('cuda', marks=requires_cuda)])
 @pytest.mark.parametrize('compile_backend', ['aot_eager', 'inductor'])
-def test_torch_compile_fullgraph(compile_backend):
+def test_torch_compile_fullgraph(compile_backend, device):
     torch._dynamo.reset()
-    inputs = make_inputs(2, 2, 9, 10, 4, 3, dtype=torch.float32)
+    inputs = make_inputs(2, 2, 9, 10, 4, 3, dtype=torch.float32, device=device)
 
     def block(weights, value, rpb):
         return (contmix_aggregate(weights * 2, value, 3, rpb=rpb, softmax=True) + 1).sum()

@@ -7,6 +7,7 @@
 //
 // Autograd and the fake (meta) implementations are registered from Python (mmoverlock/ops/contmix.py). Backward
 // takes the forward *inputs* only: the biased logits and the softmax are recomputed, never stored.
+#include <ATen/Context.h>
 #include <ATen/DeviceGuard.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -17,10 +18,10 @@
 #include <tuple>
 
 #include "contmix_kernels.h"
+#include "contmix_shape.h"
 
 namespace mmoverlock {
 namespace contmix {
-namespace {
 
 // The op's own safety net; the Python wrapper raises friendlier errors for the same cases before calling it.
 void check_inputs(const at::Tensor& weights, const at::Tensor& value, const std::optional<at::Tensor>& rpb,
@@ -50,9 +51,43 @@ void check_inputs(const at::Tensor& weights, const at::Tensor& value, const std:
   }
 }
 
-at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& value) {
+  TORCH_CHECK(grad_out.sizes() == value.sizes() && grad_out.scalar_type() == value.scalar_type(),
+              "contmix: grad_out must match value in shape and dtype, got ", grad_out.sizes(), " ",
+              grad_out.scalar_type(), " for value ", value.sizes(), " ", value.scalar_type());
+  TORCH_CHECK(grad_out.device() == value.device(), "contmix: grad_out is on ", grad_out.device(),
+              " but value is on ", value.device(), "; they must be on the same device");
 }
+
+BackwardBuffers allocate_backward(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb,
+                                  bool softmax, bool two_pass, bool deterministic) {
+  const auto acc_options = value.options().dtype(at::toOpMathType(value.scalar_type()));
+  BackwardBuffers out;
+  out.grad_weights = at::empty(weights.sizes(), weights.options());
+  out.grad_value = at::empty(value.sizes(), value.options());
+  // Accumulated in the accumulation dtype (the CUDA kernel adds block partial sums atomically).
+  out.grad_rpb = rpb.defined() ? at::zeros(rpb.sizes(), acc_options) : at::Tensor();
+  if (two_pass && softmax) {
+    // Two numbers per pixel (log-sum-exp, <grad_out, out>) instead of the K*K softmax probabilities.
+    out.stats = at::empty({value.size(0), value.size(1), value.size(2), value.size(3), 2}, acc_options);
+  }
+  if (two_pass && deterministic && rpb.defined()) {
+    out.grad_logits = weights.scalar_type() == acc_options.dtype() ? out.grad_weights
+                                                                   : at::empty(weights.sizes(), acc_options);
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(BackwardBuffers& buffers, const at::Tensor& rpb,
+                                                               const at::Tensor& value) {
+  if (buffers.grad_logits.defined() && !buffers.grad_logits.is_same(buffers.grad_weights)) {
+    buffers.grad_weights.copy_(buffers.grad_logits);
+  }
+  at::Tensor grad_rpb = rpb.defined() ? buffers.grad_rpb.to(rpb.scalar_type()) : at::empty({0}, value.options());
+  return {buffers.grad_weights, buffers.grad_value, grad_rpb};
+}
+
+namespace {
 
 #ifndef MMOVERLOCK_WITH_CUDA
 [[noreturn]] void no_cuda() {
@@ -84,31 +119,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contmix_backward(const at::Tensor
                                                                 const std::optional<at::Tensor>& rpb,
                                                                 int64_t kernel_size, bool softmax) {
   check_inputs(weights, value, rpb, kernel_size);
-  TORCH_CHECK(grad_out.sizes() == value.sizes() && grad_out.scalar_type() == value.scalar_type(),
-              "contmix: grad_out must match value in shape and dtype");
+  check_grad_out(grad_out, value);
   const at::OptionalDeviceGuard guard(at::device_of(value));
   const at::Tensor go = grad_out.contiguous(), w = weights.contiguous(), v = value.contiguous(),
                    b = optional_contiguous(rpb);
-  const auto acc_options = v.options().dtype(at::toOpMathType(v.scalar_type()));
-  at::Tensor grad_weights = at::empty(w.sizes(), w.options());
-  at::Tensor grad_value = at::empty(v.sizes(), v.options());
-  // Accumulated in the accumulation dtype (the CUDA kernel adds block partial sums atomically).
-  at::Tensor grad_rpb = b.defined() ? at::zeros(b.sizes(), acc_options) : at::Tensor();
-  if (v.is_cuda()) {
+  const bool two_pass = v.is_cuda();
+  // Under torch.use_deterministic_algorithms(True) the CUDA backward gathers grad_rpb in a fixed order.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  BackwardBuffers r = allocate_backward(w, v, b, softmax, two_pass, deterministic);
+  if (two_pass) {
 #ifdef MMOVERLOCK_WITH_CUDA
-    // Two numbers per pixel (log-sum-exp, <grad_out, out>) instead of the K*K softmax probabilities.
-    at::Tensor stats = at::empty(softmax ? at::IntArrayRef({v.size(0), v.size(1), v.size(2), v.size(3), 2})
-                                         : at::IntArrayRef({0}),
-                                 acc_options);
-    backward_cuda(go, w, v, b, kernel_size, softmax, stats, grad_weights, grad_value, grad_rpb);
+    backward_cuda(go, w, v, b, kernel_size, softmax, deterministic, r);
 #else
     no_cuda();
 #endif
   } else {
-    backward_cpu(go, w, v, b, kernel_size, softmax, grad_weights, grad_value, grad_rpb);
+    backward_cpu(go, w, v, b, kernel_size, softmax, r.grad_weights, r.grad_value, r.grad_rpb);
   }
-  grad_rpb = b.defined() ? grad_rpb.to(b.scalar_type()) : at::empty({0}, v.options());
-  return {grad_weights, grad_value, grad_rpb};
+  return finish_backward(r, b, v);
 }
 
 }  // namespace

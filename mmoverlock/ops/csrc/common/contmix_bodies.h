@@ -1,0 +1,290 @@
+// The per-pixel bodies of the CUDA kernels, written once for a "team" of lanes that share one pixel.
+//
+// A team policy supplies the lane's index and size and the collective operations the bodies need:
+//   lane(), size()        this lane and the number of lanes sharing the pixel (a power of two, at most 32)
+//   sum(v), max(v)        the reduction over the team, returned to every lane
+//   broadcast(v, k)       lane k's v, returned to every lane
+//   uniform_max(n)        the maximum of n over every lane that must loop in step with this one
+// The CUDA kernels run the bodies with a team of warp lanes (warp shuffles, contmix_cuda.cu); the test-only CPU driver
+// (csrc/contmix_testing.cpp) runs them with `SoloTeam`, a team of one lane for which every collective is the
+// identity. That is what lets the CPU test suite check the arithmetic, the index math and the dtype conversions that
+// the GPU executes; only the parallel glue (lane/shuffle/shared memory/atomics) stays GPU-only.
+//
+// Every lane of a team must call a body, also for a pixel past the end (the caller clamps it and passes
+// store = false), because the collectives need the whole team.
+//
+// Accumulation is in at::opmath_type<scalar_t>: float for float16/bfloat16/float32, double for float64.
+#pragma once
+
+#include <ATen/OpMathType.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "contmix_common.h"
+#include "contmix_shape.h"
+
+// Unroll the loops over a lane's CPT channels (a compile-time count).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CONTMIX_UNROLL _Pragma("unroll")
+#else
+#define CONTMIX_UNROLL _Pragma("GCC unroll 4")
+#endif
+
+namespace mmoverlock {
+namespace contmix {
+
+// A team of one lane: every collective is the identity.
+struct SoloTeam {
+  CONTMIX_HD int lane() const { return 0; }
+  CONTMIX_HD int size() const { return 1; }
+  template <typename T>
+  CONTMIX_HD T sum(T v) const {
+    return v;
+  }
+  template <typename T>
+  CONTMIX_HD T max(T v) const {
+    return v;
+  }
+  template <typename T>
+  CONTMIX_HD T broadcast(T v, int /*src*/) const {
+    return v;
+  }
+  CONTMIX_HD int uniform_max(int v) const { return v; }
+};
+
+template <typename T>
+CONTMIX_HD T max_acc(T a, T b) {
+  return a > b ? a : b;
+}
+
+// Channels per lane: 4 when C allows, so a team covers more channels per broadcast (a compile-time constant that
+// sizes the lane's accumulators). Both the CUDA launchers and the CPU driver choose it here.
+template <typename F>
+void with_channels_per_lane(int64_t C, const F& f) {
+  if (C >= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (C >= 2) {
+    f(std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// The group's bias table of a plane (plane = b * G + g), or null without rpb.
+template <typename scalar_t>
+CONTMIX_HD const scalar_t* group_bias(const scalar_t* rpb, int64_t plane, const Shape& s) {
+  return rpb != nullptr ? rpb + (plane % s.G) * s.R * s.R : nullptr;
+}
+
+// Biased logit of tap t of an output pixel (wp: the pixel's T logits; rp: the group's bias table or null).
+template <typename acc_t, typename scalar_t>
+CONTMIX_HD acc_t tap_logit(const scalar_t* wp, const scalar_t* rp, const Window& win, const Shape& s, int64_t t) {
+  acc_t l = static_cast<acc_t>(wp[t]);
+  if (rp != nullptr) {
+    const int64_t a = t / s.K;
+    l += static_cast<acc_t>(rp[win.bias0 + a * s.R + (t - a * s.K)]);
+  }
+  return l;
+}
+
+// log sum_t exp(biased logit t) of one pixel, max-shifted; the lanes split the taps.
+template <typename acc_t, typename scalar_t, typename Team>
+CONTMIX_HD acc_t pixel_log_sum_exp(const Team& team, const scalar_t* wp, const scalar_t* rp, const Window& win,
+                                   const Shape& s) {
+  acc_t m = -INFINITY;
+  for (int64_t t = team.lane(); t < s.T; t += team.size()) m = max_acc(m, tap_logit<acc_t>(wp, rp, win, s, t));
+  m = team.max(m);
+  acc_t sum = 0;
+  for (int64_t t = team.lane(); t < s.T; t += team.size()) sum += exp_acc(tap_logit<acc_t>(wp, rp, win, s, t) - m);
+  return m + log_acc(team.sum(sum));
+}
+
+// Forward (kStats = false): out[pix] = sum_t P_t value[neighbour t], lanes over channels (CPT consecutive channels
+// per lane). The lanes compute the weights of a chunk of taps, one tap each, and broadcast them, so every exp is
+// evaluated once per pixel. First backward pass (kStats = true): the same sum, reduced to
+// stats[pix] = (log-sum-exp of the biased logits, sum_c grad_out * out) instead of being stored.
+template <typename scalar_t, int CPT, bool kStats, typename Team>
+CONTMIX_HD void forward_pixel(const Team& team, const Shape& s, int64_t pix, bool store, const scalar_t* w,
+                              const scalar_t* v, const scalar_t* rpb, const scalar_t* grad_out, scalar_t* out,
+                              at::opmath_type<scalar_t>* stats) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = team.lane(), size = team.size();
+  const int64_t j = pix % s.W, i = (pix / s.W) % s.H, plane = pix / (s.H * s.W);
+  const Window win = pixel_window(i, j, s.H, s.W, s.K);
+  const scalar_t* wp = w + pix * s.T;
+  const scalar_t* vp = v + plane * s.H * s.W * s.C;
+  const scalar_t* rp = group_bias(rpb, plane, s);
+  const acc_t lse = s.softmax ? pixel_log_sum_exp<acc_t>(team, wp, rp, win, s) : acc_t(0);
+
+  acc_t dot = 0;
+  for (int64_t c0 = 0; c0 < s.C; c0 += size * CPT) {
+    const int64_t cl = c0 + lane * CPT;  // this lane's first channel
+    acc_t acc[CPT];
+CONTMIX_UNROLL
+    for (int q = 0; q < CPT; ++q) acc[q] = 0;
+    for (int64_t t0 = 0; t0 < s.T; t0 += size) {
+      const int64_t t = t0 + lane;
+      const acc_t mine = t < s.T ? tap_weight(tap_logit<acc_t>(wp, rp, win, s, t), lse, s.softmax) : acc_t(0);
+      const int n = static_cast<int>(s.T - t0 < size ? s.T - t0 : size);
+      int64_t a = t0 / s.K, e = t0 - a * s.K;
+      for (int k = 0; k < n; ++k) {
+        const acc_t p = team.broadcast(mine, k);
+        const scalar_t* src = vp + ((win.row0 + a) * s.W + win.col0 + e) * s.C + cl;
+CONTMIX_UNROLL
+        for (int q = 0; q < CPT; ++q) {
+          if (cl + q < s.C) acc[q] += p * static_cast<acc_t>(src[q]);
+        }
+        if (++e == s.K) {
+          e = 0;
+          ++a;
+        }
+      }
+    }
+CONTMIX_UNROLL
+    for (int q = 0; q < CPT; ++q) {
+      if (cl + q < s.C) {
+        if constexpr (kStats) {
+          dot += static_cast<acc_t>(grad_out[pix * s.C + cl + q]) * acc[q];
+        } else if (store) {
+          out[pix * s.C + cl + q] = static_cast<scalar_t>(acc[q]);
+        }
+      }
+    }
+  }
+  if constexpr (kStats) {
+    dot = team.sum(dot);
+    if (store && lane == 0) {
+      stats[2 * pix] = lse;
+      stats[2 * pix + 1] = dot;
+    }
+  }
+}
+
+// grad_value[pix] = sum over the pixels (i, j) whose window holds pix = (y, x) of P[i, j, tap] * grad_out[i, j]:
+// a gather over the inverse neighbourhood (no atomics). The weights are recomputed from the inputs and, with
+// softmax, the per-pixel log-sum-exp in stats.
+template <typename scalar_t, int CPT, typename Team>
+CONTMIX_HD void grad_value_pixel(const Team& team, const Shape& s, int64_t pix, bool store, const scalar_t* grad_out,
+                                 const scalar_t* w, const scalar_t* rpb, const at::opmath_type<scalar_t>* stats,
+                                 scalar_t* grad_value) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = team.lane(), size = team.size();
+  const int64_t x = pix % s.W, y = (pix / s.W) % s.H, plane = pix / (s.H * s.W);
+  const int64_t plane_pix = plane * s.H * s.W;
+  const scalar_t* rp = group_bias(rpb, plane, s);
+  int64_t ilo, ihi, jlo, jhi;
+  inverse_window(y, s.H, s.K, &ilo, &ihi);
+  inverse_window(x, s.W, s.K, &jlo, &jhi);
+  const int nj = static_cast<int>(jhi - jlo + 1);
+  const int nn = static_cast<int>(ihi - ilo + 1) * nj;  // neighbours of this value pixel
+  // Border pixels have more neighbours than interior ones: loop to the maximum so the collectives stay uniform.
+  const int nn_all = team.uniform_max(nn);
+
+  for (int64_t c0 = 0; c0 < s.C; c0 += size * CPT) {
+    const int64_t cl = c0 + lane * CPT;
+    acc_t acc[CPT];
+CONTMIX_UNROLL
+    for (int q = 0; q < CPT; ++q) acc[q] = 0;
+    for (int n0 = 0; n0 < nn_all; n0 += size) {
+      // Each lane computes the weight that one neighbour gives to (y, x); the team then shares them.
+      acc_t mine = 0;
+      const int n = n0 + lane;
+      if (n < nn) {
+        const int64_t i = ilo + n / nj, jj = jlo + n % nj;
+        const int64_t a = y - window_start(i, s.H, s.K), e = x - window_start(jj, s.W, s.K);
+        const int64_t q = plane_pix + i * s.W + jj;
+        acc_t l = static_cast<acc_t>(w[q * s.T + a * s.K + e]);
+        if (rp != nullptr) l += static_cast<acc_t>(rp[bias_offset(y, i, x, jj, s.K)]);
+        mine = tap_weight(l, s.softmax ? stats[2 * q] : acc_t(0), s.softmax);
+      }
+      const int cnt = size < nn_all - n0 ? size : nn_all - n0;
+      int64_t i = ilo + n0 / nj, jj = jlo + n0 % nj;
+      for (int k = 0; k < cnt; ++k) {
+        const acc_t p = team.broadcast(mine, k);
+        if (n0 + k < nn) {
+          const scalar_t* src = grad_out + (plane_pix + i * s.W + jj) * s.C + cl;
+CONTMIX_UNROLL
+          for (int q = 0; q < CPT; ++q) {
+            if (cl + q < s.C) acc[q] += p * static_cast<acc_t>(src[q]);
+          }
+        }
+        if (++jj > jhi) {
+          jj = jlo;
+          ++i;
+        }
+      }
+    }
+    if (store) {
+CONTMIX_UNROLL
+      for (int q = 0; q < CPT; ++q) {
+        if (cl + q < s.C) grad_value[pix * s.C + cl + q] = static_cast<scalar_t>(acc[q]);
+      }
+    }
+  }
+}
+
+// grad_logits[pix, t] = dL/d(biased logit t), with dL/dP_t = <grad_out[pix], value[neighbour t]>; lanes over taps.
+// Each tap's gradient also goes to `bias_sink(offset, grad)` when rpb is given (offset into the group's [R, R]
+// table); the sink decides how grad_rpb is summed (atomics into shared memory on CUDA, a plain add on one lane, or
+// nothing when grad_rpb is gathered afterwards by bias_grad_entry). grad_t is scalar_t, or the accumulation type
+// when the logit gradients are kept for that gather.
+template <typename scalar_t, typename grad_t, typename Team, typename BiasSink>
+CONTMIX_HD void grad_weights_pixel(const Team& team, const Shape& s, int64_t pix, const scalar_t* grad_out,
+                                   const scalar_t* w, const scalar_t* v, const scalar_t* rpb,
+                                   const at::opmath_type<scalar_t>* stats, grad_t* grad_logits,
+                                   const BiasSink& bias_sink) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t j = pix % s.W, i = (pix / s.W) % s.H, plane = pix / (s.H * s.W);
+  const Window win = pixel_window(i, j, s.H, s.W, s.K);
+  const scalar_t* go = grad_out + pix * s.C;
+  const scalar_t* vp = v + plane * s.H * s.W * s.C;
+  const scalar_t* rp = group_bias(rpb, plane, s);
+  const acc_t lse = s.softmax ? stats[2 * pix] : acc_t(0);
+  const acc_t dot = s.softmax ? stats[2 * pix + 1] : acc_t(0);
+  for (int64_t t = team.lane(); t < s.T; t += team.size()) {
+    const int64_t a = t / s.K, e = t - a * s.K;
+    const scalar_t* src = vp + ((win.row0 + a) * s.W + win.col0 + e) * s.C;
+    acc_t dp = 0;
+    for (int64_t c = 0; c < s.C; ++c) dp += static_cast<acc_t>(go[c]) * static_cast<acc_t>(src[c]);
+    const acc_t p = s.softmax ? tap_weight(tap_logit<acc_t>(w + pix * s.T, rp, win, s, t), lse, true) : acc_t(0);
+    const acc_t grad = logit_grad(p, dp, dot, s.softmax);
+    grad_logits[pix * s.T + t] = static_cast<grad_t>(grad);
+    if (rp != nullptr) bias_sink(win.bias0 + a * s.R + e, grad);
+  }
+}
+
+// The bias sink of grad_weights_pixel when grad_rpb is gathered afterwards (bias_grad_entry).
+struct NoBiasSink {
+  template <typename acc_t>
+  CONTMIX_HD void operator()(int64_t, acc_t) const {}
+};
+
+// Tap (along one axis) of the pixel at position i whose bias is table row (or column) u, i.e. the a with
+// u = window_start(i) + a - i + K - 1; outside [0, K) when no tap of that pixel uses the row.
+CONTMIX_HD int64_t bias_tap(int64_t u, int64_t i, int64_t L, int64_t K) {
+  return i + u - (K - 1) - window_start(i, L, K);
+}
+
+// One entry of grad_rpb: the sum of the logit gradients of every (b, i, j, tap) whose bias is entry `entry` of
+// group g's table, gathered in a fixed order (lanes over pixels, then the team's fixed reduction tree), so the
+// result does not depend on scheduling. Used when torch.use_deterministic_algorithms(True) is on.
+template <typename acc_t, typename grad_t, typename Team>
+CONTMIX_HD acc_t bias_grad_entry(const Team& team, const Shape& s, int64_t g, int64_t entry,
+                                 const grad_t* grad_logits) {
+  const int64_t u = entry / s.R, x = entry - u * s.R;  // table row and column
+  const int64_t plane_size = s.H * s.W;
+  acc_t acc = 0;
+  for (int64_t n = team.lane(); n < s.B * plane_size; n += team.size()) {
+    const int64_t b = n / plane_size, local = n - b * plane_size, i = local / s.W, j = local - i * s.W;
+    const int64_t a = bias_tap(u, i, s.H, s.K), e = bias_tap(x, j, s.W, s.K);
+    if (a >= 0 && a < s.K && e >= 0 && e < s.K) {
+      acc += static_cast<acc_t>(grad_logits[((b * s.G + g) * plane_size + local) * s.T + a * s.K + e]);
+    }
+  }
+  return team.sum(acc);
+}
+
+}  // namespace contmix
+}  // namespace mmoverlock
