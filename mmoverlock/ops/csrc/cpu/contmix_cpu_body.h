@@ -60,38 +60,26 @@ inline V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
-// Horizontal sum and maximum by halving: log2(lanes) vector steps instead of a chain over the lanes. `Bytes` is
-// the width still to fold (compile-time, so each step is a register move).
-template <int64_t Bytes, typename scalar_t, typename V>
-inline V fold_sum(V v) {
-  if constexpr (Bytes > int64_t(sizeof(scalar_t))) {
-    V hi{};
-    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
-    return fold_sum<Bytes / 2, scalar_t>(v + hi);
-  } else {
-    return v;
-  }
-}
-
-template <int64_t Bytes, typename scalar_t, typename V>
-inline V fold_max(V v) {
-  if constexpr (Bytes > int64_t(sizeof(scalar_t))) {
-    V hi = v;
-    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
-    return fold_max<Bytes / 2, scalar_t>(vmax(v, hi));
-  } else {
-    return v;
-  }
-}
-
+// Horizontal sum and maximum, by halving over the lanes of a local copy (a tree, not a chain; the vector itself is
+// never addressed, so loops that accumulate it keep it in a register).
 template <typename scalar_t, typename V>
 inline scalar_t hsum(V v) {
-  return fold_sum<sizeof(V), scalar_t>(v)[0];
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  scalar_t x[L];
+  store(x, v);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) x[l] += x[l + w];
+  return x[0];
 }
 
 template <typename scalar_t, typename V>
 inline scalar_t hmax(V v) {
-  return fold_max<sizeof(V), scalar_t>(v)[0];
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  scalar_t x[L];
+  store(x, v);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) x[l] = x[l] > x[l + w] ? x[l] : x[l + w];
+  return x[0];
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -270,29 +258,81 @@ void forward(const Shape& s, const Tensors<scalar_t>& x, int64_t begin, int64_t 
 //   Prow[j*Tp + t]       the softmax of pixel j (recomputed),
 //   DProw[j*Tpp + t]     dL/dP of pixel j, Tpp = Tp + lanes (a whole vector may be stored past the last tap).
 
-// grad_value[y, col0 + e, channel block] += p[e] * grad_out[channel block] for the K taps of one tap row.
-template <typename V, int NV, typename scalar_t>
-inline void scatter_block(const Shape& s, const scalar_t* p, const scalar_t* go, int64_t c0, scalar_t* gv) {
-  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
-  const int64_t C = s.C;
-  V g[NV];
-  for (int k = 0; k < NV; ++k) g[k] = load<V>(go + c0 + k * L);
-  for (int64_t e = 0; e < s.K; ++e) {
-    const scalar_t pt = p[e];
-    scalar_t* dst = gv + e * C + c0;
-    for (int k = 0; k < NV; ++k) store(dst + k * L, load<V>(dst + k * L) + pt * g[k]);
+// grad_value is gathered per value row: for tap row a of output row i (value row y = row0 + a),
+//   grad_value[y, x] += sum over the pixels j whose windows contain x of P_j[a, x - col0(j)] * grad_out[j],
+// kGatherColumns columns x at a time with one accumulator each. The pixels [jlo(x0), jhi(x0 + 3)] cover all four
+// columns; for a column outside pixel j's window the tap index lies within kGatherColumns - 1 of the window, where
+// the padded copy of P (PaddedTaps) holds zeros, so the loop needs no branch. Each element of grad_value sums its
+// terms in (i, j) order.
+constexpr int64_t kGatherColumns = 4;
+
+// P of a row of pixels with every tap row padded by kGatherColumns - 1 zeros on both sides:
+// pq[j * stride + a * row + pad + e], row = K + 2 * pad, stride = K * row.
+struct PaddedTaps {
+  int64_t pad, row, stride;
+  explicit PaddedTaps(const Shape& s) : pad(kGatherColumns - 1), row(s.K + 2 * pad), stride(s.K * row) {}
+};
+
+// Copy pixel j's P (flat, p[a*K + e]) into the padded layout. Whole vectors with the lanes past K zeroed: their
+// spill into the next row's pad and data is rewritten when that row is copied (rows and pixels go in order).
+template <typename scalar_t>
+inline void pad_taps(const Shape& s, const PaddedTaps& pt, const scalar_t* p, scalar_t* pq) {
+  using V = typename Simd<scalar_t>::vec;
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  IV lane;
+  for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+  for (int64_t a = 0; a < s.K; ++a) {
+    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
+      const IV keep = lane < IV{} + static_cast<I>(s.K - e0);
+      store(pq + a * pt.row + pt.pad + e0, keep ? load<V>(p + a * s.K + e0) : V{});
+    }
   }
 }
 
+template <typename V, int NV, int U, typename scalar_t>
+inline void gather_columns(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                           int64_t x0, int64_t c0, scalar_t* gv_row) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  V acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int k = 0; k < NV; ++k) acc[u][k] = V{};
+  int64_t j_lo, j_hi, unused;
+  inverse_window(x0, s.W, s.K, &j_lo, &unused);
+  inverse_window(x0 + U - 1, s.W, s.K, &unused, &j_hi);
+  for (int64_t j = j_lo; j <= j_hi; ++j) {
+    const scalar_t* p = pq_a + j * pt.stride + pt.pad + x0 - window_start(j, s.W, s.K);  // tap of column x0
+    V g[NV];
+    for (int k = 0; k < NV; ++k) g[k] = load<V>(go_row + j * s.C + c0 + k * L);
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[u][k] += p[u] * g[k];
+  }
+  for (int u = 0; u < U; ++u) {
+    scalar_t* dst = gv_row + (x0 + u) * s.C + c0;
+    for (int k = 0; k < NV; ++k) store(dst + k * L, load<V>(dst + k * L) + acc[u][k]);
+  }
+}
+
+template <typename V, int NV, typename scalar_t>
+inline void gather_row(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                       int64_t c0, scalar_t* gv_row) {
+  int64_t x0 = 0;
+  for (; x0 + kGatherColumns <= s.W; x0 += kGatherColumns)
+    gather_columns<V, NV, kGatherColumns>(s, pt, pq_a, go_row, x0, c0, gv_row);
+  for (; x0 < s.W; ++x0) gather_columns<V, NV, 1>(s, pt, pq_a, go_row, x0, c0, gv_row);
+}
+
+// grad_value row y += the contributions of tap row `a` of every pixel of the output row.
 template <typename scalar_t>
-inline void scatter_taps(const Shape& s, const scalar_t* p, const scalar_t* go, scalar_t* gv) {
+void gather_value_grad(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                       scalar_t* gv_row) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   int64_t c0 = 0;
-  for (; c0 + 4 * L <= s.C; c0 += 4 * L) scatter_block<V, 4>(s, p, go, c0, gv);
-  for (; c0 + 2 * L <= s.C; c0 += 2 * L) scatter_block<V, 2>(s, p, go, c0, gv);
-  for (; c0 + L <= s.C; c0 += L) scatter_block<V, 1>(s, p, go, c0, gv);
-  for (; c0 < s.C; ++c0) scatter_block<scalar_t, 1>(s, p, go, c0, gv);
+  for (; c0 + 2 * L <= s.C; c0 += 2 * L) gather_row<V, 2>(s, pt, pq_a, go_row, c0, gv_row);
+  for (; c0 + L <= s.C; c0 += L) gather_row<V, 1>(s, pt, pq_a, go_row, c0, gv_row);
+  for (; c0 < s.C; ++c0) gather_row<scalar_t, 1>(s, pt, pq_a, go_row, c0, gv_row);
 }
 
 // The value rows [row_begin, row_end) of one plane, row-major and channel-major inside a row:
@@ -321,40 +361,61 @@ ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int
   return vt;
 }
 
-// dL/dP of tap row `a`, taps [e0, e0 + lanes), for U consecutive pixels j0.. of output row i:
-// <grad_out[j], value[row0 + a, col0(j) + e]> over the channels, vectorised over the taps. Lanes past the row's
-// last tap are scratch, overwritten by the next store (stores go in increasing tap order).
+// dL/dP_t = <grad_out, value[neighbour t]> of one pixel, vectorised over the taps of a tap row: for each of the
+// K * ceil(K / lanes) (tap row a, first tap e0) pairs, the lanes e0.. of value row row0 + a from column col0 + e0 on,
+// summed over the channels with the pixel's grad_out[c] broadcast once per channel for a group of U pairs.
+// dp[a*K + e0 : + lanes] is stored whole: lanes past the row's last tap are rewritten by the next pair (pairs go in
+// increasing tap order) or fall into dp's padding.
+struct TapPair {
+  int64_t a, e0;  // the first pair of a group; the next ones follow in (a, e0) order
+};
+
 template <int U, typename scalar_t>
-inline void tap_row_dots(const Shape& s, const scalar_t* go_row, const scalar_t* vt_row, int64_t Wp, int64_t j0,
-                         int64_t e0, int64_t dst_offset, int64_t dp_stride, scalar_t* dp_row) {
+inline void tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp, int64_t row_stride,
+                     TapPair q, scalar_t* dp) {
   using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
   const scalar_t* src[U];
-  const scalar_t* go[U];
+  int64_t dst[U];
   V acc[U];
   for (int u = 0; u < U; ++u) {
-    src[u] = vt_row + window_start(j0 + u, s.W, s.K) + e0;
-    go[u] = go_row + (j0 + u) * s.C;
+    src[u] = vt_window + q.a * row_stride + q.e0;
+    dst[u] = q.a * s.K + q.e0;
     acc[u] = V{};
+    q.e0 += L;
+    if (q.e0 >= s.K) q = TapPair{q.a + 1, 0};
   }
-  for (int64_t c = 0; c < s.C; ++c)
-    for (int u = 0; u < U; ++u) acc[u] += splat<V>(go[u][c]) * load<V>(src[u] + c * Wp);
-  for (int u = 0; u < U; ++u) store(dp_row + (j0 + u) * dp_stride + dst_offset, acc[u]);
+  for (int64_t c = 0; c < s.C; ++c) {
+    const V g = splat<V>(go[c]);
+    for (int u = 0; u < U; ++u) acc[u] += g * load<V>(src[u] + c * Wp);
+  }
+  for (int u = 0; u < U; ++u) store(dp + dst[u], acc[u]);
 }
 
-// dL/dP of every tap of every pixel of output row i (the value rows come from vt).
-template <typename scalar_t>
-void row_tap_dots(const Shape& s, const scalar_t* go_row, const ValueRowsT<scalar_t>& vt, int64_t row0,
-                  int64_t dp_stride, scalar_t* dp_row) {
-  constexpr int64_t L = Simd<scalar_t>::lanes;
-  constexpr int U = 4;
-  for (int64_t a = 0; a < s.K; ++a) {
-    const scalar_t* vt_row = vt.data + (row0 + a - vt.row_begin) * vt.row_stride;
-    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
-      int64_t j = 0;
-      for (; j + U <= s.W; j += U) tap_row_dots<U>(s, go_row, vt_row, vt.Wp, j, e0, a * s.K + e0, dp_stride, dp_row);
-      for (; j < s.W; ++j) tap_row_dots<1>(s, go_row, vt_row, vt.Wp, j, e0, a * s.K + e0, dp_stride, dp_row);
-    }
+// Pairs per group: as many accumulators as the registers allow (32 vector registers with AVX-512, 16 otherwise).
+constexpr int kDotGroup = CONTMIX_VEC_BYTES >= 64 ? 7 : 4;
+
+template <int U, typename scalar_t>
+inline void tap_dots_tail(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
+                          int64_t row_stride, TapPair q, int64_t n, scalar_t* dp) {
+  if constexpr (U > 0) {
+    if (n == U) return tap_dots<U>(s, go, vt_window, Wp, row_stride, q, dp);
+    tap_dots_tail<U - 1>(s, go, vt_window, Wp, row_stride, q, n, dp);
   }
+}
+
+// vt_window: the value rows (channel-major, `row_stride` apart) at the window's first row and column.
+template <typename scalar_t>
+inline void pixel_tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
+                           int64_t row_stride, scalar_t* dp) {
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t per_row = (s.K + L - 1) / L, count = s.K * per_row;
+  int64_t q = 0;
+  for (; q + kDotGroup <= count; q += kDotGroup)
+    tap_dots<kDotGroup>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, dp);
+  if (q < count)
+    tap_dots_tail<kDotGroup - 1>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, count - q,
+                                 dp);
 }
 
 // gl[0:T] = dL/d(biased logit) from dp = dL/dP.
@@ -405,15 +466,17 @@ int64_t rpb_row_stride(const Shape& s) {
   return s.R + Simd<scalar_t>::lanes;
 }
 
-// Layout of the backward's scratch: biases (Tp), gl (Tp + L), Prow (W * Tp), DProw (W * (Tp + L)), value rows.
+// Layout of the backward's scratch: biases (Tp), gl (Tp + L), dp (Tp + L), Prow (W * Tp), the padded copy of Prow
+// (W * K * (K + 2 pad) + L), the value rows.
 template <typename scalar_t>
 struct BackwardScratch {
-  int64_t Tp, Tpp, vt_offset, size;
+  int64_t Tp, Tpp, pq_offset, vt_offset, size;
   BackwardScratch(const Shape& s, int64_t band) {
     const int64_t L = Simd<scalar_t>::lanes;
     Tp = padded_taps<scalar_t>(s);
     Tpp = Tp + L;
-    vt_offset = Tp + Tpp + s.W * (Tp + Tpp);
+    pq_offset = Tp + 2 * Tpp + s.W * Tp;
+    vt_offset = pq_offset + s.W * PaddedTaps(s).stride + L;
     size = vt_offset + (band + s.K) * s.C * (s.W + L);
   }
 };
@@ -432,8 +495,10 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
   const int64_t bands = (s.H + band - 1) / band, Tp = layout.Tp, Tpp = layout.Tpp;
   TapBuffers<scalar_t> taps{nullptr, scratch, nullptr, -1};
   scalar_t* gl = scratch + Tp;
-  scalar_t* p_row = gl + Tpp;
-  scalar_t* dp_row = p_row + s.W * Tp;
+  scalar_t* dp = gl + Tpp;
+  scalar_t* p_row = dp + Tpp;
+  scalar_t* pq_row = scratch + layout.pq_offset;
+  const PaddedTaps padded(s);
   scalar_t* vt_buffer = scratch + layout.vt_offset;
   for (int64_t t = 0; t < layout.vt_offset; ++t) scratch[t] = 0;
   const int64_t slot_stride = rpb_row_stride<scalar_t>(s), slot_size = s.K * slot_stride;
@@ -462,20 +527,19 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
         prefetch_logits(s, x.weights, row_pix + j, num_pix);
         const Window win = pixel_window(i, j, s.H, s.W, s.K);
         pixel_probs(s, x.weights + (row_pix + j) * s.T, rpb_g, win, taps, p_row + j * Tp);
+        if (a0 < a1) pad_taps(s, padded, p_row + j * Tp, pq_row + j * padded.stride);
       }
-      // grad_value, one value row (one tap row) at a time; every element sums its terms in (i, j, e) order.
-      for (int64_t a = a0; a < a1; ++a) {
-        scalar_t* gv_row = gv_plane + (row0 + a) * s.W * s.C;
-        for (int64_t j = 0; j < s.W; ++j)
-          scatter_taps(s, p_row + j * Tp + a * s.K, go_row + j * s.C, gv_row + window_start(j, s.W, s.K) * s.C);
-      }
+      // grad_value, one value row (one tap row) at a time.
+      for (int64_t a = a0; a < a1; ++a)
+        gather_value_grad(s, padded, pq_row + a * padded.row, go_row, gv_plane + (row0 + a) * s.W * s.C);
       if (i < y0 || i >= y1) continue;  // grad_weights and grad_rpb of row i belong to the band holding it
-      row_tap_dots(s, go_row, vt, row0, Tpp, dp_row);
+      const scalar_t* vt_rows = vt.data + (row0 - vt.row_begin) * vt.row_stride;
       scalar_t* slot = x.rpb_rows != nullptr ? x.rpb_rows + (plane * s.H + i) * slot_size : nullptr;
       if (slot != nullptr)
         for (int64_t k = 0; k < slot_size; ++k) slot[k] = 0;
       for (int64_t j = 0; j < s.W; ++j) {
-        logit_grads(s, p_row + j * Tp, dp_row + j * Tpp, gl);
+        pixel_tap_dots(s, go_row + j * s.C, vt_rows + window_start(j, s.W, s.K), vt.Wp, vt.row_stride, dp);
+        logit_grads(s, p_row + j * Tp, dp, gl);
         scalar_t* gw = x.grad_weights + (row_pix + j) * s.T;
         int64_t t = 0;
         for (; t + L <= s.T; t += L) store(gw + t, load<V>(gl + t));
