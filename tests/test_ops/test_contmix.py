@@ -9,6 +9,7 @@ import torch
 
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
+from mmoverlock.ops.contmix_baselines import unfold_contmix, unfused_contmix
 
 HAS_EXT = 'cpu' in available_backends()
 HAS_CUDA = torch.cuda.is_available() and 'cuda' in available_backends()
@@ -144,6 +145,25 @@ def test_cpu_is_deterministic_across_thread_counts():
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('method', [
+    pytest.param('unfused-cpu', marks=requires_ext),
+    'unfused-torch',
+    'unfold',
+])
+def test_baselines_match_reference(method):
+    """The formulations the benchmark compares with compute the op (bias + softmax), gradients included."""
+    inputs = make_inputs(2, 2, 9, 11, 5, 5)
+    weights, value, rpb = inputs
+    if method == 'unfold':
+        out = unfold_contmix(weights, value, rpb, 5)
+    else:
+        out = unfused_contmix(weights, value, rpb, 5, backend=method.split('-')[1])
+    expected = reference(weights, value, 5, rpb=rpb, softmax=True)
+    grad_out = torch.randn_like(expected)
+    assert_close_all([out] + grads(out, inputs, grad_out), [expected] + grads(expected, inputs, grad_out),
+                     rtol=1e-9, atol=1e-11)
 
 
 # ------------------------------------------------------------------------------- CPU instruction-set variants
