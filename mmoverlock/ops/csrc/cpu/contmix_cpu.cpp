@@ -122,7 +122,7 @@ int64_t band_rows(const Shape& s) {
 // grad_rpb[g, dr0(i) + a, q] = sum over b, then i, of the row partial sums (slot row a, column q).
 template <typename scalar_t>
 void reduce_rpb_rows(const Shape& s, const scalar_t* rows, int64_t stride, scalar_t* grad_rpb) {
-  at::parallel_for(0, s.G, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.G, grain(s.B * s.H * s.K * s.R), [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       scalar_t* out = grad_rpb + g * s.R * s.R;
       std::fill(out, out + s.R * s.R, scalar_t(0));
