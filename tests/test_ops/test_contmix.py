@@ -9,6 +9,7 @@ import torch
 
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
+from mmoverlock.ops.contmix_baselines import unfold_contmix, unfused_contmix
 
 HAS_EXT = 'cpu' in available_backends()
 HAS_CUDA = torch.cuda.is_available() and 'cuda' in available_backends()
@@ -144,6 +145,116 @@ def test_cpu_is_deterministic_across_thread_counts():
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('method', [
+    pytest.param('unfused-cpu', marks=requires_ext),
+    'unfused-torch',
+    'unfold',
+])
+def test_baselines_match_reference(method):
+    """The formulations the benchmark compares with compute the op (bias + softmax), gradients included."""
+    inputs = make_inputs(2, 2, 9, 11, 5, 5)
+    weights, value, rpb = inputs
+    if method == 'unfold':
+        out = unfold_contmix(weights, value, rpb, 5)
+    else:
+        out = unfused_contmix(weights, value, rpb, 5, backend=method.split('-')[1])
+    expected = reference(weights, value, 5, rpb=rpb, softmax=True)
+    grad_out = torch.randn_like(expected)
+    assert_close_all([out] + grads(out, inputs, grad_out), [expected] + grads(expected, inputs, grad_out),
+                     rtol=1e-9, atol=1e-11)
+
+
+# ------------------------------------------------------------------------------- CPU instruction-set variants
+CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
+
+
+def _cpu_capabilities():
+    if not HAS_EXT:
+        return ()
+    import mmoverlock._ext as ext
+    return ext.cpu_capabilities()
+
+
+# Every kernel variant this CPU can run (the dispatcher picks the last one by default).
+CPU_CAPABILITIES = [
+    pytest.param(name, marks=pytest.mark.skipif(name not in _cpu_capabilities(), reason=f'this CPU lacks {name}'))
+    for name in ('default', 'avx2', 'avx512')
+]
+
+
+@pytest.fixture
+def cpu_capability(request, monkeypatch):
+    """Run the compiled CPU kernels with the instruction set named by the test's parameter."""
+    import mmoverlock._ext as ext
+    monkeypatch.setenv(CPU_CAPABILITY_ENV, request.param)
+    assert ext.cpu_capability() == request.param
+    return request.param
+
+
+@requires_ext
+@pytest.mark.parametrize('cpu_capability', CPU_CAPABILITIES, indirect=True)
+@pytest.mark.parametrize('use_rpb,softmax', [(False, False), (True, True)], ids=['raw', 'rpb-softmax'])
+@pytest.mark.parametrize('shape', [
+    (2, 3, 9, 11, 5, 3),  # channels below one vector
+    (1, 2, 16, 15, 33, 13),  # whole vectors of every width plus a tail, K = 13
+    (1, 1, 7, 21, 16, 7),  # H = K
+    (2, 2, 31, 12, 24, 9),  # several gather column blocks and value rows
+], ids=lambda s: 'B{}G{}H{}W{}C{}K{}'.format(*s))
+def test_cpu_variants_match_reference(shape, use_rpb, softmax, cpu_capability):
+    K = shape[-1]
+    for dtype, tol in ((torch.float64, dict(rtol=1e-9, atol=1e-11)), (torch.float32, dict(rtol=1e-4, atol=1e-4))):
+        inputs = make_inputs(*shape, rpb=use_rpb, dtype=dtype)
+        out = contmix_aggregate(inputs[0], inputs[1], K, rpb=inputs[2], softmax=softmax, backend='cpu')
+        expected = reference(inputs[0], inputs[1], K, rpb=inputs[2], softmax=softmax)
+        grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        actual = [out] + grads(out, inputs, grad_out.to(dtype))
+        wanted = [expected] + grads(expected, inputs, grad_out)
+        assert_close_all(actual, wanted, **tol)
+
+
+@requires_ext
+@pytest.mark.parametrize('cpu_capability', CPU_CAPABILITIES, indirect=True)
+def test_cpu_float32_softmax_accuracy(cpu_capability):
+    """The float32 kernels' polynomial exp keeps its accuracy.
+
+    With H = W = K every pixel has the same window, and one-hot values (C = K*K) make the output the softmax
+    probabilities themselves. One logit per pixel is 0 (the maximum, so ``logit - max`` is exact) and the others
+    span [-80, 0), the whole range the exp sees. Measured maximum relative error over all variants: 3.6e-7 (about
+    3 ulp, as torch's own float32 softmax: 3.0e-7); the bound is 4x that. An exp 40x less accurate (40 ulp,
+    2.4e-6) fails it.
+    """
+    K = 13
+    T = K * K
+    gen = torch.Generator().manual_seed(0)
+    logits = -80 * torch.rand(4, 2, K, K, T, generator=gen)
+    logits[..., 0] = 0
+    value = torch.eye(T).reshape(K, K, T).expand(4, 2, K, K, T).contiguous()
+    probs = contmix_aggregate(logits, value, K, softmax=True, backend='cpu').double()
+    expected = torch.softmax(logits.double(), -1)
+    normal = expected > 1e-30  # float32 results below ~1e-38 are subnormal, of no interest here
+    rel = ((probs - expected).abs() / expected)[normal]
+    assert rel.max().item() < 1.5e-6
+
+
+@requires_ext
+def test_cpu_capability_env_errors(monkeypatch):
+    import mmoverlock._ext as ext
+    weights, value, _ = make_inputs(1, 1, 5, 5, 2, 3, dtype=torch.float32)
+    monkeypatch.setenv(CPU_CAPABILITY_ENV, 'sse9')
+    with pytest.raises(RuntimeError, match=f"{CPU_CAPABILITY_ENV}='sse9' must be one of default, avx2, avx512"):
+        contmix_aggregate(weights, value, 3, backend='cpu')
+    with pytest.raises(ValueError, match='must be one of default, avx2, avx512'):
+        ext.cpu_capability()
+    missing = [name for name in ('avx2', 'avx512') if name not in ext.cpu_capabilities()]
+    if missing:
+        monkeypatch.setenv(CPU_CAPABILITY_ENV, missing[-1])
+        with pytest.raises(RuntimeError, match='this CPU does not support'):
+            contmix_aggregate(weights, value, 3, backend='cpu')
+    monkeypatch.delenv(CPU_CAPABILITY_ENV)
+    assert ext.cpu_capability() == ext.cpu_capabilities()[-1]  # the widest by default
+    assert ext.cpu_capabilities()[0] == 'default'
 
 
 @requires_cuda

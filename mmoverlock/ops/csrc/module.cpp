@@ -1,15 +1,55 @@
 // The Python module `mmoverlock._ext`. Importing it loads this library, whose static TORCH_LIBRARY blocks register
-// the operators under torch.ops.mmoverlock; the module itself only reports what was compiled in.
+// the operators under torch.ops.mmoverlock; the module itself only reports what was compiled in and which
+// instruction set the CPU kernels use.
 #include <Python.h>
 
+#include <cstdlib>
+
+#include "cpu/contmix_cpu_isa.h"
+
 namespace {
+
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  const char* error = nullptr;
+  const char* name = mmoverlock::contmix::cpu::selected_capability(&error);
+  if (name == nullptr) {
+    PyErr_Format(PyExc_ValueError, "environment variable MMOVERLOCK_CPU_CAPABILITY='%s' %s",
+                 std::getenv("MMOVERLOCK_CPU_CAPABILITY"), error);
+    return nullptr;
+  }
+  return PyUnicode_FromString(name);
+}
+
+PyObject* cpu_capabilities(PyObject*, PyObject*) {
+  const char* names[8];
+  const int n = mmoverlock::contmix::cpu::supported_capabilities(names, 8);
+  PyObject* result = PyTuple_New(n);
+  if (result == nullptr) return nullptr;
+  for (int i = 0; i < n; ++i) {
+    PyObject* item = PyUnicode_FromString(names[i]);
+    if (item == nullptr) {
+      Py_DECREF(result);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(result, i, item);
+  }
+  return result;
+}
+
+PyMethodDef ext_methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS,
+     "Instruction set the CPU kernels use now: the best this CPU supports, or MMOVERLOCK_CPU_CAPABILITY's."},
+    {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
+     "Instruction sets this CPU can run the kernels with, narrowest first ('default', 'avx2', 'avx512')."},
+    {nullptr, nullptr, 0, nullptr},
+};
 
 PyModuleDef ext_module = {
     PyModuleDef_HEAD_INIT,
     "_ext",
     "Compiled ContMix kernels for mmoverlock (operators under torch.ops.mmoverlock).",
     -1,
-    nullptr,
+    ext_methods,
 };
 
 }  // namespace

@@ -1,0 +1,562 @@
+// The CPU kernels of the ContMix core, written once over GCC/Clang vector types of CONTMIX_VEC_BYTES bytes and
+// compiled once per instruction set: contmix_cpu_<isa>.cpp opens namespace mmoverlock::contmix::cpu::<isa>, switches
+// the compiler's target (e.g. AVX2 + FMA) and includes this file. It has no include guard and includes nothing:
+// every header it needs is included by the wrapper *before* the target switch, so library code stays baseline and
+// only this file's functions (all of internal linkage, plus the exported table) use the wider instructions.
+//
+// Work split (the dispatcher runs the ranges on threads):
+//   forward:   one task per output row; per pixel: biased logits -> softmax -> aggregation over the K*K taps,
+//              vectorised over channels, several independent accumulators so that FMA latency is hidden.
+//   backward:  one task per (plane, band of value rows); each pixel's softmax is recomputed from the inputs. The task
+//              scatters P * grad_out into its band of grad_value (vectorised over channels) and, for the output rows
+//              inside its band, computes dL/dP_t = <grad_out, value[neighbour t]> vectorised over taps (from a
+//              channel-major copy of the value rows, so no horizontal reduction per tap), grad_weights, and the row's
+//              grad_rpb partial sum. The dispatcher adds the row partial sums in a fixed order.
+#if !defined(CONTMIX_VEC_BYTES)
+#error "define CONTMIX_VEC_BYTES before including contmix_cpu_body.h"
+#endif
+
+namespace {
+
+template <typename scalar_t>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  typedef float vec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
+  typedef int32_t ivec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
+  typedef int32_t index;
+  static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(float);
+};
+
+template <>
+struct Simd<double> {
+  typedef double vec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
+  typedef int64_t ivec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
+  typedef int64_t index;
+  static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(double);
+};
+
+// Unaligned loads and stores (a memcpy of a whole vector compiles to one move).
+template <typename V, typename scalar_t>
+inline V load(const scalar_t* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename scalar_t>
+inline void store(scalar_t* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+template <typename V, typename scalar_t>
+inline V splat(scalar_t x) {
+  return x - V{};  // a broadcast (x - 0 is x for every x, unlike x + 0); for V = scalar_t this is x itself
+}
+
+template <typename V>
+inline V vmax(V a, V b) {
+  return a > b ? a : b;
+}
+
+// Horizontal sum and maximum, by halving over the lanes of a local copy (a tree, not a chain; the vector itself is
+// never addressed, so loops that accumulate it keep it in a register).
+template <typename scalar_t, typename V>
+inline scalar_t hsum(V v) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  scalar_t x[L];
+  store(x, v);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) x[l] += x[l + w];
+  return x[0];
+}
+
+template <typename scalar_t, typename V>
+inline scalar_t hmax(V v) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  scalar_t x[L];
+  store(x, v);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) x[l] = x[l] > x[l + w] ? x[l] : x[l + w];
+  return x[0];
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// exp(x) for x <= 0 in branch-free float arithmetic (Cephes' expf polynomial, about 1 ulp), on a vector or a scalar.
+// Inputs below -87 flush to about 2^-126, harmless for softmax weights.
+inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
+inline float from_bits(int32_t b) {
+  float f;
+  __builtin_memcpy(&f, &b, sizeof(f));
+  return f;
+}
+inline Simd<float>::ivec to_int(Simd<float>::vec x) { return __builtin_convertvector(x, Simd<float>::ivec); }
+inline Simd<float>::vec from_bits(Simd<float>::ivec b) { return (Simd<float>::vec)b; }
+
+template <typename V>
+inline V exp_nonpositive(V x) {
+  x = vmax(x, splat<V>(-87.0f));
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  const V r = x - n * 0.693359375f + n * 2.12194440e-4f;                 // x - n ln2, ln2 split in two
+  V p = splat<V>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * from_bits((to_int(n) + 127) << 23);
+}
+
+// double keeps the library exp, lane by lane: float64 is the reference precision, not a speed path.
+inline double exp_nonpositive(double x) { return std::exp(x); }
+inline Simd<double>::vec exp_nonpositive(Simd<double>::vec x) {
+  for (int64_t l = 0; l < Simd<double>::lanes; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+// The logits of a pixel are read once and used at once: ask for a pixel's cache lines this many pixels ahead (the
+// hardware prefetchers alone leave the loads of the logits waiting on memory).
+constexpr int64_t kPrefetchPixels = 4;
+
+template <typename scalar_t>
+inline void prefetch_logits(const Shape& s, const scalar_t* weights, int64_t pix, int64_t num_pix) {
+  const scalar_t* w = weights + imin(pix + kPrefetchPixels, num_pix - 1) * s.T;
+  for (int64_t t = 0; t < s.T; t += 64 / int64_t(sizeof(scalar_t))) __builtin_prefetch(w + t);
+}
+
+// Per-thread state of one pixel's taps: the probabilities `p` and the biases `bias` of the current window offset,
+// both padded to whole vectors.
+template <typename scalar_t>
+struct TapBuffers {
+  scalar_t* p;
+  scalar_t* bias;
+  const scalar_t* bias_table;  // the group's bias table and the window offset (bias0) that `bias` was built from
+  int64_t bias_key;
+};
+
+template <typename scalar_t>
+inline int64_t padded_taps(const Shape& s) {
+  return round_up(s.T, Simd<scalar_t>::lanes);
+}
+
+template <typename scalar_t>
+TapBuffers<scalar_t> tap_buffers(const Shape& s, scalar_t* scratch) {
+  const int64_t Tp = padded_taps<scalar_t>(s);
+  TapBuffers<scalar_t> b{scratch, scratch + Tp, nullptr, -1};  // zero biases: right when there is no table
+  for (int64_t t = 0; t < Tp; ++t) b.p[t] = b.bias[t] = 0;
+  return b;
+}
+
+// P = softmax?(w + bias of the window) into p[0:T], p[T:Tp] = 0.
+template <typename scalar_t>
+inline void pixel_probs(const Shape& s, const scalar_t* w, const scalar_t* rpb_g, const Window& win,
+                        TapBuffers<scalar_t>& b, scalar_t* p) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t T = s.T, Tp = padded_taps<scalar_t>(s);
+  if (rpb_g != nullptr && (win.bias0 != b.bias_key || rpb_g != b.bias_table)) {
+    // The biases depend on the group and the window's offset only: rebuilt at the borders, reused inside.
+    for (int64_t a = 0; a < s.K; ++a)
+      for (int64_t e = 0; e < s.K; ++e) b.bias[a * s.K + e] = rpb_g[win.bias0 + a * s.R + e];
+    b.bias_key = win.bias0;
+    b.bias_table = rpb_g;
+  }
+  int64_t t = 0;
+  for (; t + L <= T; t += L) store(p + t, load<V>(w + t) + load<V>(b.bias + t));
+  for (; t < T; ++t) p[t] = w[t] + b.bias[t];
+  if (!s.softmax) {
+    for (t = T; t < Tp; ++t) p[t] = 0;
+    return;
+  }
+  for (t = T; t < Tp; ++t) p[t] = scalar_t(-1e30);
+  V m = load<V>(p);
+  for (t = L; t < Tp; t += L) m = vmax(m, load<V>(p + t));
+  const scalar_t mx = hmax<scalar_t>(m);
+  for (t = 0; t < Tp; t += L) store(p + t, exp_nonpositive(load<V>(p + t) - mx));
+  for (t = T; t < Tp; ++t) p[t] = 0;
+  V sum = load<V>(p);
+  for (t = L; t < Tp; t += L) sum += load<V>(p + t);
+  const V inv = splat<V>(scalar_t(1) / hsum<scalar_t>(sum));
+  for (t = 0; t < Tp; t += L) store(p + t, load<V>(p + t) * inv);
+}
+
+// out[c0 : c0 + NV*lanes(V)] = sum over taps of p[t] * value[neighbour t, same channels]. CH accumulators take the
+// taps in turn (summed in a fixed order at the end) so that consecutive multiply-adds do not wait on each other.
+template <typename V, int NV, int CH, typename scalar_t>
+inline void aggregate_block(const Shape& s, const scalar_t* p, const scalar_t* v_plane, const Window& win,
+                            int64_t c0, scalar_t* out) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  V acc[CH][NV];
+  for (int ch = 0; ch < CH; ++ch)
+    for (int k = 0; k < NV; ++k) acc[ch][k] = V{};
+  const int64_t C = s.C, K = s.K;
+  for (int64_t a = 0; a < K; ++a) {
+    const scalar_t* vrow = v_plane + ((win.row0 + a) * s.W + win.col0) * C + c0;
+    const scalar_t* pa = p + a * K;
+    int64_t e = 0;
+    for (; e + CH <= K; e += CH) {
+      for (int ch = 0; ch < CH; ++ch) {
+        const scalar_t pt = pa[e + ch];
+        for (int k = 0; k < NV; ++k) acc[ch][k] += pt * load<V>(vrow + (e + ch) * C + k * L);
+      }
+    }
+    for (; e < K; ++e) {
+      const scalar_t pt = pa[e];
+      for (int k = 0; k < NV; ++k) acc[0][k] += pt * load<V>(vrow + e * C + k * L);
+    }
+  }
+  for (int k = 0; k < NV; ++k) {
+    V total = acc[0][k];
+    for (int ch = 1; ch < CH; ++ch) total += acc[ch][k];
+    store(out + c0 + k * L, total);
+  }
+}
+
+template <typename scalar_t>
+inline void aggregate(const Shape& s, const scalar_t* p, const scalar_t* v_plane, const Window& win,
+                      scalar_t* out) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= s.C; c0 += 4 * L) aggregate_block<V, 4, 1>(s, p, v_plane, win, c0, out);
+  for (; c0 + 2 * L <= s.C; c0 += 2 * L) aggregate_block<V, 2, 2>(s, p, v_plane, win, c0, out);
+  for (; c0 + L <= s.C; c0 += L) aggregate_block<V, 1, 4>(s, p, v_plane, win, c0, out);
+  for (; c0 < s.C; ++c0) aggregate_block<scalar_t, 1, 4>(s, p, v_plane, win, c0, out);
+}
+
+template <typename scalar_t>
+int64_t forward_scratch(const Shape& s) {
+  return 2 * padded_taps<scalar_t>(s);
+}
+
+template <typename scalar_t>
+void forward(const Shape& s, const Tensors<scalar_t>& x, int64_t begin, int64_t end, scalar_t* scratch) {
+  TapBuffers<scalar_t> taps = tap_buffers(s, scratch);
+  const int64_t num_pix = s.B * s.G * s.H * s.W;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t plane = row / s.H, i = row % s.H;
+    const scalar_t* v_plane = x.value + plane * s.H * s.W * s.C;
+    const scalar_t* rpb_g = x.rpb != nullptr ? x.rpb + (plane % s.G) * s.R * s.R : nullptr;
+    for (int64_t j = 0; j < s.W; ++j) {
+      const int64_t pix = row * s.W + j;
+      const Window win = pixel_window(i, j, s.H, s.W, s.K);
+      prefetch_logits(s, x.weights, pix, num_pix);
+      pixel_probs(s, x.weights + pix * s.T, rpb_g, win, taps, taps.p);
+      aggregate(s, taps.p, v_plane, win, x.out + pix * s.C);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------ backward
+// The backward works on one output row at a time, tap row by tap row, so that the rows it updates (a row of
+// grad_value) and reads (a row of the channel-major values) stay in the L1 cache while it sweeps the pixels:
+//   Prow[j*Tp + t]       the softmax of pixel j (recomputed),
+//   DProw[j*Tpp + t]     dL/dP of pixel j, Tpp = Tp + lanes (a whole vector may be stored past the last tap).
+
+// grad_value is gathered per value row: for tap row a of output row i (value row y = row0 + a),
+//   grad_value[y, x] += sum over the pixels j whose windows contain x of P_j[a, x - col0(j)] * grad_out[j],
+// kGatherColumns columns x at a time with one accumulator each. The pixels [jlo(x0), jhi(x0 + 3)] cover all four
+// columns; for a column outside pixel j's window the tap index lies within kGatherColumns - 1 of the window, where
+// the padded copy of P (PaddedTaps) holds zeros, so the loop needs no branch. Each element of grad_value sums its
+// terms in (i, j) order.
+constexpr int64_t kGatherColumns = 4;
+
+// P of a row of pixels with every tap row padded by kGatherColumns - 1 zeros on both sides:
+// pq[j * stride + a * row + pad + e], row = K + 2 * pad, stride = K * row.
+struct PaddedTaps {
+  int64_t pad, row, stride;
+  explicit PaddedTaps(const Shape& s) : pad(kGatherColumns - 1), row(s.K + 2 * pad), stride(s.K * row) {}
+};
+
+// Copy pixel j's P (flat, p[a*K + e]) into the padded layout. Whole vectors with the lanes past K zeroed: their
+// spill into the next row's pad and data is rewritten when that row is copied (rows and pixels go in order).
+template <typename scalar_t>
+inline void pad_taps(const Shape& s, const PaddedTaps& pt, const scalar_t* p, scalar_t* pq) {
+  using V = typename Simd<scalar_t>::vec;
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  IV lane;
+  for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+  for (int64_t a = 0; a < s.K; ++a) {
+    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
+      const IV keep = lane < IV{} + static_cast<I>(s.K - e0);
+      store(pq + a * pt.row + pt.pad + e0, keep ? load<V>(p + a * s.K + e0) : V{});
+    }
+  }
+}
+
+template <typename V, int NV, int U, typename scalar_t>
+inline void gather_columns(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                           int64_t x0, int64_t c0, scalar_t* gv_row) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  V acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int k = 0; k < NV; ++k) acc[u][k] = V{};
+  int64_t j_lo, j_hi, unused;
+  inverse_window(x0, s.W, s.K, &j_lo, &unused);
+  inverse_window(x0 + U - 1, s.W, s.K, &unused, &j_hi);
+  for (int64_t j = j_lo; j <= j_hi; ++j) {
+    const scalar_t* p = pq_a + j * pt.stride + pt.pad + x0 - window_start(j, s.W, s.K);  // tap of column x0
+    V g[NV];
+    for (int k = 0; k < NV; ++k) g[k] = load<V>(go_row + j * s.C + c0 + k * L);
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[u][k] += p[u] * g[k];
+  }
+  for (int u = 0; u < U; ++u) {
+    scalar_t* dst = gv_row + (x0 + u) * s.C + c0;
+    for (int k = 0; k < NV; ++k) store(dst + k * L, load<V>(dst + k * L) + acc[u][k]);
+  }
+}
+
+template <typename V, int NV, typename scalar_t>
+inline void gather_row(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                       int64_t c0, scalar_t* gv_row) {
+  int64_t x0 = 0;
+  for (; x0 + kGatherColumns <= s.W; x0 += kGatherColumns)
+    gather_columns<V, NV, kGatherColumns>(s, pt, pq_a, go_row, x0, c0, gv_row);
+  for (; x0 < s.W; ++x0) gather_columns<V, NV, 1>(s, pt, pq_a, go_row, x0, c0, gv_row);
+}
+
+// grad_value row y += the contributions of tap row `a` of every pixel of the output row.
+template <typename scalar_t>
+void gather_value_grad(const Shape& s, const PaddedTaps& pt, const scalar_t* pq_a, const scalar_t* go_row,
+                       scalar_t* gv_row) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  int64_t c0 = 0;
+  for (; c0 + 2 * L <= s.C; c0 += 2 * L) gather_row<V, 2>(s, pt, pq_a, go_row, c0, gv_row);
+  for (; c0 + L <= s.C; c0 += L) gather_row<V, 1>(s, pt, pq_a, go_row, c0, gv_row);
+  for (; c0 < s.C; ++c0) gather_row<scalar_t, 1>(s, pt, pq_a, go_row, c0, gv_row);
+}
+
+// The value rows [row_begin, row_end) of one plane, row-major and channel-major inside a row:
+// vt[(y - row_begin) * row_stride + c * Wp + x], rows padded with zeros to Wp = W + lanes so that a whole vector can
+// be read from any window column.
+template <typename scalar_t>
+struct ValueRowsT {
+  scalar_t* data;
+  int64_t row_begin, Wp, row_stride;
+};
+
+template <typename scalar_t>
+ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int64_t row_begin, int64_t row_end,
+                                    scalar_t* buffer) {
+  const int64_t Wp = s.W + Simd<scalar_t>::lanes;
+  ValueRowsT<scalar_t> vt{buffer, row_begin, Wp, s.C * Wp};
+  for (int64_t y = row_begin; y < row_end; ++y) {
+    const scalar_t* src = v_plane + y * s.W * s.C;
+    scalar_t* dst_row = buffer + (y - row_begin) * vt.row_stride;
+    for (int64_t c = 0; c < s.C; ++c) {
+      scalar_t* dst = dst_row + c * Wp;
+      for (int64_t x = 0; x < s.W; ++x) dst[x] = src[x * s.C + c];
+      for (int64_t x = s.W; x < Wp; ++x) dst[x] = 0;
+    }
+  }
+  return vt;
+}
+
+// dL/dP_t = <grad_out, value[neighbour t]> of one pixel, vectorised over the taps of a tap row: for each of the
+// K * ceil(K / lanes) (tap row a, first tap e0) pairs, the lanes e0.. of value row row0 + a from column col0 + e0 on,
+// summed over the channels with the pixel's grad_out[c] broadcast once per channel for a group of U pairs.
+// dp[a*K + e0 : + lanes] is stored whole: lanes past the row's last tap are rewritten by the next pair (pairs go in
+// increasing tap order) or fall into dp's padding.
+struct TapPair {
+  int64_t a, e0;  // the first pair of a group; the next ones follow in (a, e0) order
+};
+
+template <int U, typename scalar_t>
+inline void tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp, int64_t row_stride,
+                     TapPair q, scalar_t* dp) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const scalar_t* src[U];
+  int64_t dst[U];
+  V acc[U];
+  for (int u = 0; u < U; ++u) {
+    src[u] = vt_window + q.a * row_stride + q.e0;
+    dst[u] = q.a * s.K + q.e0;
+    acc[u] = V{};
+    q.e0 += L;
+    if (q.e0 >= s.K) q = TapPair{q.a + 1, 0};
+  }
+  for (int64_t c = 0; c < s.C; ++c) {
+    const V g = splat<V>(go[c]);
+    for (int u = 0; u < U; ++u) acc[u] += g * load<V>(src[u] + c * Wp);
+  }
+  for (int u = 0; u < U; ++u) store(dp + dst[u], acc[u]);
+}
+
+// Pairs per group: as many accumulators as the registers allow (32 vector registers with AVX-512, 16 otherwise).
+constexpr int kDotGroup = CONTMIX_VEC_BYTES >= 64 ? 7 : 4;
+
+template <int U, typename scalar_t>
+inline void tap_dots_tail(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
+                          int64_t row_stride, TapPair q, int64_t n, scalar_t* dp) {
+  if constexpr (U > 0) {
+    if (n == U) return tap_dots<U>(s, go, vt_window, Wp, row_stride, q, dp);
+    tap_dots_tail<U - 1>(s, go, vt_window, Wp, row_stride, q, n, dp);
+  }
+}
+
+// vt_window: the value rows (channel-major, `row_stride` apart) at the window's first row and column.
+template <typename scalar_t>
+inline void pixel_tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
+                           int64_t row_stride, scalar_t* dp) {
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t per_row = (s.K + L - 1) / L, count = s.K * per_row;
+  int64_t q = 0;
+  for (; q + kDotGroup <= count; q += kDotGroup)
+    tap_dots<kDotGroup>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, dp);
+  if (q < count)
+    tap_dots_tail<kDotGroup - 1>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, count - q,
+                                 dp);
+}
+
+// gl[0:T] = dL/d(biased logit) from dp = dL/dP.
+template <typename scalar_t>
+inline void logit_grads(const Shape& s, const scalar_t* p, const scalar_t* dp, scalar_t* gl) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t T = s.T;
+  int64_t t = 0;
+  if (!s.softmax) {
+    for (; t + L <= T; t += L) store(gl + t, load<V>(dp + t));
+    for (; t < T; ++t) gl[t] = dp[t];
+    return;
+  }
+  // dot = sum_t P_t dL/dP_t; dL/dl_t = P_t (dL/dP_t - dot).
+  V dot_v = V{};
+  for (; t + L <= T; t += L) dot_v += load<V>(p + t) * load<V>(dp + t);
+  scalar_t dot = hsum<scalar_t>(dot_v);
+  for (; t < T; ++t) dot += p[t] * dp[t];
+  const V dot_s = splat<V>(dot);
+  for (t = 0; t + L <= T; t += L) store(gl + t, load<V>(p + t) * (load<V>(dp + t) - dot_s));
+  for (; t < T; ++t) gl[t] = logit_grad(p[t], dp[t], dot, true);
+}
+
+// One pixel's logit gradients added to its output row's grad_rpb partial sum: tap (a, e) lands in the slot's row a
+// (table row dr0 + a) and column cq0 + e. The slot rows have room for a whole vector past their last column.
+template <typename scalar_t>
+inline void add_rpb_partial(const Shape& s, const scalar_t* gl, int64_t cq0, int64_t slot_stride, scalar_t* slot) {
+  using V = typename Simd<scalar_t>::vec;
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  IV lane;
+  for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+  for (int64_t a = 0; a < s.K; ++a) {
+    scalar_t* dst = slot + a * slot_stride + cq0;
+    const scalar_t* src = gl + a * s.K;
+    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
+      const IV keep = lane < IV{} + static_cast<I>(s.K - e0);  // the taps of this row, not the next row's
+      const V g = keep ? load<V>(src + e0) : V{};
+      store(dst + e0, load<V>(dst + e0) + g);
+    }
+  }
+}
+
+template <typename scalar_t>
+int64_t rpb_row_stride(const Shape& s) {
+  return s.R + Simd<scalar_t>::lanes;
+}
+
+// Layout of the backward's scratch: biases (Tp), gl (Tp + L), dp (Tp + L), Prow (W * Tp), the padded copy of Prow
+// (W * K * (K + 2 pad) + L), the value rows.
+template <typename scalar_t>
+struct BackwardScratch {
+  int64_t Tp, Tpp, pq_offset, vt_offset, size;
+  BackwardScratch(const Shape& s, int64_t band) {
+    const int64_t L = Simd<scalar_t>::lanes;
+    Tp = padded_taps<scalar_t>(s);
+    Tpp = Tp + L;
+    pq_offset = Tp + 2 * Tpp + s.W * Tp;
+    vt_offset = pq_offset + s.W * PaddedTaps(s).stride + L;
+    size = vt_offset + (band + s.K) * s.C * (s.W + L);
+  }
+};
+
+template <typename scalar_t>
+int64_t backward_scratch(const Shape& s, int64_t band) {
+  return BackwardScratch<scalar_t>(s, band).size;
+}
+
+template <typename scalar_t>
+void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t begin, int64_t end,
+              scalar_t* scratch) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const BackwardScratch<scalar_t> layout(s, band);
+  const int64_t bands = (s.H + band - 1) / band, Tp = layout.Tp, Tpp = layout.Tpp;
+  TapBuffers<scalar_t> taps{nullptr, scratch, nullptr, -1};
+  scalar_t* gl = scratch + Tp;
+  scalar_t* dp = gl + Tpp;
+  scalar_t* p_row = dp + Tpp;
+  scalar_t* pq_row = scratch + layout.pq_offset;
+  const PaddedTaps padded(s);
+  scalar_t* vt_buffer = scratch + layout.vt_offset;
+  for (int64_t t = 0; t < layout.vt_offset; ++t) scratch[t] = 0;
+  const int64_t slot_stride = rpb_row_stride<scalar_t>(s), slot_size = s.K * slot_stride;
+  const int64_t num_pix = s.B * s.G * s.H * s.W;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t plane = task / bands;
+    const int64_t y0 = (task % bands) * band, y1 = imin(s.H, y0 + band);  // value rows [y0, y1) of this task
+    const int64_t plane_pix = plane * s.H * s.W;
+    const scalar_t* v_plane = x.value + plane_pix * s.C;
+    scalar_t* gv_plane = x.grad_value + plane_pix * s.C;
+    const scalar_t* rpb_g = x.rpb != nullptr ? x.rpb + (plane % s.G) * s.R * s.R : nullptr;
+    for (int64_t k = y0 * s.W * s.C; k < y1 * s.W * s.C; ++k) gv_plane[k] = 0;
+    // The output rows [y0, y1) are this task's: their windows cover the value rows [start(y0), start(y1-1) + K).
+    const ValueRowsT<scalar_t> vt = transpose_rows(s, v_plane, window_start(y0, s.H, s.K),
+                                                   window_start(y1 - 1, s.H, s.K) + s.K, vt_buffer);
+    // The output rows whose windows reach into [y0, y1).
+    int64_t i_first, i_last, unused;
+    inverse_window(y0, s.H, s.K, &i_first, &unused);
+    inverse_window(y1 - 1, s.H, s.K, &unused, &i_last);
+    for (int64_t i = i_first; i <= i_last; ++i) {
+      const int64_t row0 = window_start(i, s.H, s.K);
+      const int64_t a0 = imax(0, y0 - row0), a1 = imin(s.K, y1 - row0);  // tap rows inside the band
+      const int64_t row_pix = plane_pix + i * s.W;
+      const scalar_t* go_row = x.grad_out + row_pix * s.C;
+      for (int64_t j = 0; j < s.W; ++j) {
+        prefetch_logits(s, x.weights, row_pix + j, num_pix);
+        const Window win = pixel_window(i, j, s.H, s.W, s.K);
+        pixel_probs(s, x.weights + (row_pix + j) * s.T, rpb_g, win, taps, p_row + j * Tp);
+        if (a0 < a1) pad_taps(s, padded, p_row + j * Tp, pq_row + j * padded.stride);
+      }
+      // grad_value, one value row (one tap row) at a time.
+      for (int64_t a = a0; a < a1; ++a)
+        gather_value_grad(s, padded, pq_row + a * padded.row, go_row, gv_plane + (row0 + a) * s.W * s.C);
+      if (i < y0 || i >= y1) continue;  // grad_weights and grad_rpb of row i belong to the band holding it
+      const scalar_t* vt_rows = vt.data + (row0 - vt.row_begin) * vt.row_stride;
+      scalar_t* slot = x.rpb_rows != nullptr ? x.rpb_rows + (plane * s.H + i) * slot_size : nullptr;
+      if (slot != nullptr)
+        for (int64_t k = 0; k < slot_size; ++k) slot[k] = 0;
+      for (int64_t j = 0; j < s.W; ++j) {
+        pixel_tap_dots(s, go_row + j * s.C, vt_rows + window_start(j, s.W, s.K), vt.Wp, vt.row_stride, dp);
+        logit_grads(s, p_row + j * Tp, dp, gl);
+        scalar_t* gw = x.grad_weights + (row_pix + j) * s.T;
+        int64_t t = 0;
+        for (; t + L <= s.T; t += L) store(gw + t, load<V>(gl + t));
+        for (; t < s.T; ++t) gw[t] = gl[t];
+        if (slot != nullptr) add_rpb_partial(s, gl, window_start(j, s.W, s.K) - j + s.K - 1, slot_stride, slot);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Constant-initialised (function addresses only), so loading the library runs no code of this instruction set.
+extern const Kernels kernels;
+constexpr Kernels kernels = {
+    CONTMIX_CPU_CAPABILITY_NAME,
+    {&forward_scratch<float>, &backward_scratch<float>, &rpb_row_stride<float>, &forward<float>, &backward<float>},
+    {&forward_scratch<double>, &backward_scratch<double>, &rpb_row_stride<double>, &forward<double>,
+     &backward<double>},
+};

@@ -1,0 +1,35 @@
+"""The ContMix benchmark times every method, measures memory in subprocesses and writes the roofline figures."""
+import json
+
+from _helpers import run_tool
+from mmoverlock.ops import available_backends
+from mmoverlock.ops.contmix_baselines import contmix_cost
+
+
+def test_benchmark_contmix_writes_results(tmp_path):
+    case = (1, 2, 9, 11, 4, 3)
+    methods = ['fused-cpu' if 'cpu' in available_backends() else 'fused-torch', 'unfold']
+    run_tool(['analysis_tools/benchmark_contmix.py', '--device', 'cpu', '--cases', ','.join(map(str, case)),
+              '--methods', ','.join(methods), '--budget', '0', '--out', tmp_path / 'out'], cwd=tmp_path)
+    payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
+    assert [r['method'] for r in payload['results']] == methods
+    assert payload['machine']['copy_bandwidth_gbs'] > 0
+    for row in payload['results']:
+        assert row['fwd_ms'] > 0 and row['fwd_bwd_ms'] > 0
+        assert row['fwd_peak_mib'] >= 0 and row['fwd_bwd_peak_mib'] > 0  # measured in a subprocess
+        roof = row['fwd_bwd_roofline']
+        assert {k: roof[k] for k in ('multiply_adds', 'exps', 'bytes')} == contmix_cost(case, backward=True)
+        assert roof['gflops'] > 0 and 0 < roof['copy_fraction']
+    markdown = (tmp_path / 'out' / 'results.md').read_text()
+    assert 'Produced by `python tools/analysis_tools/benchmark_contmix.py --device cpu' in markdown
+    assert 'B1·G2·9×11·C4·K3 | unfold |' in markdown
+
+
+def test_contmix_cost_at_the_default_case():
+    # B2·G8·50×84·C16·K13: 67200 pixels, 169 taps.
+    forward = contmix_cost((2, 8, 50, 84, 16, 13), backward=False)
+    both = contmix_cost((2, 8, 50, 84, 16, 13), backward=True)
+    assert forward == {'multiply_adds': 67200 * 169 * 16, 'exps': 67200 * 169, 'bytes': 67200 * (169 + 32) * 4}
+    assert both['multiply_adds'] == 3 * forward['multiply_adds']  # 545 M
+    assert both['exps'] == 2 * forward['exps']  # the softmax is recomputed in backward
+    assert both['bytes'] == 67200 * (3 * 169 + 5 * 16) * 4  # 158 MB
