@@ -21,6 +21,17 @@
 namespace mmoverlock {
 namespace contmix {
 
+// The problem size of one ContMix call: plain data, passed by value to every kernel (CPU, per-ISA bodies, CUDA).
+// Host code builds it with make_shape (contmix_shape.h).
+struct Shape {
+  int64_t B, G, H, W, C;
+  int64_t K;     // odd window size
+  int64_t T;     // taps per pixel, K * K
+  int64_t R;     // side of a group's bias table, 2K - 1
+  int64_t npix;  // output pixels, B * G * H * W
+  bool softmax;
+};
+
 // First row (or column) of the K-wide window of position i on an axis of length L: clamp(i - K/2, 0, L - K).
 // Windows are shifted inwards at the borders, never padded, so every position has exactly K neighbours per axis.
 CONTMIX_HD int64_t window_start(int64_t i, int64_t L, int64_t K) {

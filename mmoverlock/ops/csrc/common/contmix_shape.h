@@ -1,7 +1,5 @@
-// The problem size of one ContMix call and the host helpers every launcher needs to read it off the tensors.
-//
-// `Shape` is a plain struct passed by value to the kernels (CPU and CUDA) and to the per-pixel bodies of
-// contmix_bodies.h; the helpers below it are host-only.
+// Host helpers every launcher needs to read a ContMix call off its tensors (the Shape struct itself is plain data in
+// contmix_common.h, so that kernels compiled without ATen's headers can take it too).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,17 +7,10 @@
 #include <cstdint>
 #include <optional>
 
+#include "contmix_common.h"
+
 namespace mmoverlock {
 namespace contmix {
-
-struct Shape {
-  int64_t B, G, H, W, C;
-  int64_t K;     // odd window size
-  int64_t T;     // taps per pixel, K * K
-  int64_t R;     // side of a group's bias table, 2K - 1
-  int64_t npix;  // output pixels, B * G * H * W
-  bool softmax;
-};
 
 // The shape of value [B, G, H, W, C] with window size K (the op has checked the other inputs against it).
 inline Shape make_shape(const at::Tensor& value, int64_t K, bool softmax) {

@@ -23,6 +23,7 @@
 #include "contmix_common.h"
 #include "contmix_cpu_isa.h"
 #include "contmix_kernels.h"
+#include "contmix_shape.h"
 
 namespace mmoverlock {
 namespace contmix {
@@ -84,20 +85,10 @@ const Kernels& kernels() {
   return *cap->kernels;
 }
 
-Shape make_shape(const at::Tensor& value, int64_t K, bool softmax) {
-  return Shape{value.size(0), value.size(1), value.size(2), value.size(3), value.size(4), K, K * K, 2 * K - 1,
-               softmax};
-}
-
 // Tasks per thread chunk such that a chunk does at least ~2^16 multiply-adds: small problems then run inline instead
 // of waking the thread pool, whose start-up costs milliseconds when the cores are busy.
 int64_t grain(int64_t work_per_task) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_task));
-}
-
-template <typename scalar_t>
-const scalar_t* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
 template <typename scalar_t>
@@ -158,14 +149,14 @@ int supported_capabilities(const char** names, int max_names) noexcept {
 
 void forward_cpu(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb, int64_t kernel_size,
                  bool softmax, at::Tensor& out) {
-  const cpu::Shape s = cpu::make_shape(value, kernel_size, softmax);
+  const Shape s = make_shape(value, kernel_size, softmax);
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_forward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     const cpu::Tensors<scalar_t> x{nullptr,
                                    weights.const_data_ptr<scalar_t>(),
                                    value.const_data_ptr<scalar_t>(),
-                                   cpu::optional_ptr<scalar_t>(rpb),
+                                   optional_ptr<scalar_t>(rpb),
                                    out.mutable_data_ptr<scalar_t>(),
                                    nullptr,
                                    nullptr,
@@ -180,7 +171,7 @@ void forward_cpu(const at::Tensor& weights, const at::Tensor& value, const at::T
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& weights, const at::Tensor& value,
                   const at::Tensor& rpb, int64_t kernel_size, bool softmax, at::Tensor& grad_weights,
                   at::Tensor& grad_value, at::Tensor& grad_rpb) {
-  const cpu::Shape s = cpu::make_shape(value, kernel_size, softmax);
+  const Shape s = make_shape(value, kernel_size, softmax);
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_backward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
@@ -190,7 +181,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& weights, const a
     const cpu::Tensors<scalar_t> x{grad_out.const_data_ptr<scalar_t>(),
                                    weights.const_data_ptr<scalar_t>(),
                                    value.const_data_ptr<scalar_t>(),
-                                   cpu::optional_ptr<scalar_t>(rpb),
+                                   optional_ptr<scalar_t>(rpb),
                                    nullptr,
                                    grad_weights.mutable_data_ptr<scalar_t>(),
                                    grad_value.mutable_data_ptr<scalar_t>(),

@@ -8,14 +8,13 @@
 
 #include <cstdint>
 
+#include "contmix_common.h"
+
 namespace mmoverlock {
 namespace contmix {
 namespace cpu {
 
-struct Shape {
-  int64_t B, G, H, W, C, K, T, R;  // T = K*K taps, R = 2K - 1 bias-table side
-  bool softmax;
-};
+using contmix::Shape;  // plain data (contmix_common.h)
 
 // Every pointer of one call; the ones a kernel does not use are null. `rpb_rows` is the backward's workspace of
 // per-output-row grad_rpb partial sums, [B*G*H, K, rpb_row_stride] (see backward below).
