@@ -192,13 +192,13 @@ class _Windows:
     def row_probs(self, weights: Tensor, table: Optional[Tensor], log_norm: Optional[Tensor], a: int,
                   dtype) -> Tensor:
         """[B, G, H, W, K]: the aggregation weights of window row ``a`` (taps ``a*K .. a*K + K-1``), softmax
-        probabilities when ``log_norm`` is given, else the biased logits (then possibly a view of ``weights``)."""
-        K = self.K
-        logits = weights[..., a * K:(a + 1) * K].to(dtype)
-        if table is not None:
-            logits = logits + table.index_select(1, self.bias_rows + a)  # [G, H, W, K], broadcast over B
-        elif log_norm is not None:
-            logits = logits.clone()
+        probabilities when ``log_norm`` is given, else the biased logits, in a new tensor."""
+        K, h, H = self.K, self.half, self.H
+        logits = weights[..., a * K:(a + 1) * K].to(dtype, copy=True)
+        if table is not None:  # bias row bias_rows[i] + a, which is a + K//2 for every row of the middle band
+            logits[:, :, :h] += table.index_select(1, self.bias_rows[:h] + a)
+            logits[:, :, h:H - h] += table[:, a + h, None]
+            logits[:, :, H - h:] += table.index_select(1, self.bias_rows[H - h:] + a)
         return logits if log_norm is None else logits.sub_(log_norm).exp_()
 
 
