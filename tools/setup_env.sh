@@ -23,7 +23,9 @@ BUILD_PINS=("setuptools>=77.0.3,<81" wheel ninja numpy)
 MMCV_VERSION=2.1.0          # mmdet 3.3.0 and mmseg 1.2.2 both require mmcv<2.2.0
 OMM_PINS=(mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2)
 # mmseg imports ftfy/regex unconditionally; headless OpenCV instead of mmengine's GUI opencv-python.
-EXTRA_PINS=(timm==1.0.31 ftfy regex "opencv-python-headless<5" pycocotools matplotlib pytest tqdm)
+# onnx, onnxscript (torch.onnx's exporter) and onnxruntime: the export tests run the ONNX form of the backbone.
+EXTRA_PINS=(timm==1.0.31 ftfy regex "opencv-python-headless<5" pycocotools matplotlib pytest tqdm
+  onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2)
 # openmim's own pins downgrade setuptools below torch's floor: install it without deps, plus what it imports.
 MIM_PINS=(openmim==0.3.9)
 MIM_DEPS=(click colorama model-index pandas requests rich tabulate)

@@ -117,6 +117,79 @@ def test_gradcheck(softmax, device, backend):
                                     fast_mode=True)
 
 
+# Every kernel size the backbone uses (smk_size 5; stage kernels 17, 15, 13, 7; 3 in small arch dicts) on maps where
+# the border bands of the fallback meet or are empty: H = W = K, H = K < W, W = K < H, odd non-square sizes, and the
+# sizes ContMixBlock resizes small maps to (13x19 from 4x6 at K=13, 18x13 from 14x10, 7x10 from 2x3 at K=7).
+MODEL_CASES = [(K, H, W) for K in (3, 5, 7, 13, 15, 17)
+               for H, W in ((K, K), (K, K + 6), (2 * K + 1, K), (K + 2, K + 1))] + [(13, 13, 19), (13, 18, 13),
+                                                                                   (7, 7, 10)]
+
+
+@pytest.mark.parametrize('backend', [pytest.param('cpu', marks=requires_ext), 'torch'])
+@pytest.mark.parametrize('case', MODEL_CASES, ids=lambda c: 'K{}H{}W{}'.format(*c))
+def test_model_kernel_sizes_float64(case, backend):
+    K, H, W = case
+    inputs = make_inputs(2, 2, H, W, 3, K, noncontiguous=True, seed=K + H + W)
+    out = contmix_aggregate(inputs[0], inputs[1], K, rpb=inputs[2], softmax=True, backend=backend)
+    expected = reference(inputs[0], inputs[1], K, rpb=inputs[2], softmax=True)
+    grad_out = torch.randn_like(expected)
+    actual = [out] + grads(out, inputs, grad_out)
+    wanted = [expected] + grads(expected, inputs, grad_out)
+    assert_close_all(actual, wanted, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize('use_rpb', [False, True], ids=['no_rpb', 'rpb'])
+@pytest.mark.parametrize('softmax', [False, True], ids=['raw', 'softmax'])
+@pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'B{}G{}H{}W{}C{}K{}{}'.format(*s[:6], '-nc' if s[6] else ''))
+def test_traceable_forward_matches_reference(shape, softmax, use_rpb):
+    # The compact formulation that torch.export / ONNX / jit.trace record instead of the autograd Function.
+    *dims, noncontiguous = shape
+    K = dims[-1]
+    weights, value, rpb = make_inputs(*dims, rpb=use_rpb, noncontiguous=noncontiguous)
+    with torch.no_grad():
+        out = contmix_module._contmix_torch_traceable(weights, value, rpb, K, softmax)
+        expected = reference(weights, value, K, rpb=rpb, softmax=softmax)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_torch_backend_exports_as_plain_aten_ops():
+    K = 5
+
+    class Mix(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.rpb = torch.nn.Parameter(torch.randn(2, 2 * K - 1, 2 * K - 1, dtype=torch.float64))
+
+        def forward(self, weights, value):
+            return contmix_aggregate(weights, value, K, rpb=self.rpb, softmax=True, backend='torch')
+
+    model = Mix()
+    weights, value, _ = make_inputs(1, 2, 9, 6, 4, K, rpb=False)
+    program = torch.export.export(model, (weights.detach(), value.detach()))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
+    assert all(t.startswith(('aten.', '<built-in')) for t in targets), sorted(targets)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(weights, value),
+                                   reference(weights, value, K, rpb=model.rpb, softmax=True), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 3e-6), (torch.float16, 3e-3), (torch.bfloat16, 3e-2)])
+def test_torch_backend_low_precision_accumulates_in_float32(dtype, tol):
+    # tol: about 4x the largest error |actual - float64| / (1 + |float64|) measured over 5 seeds of this case
+    # (float32 6.6e-7, float16 6.5e-4, bfloat16 6.9e-3, all in the rpb gradient): what rounding the inputs, the
+    # output gradient and the results to the dtype costs when everything in between is float32.
+    inputs = make_inputs(2, 2, 11, 9, 6, 7, dtype=dtype, noncontiguous=True)
+    out = contmix_aggregate(*inputs[:2], 7, rpb=inputs[2], softmax=True, backend='torch')
+    assert out.dtype == dtype
+    expected = reference(*inputs[:2], 7, rpb=inputs[2], softmax=True)
+    grad_out = torch.randn_like(expected)
+    actual = [out] + grads(out, inputs, grad_out.to(dtype))
+    assert [t.dtype for t in actual[1:]] == [dtype] * 3
+    wanted = [expected] + grads(expected, inputs, grad_out)
+    assert_close_all(actual, wanted, rtol=tol, atol=tol)
+
+
 @requires_ext
 @pytest.mark.parametrize('softmax', [False, True], ids=['raw', 'softmax'])
 def test_cpu_matches_torch_float32(softmax):
@@ -321,8 +394,8 @@ def test_torch_compile_fullgraph(compile_backend, device):
         torch.testing.assert_close(a, b)
 
 
-@requires_ext
-def test_backward_saves_only_inputs():
+@pytest.mark.parametrize('backend', [pytest.param('cpu', marks=requires_ext), 'torch'])
+def test_backward_saves_only_inputs(backend):
     weights, value, rpb = make_inputs(1, 2, 7, 8, 3, 3, dtype=torch.float32)
     saved = []
 
@@ -331,7 +404,7 @@ def test_backward_saves_only_inputs():
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = contmix_aggregate(weights, value, 3, rpb=rpb, softmax=True, backend='cpu')
+        out = contmix_aggregate(weights, value, 3, rpb=rpb, softmax=True, backend=backend)
     assert [t.data_ptr() for t in saved] == [weights.data_ptr(), value.data_ptr(), rpb.data_ptr()]
     out.sum().backward()
 
