@@ -22,7 +22,7 @@
 #                                       tests, runs the benchmark steps at toy sizes on the CPU and logs each command
 #   tools/gpu_check.sh --fetch-wheels   downloads the wheels of tools/gpu_check/wheels.txt for Python 3.12 into .whl/
 # Environment: PYTHON (python3; for --dry-run .venv/bin/python when present), WHEEL_DIR (.whl), CONTMIX_BENCH (the
-# op benchmark script, default: tools/analysis_tools/benchmark_contmix.py, else tools/benchmark_contmix.py),
+# op benchmark script, default: tools/analysis_tools/benchmark_contmix.py),
 # CONTMIX_BENCH_ARGS, TORCH_CUDA_ARCH_LIST, MAX_JOBS, TIME_LIMIT_S (480).
 set -uo pipefail
 
@@ -54,10 +54,7 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 if [[ $MODE == dry && -z "${PYTHON:-}" && -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PY="${PYTHON:-python3}"
-if [[ -z "${CONTMIX_BENCH:-}" ]]; then
-  CONTMIX_BENCH=tools/analysis_tools/benchmark_contmix.py
-  [[ -f $CONTMIX_BENCH ]] || CONTMIX_BENCH=tools/benchmark_contmix.py
-fi
+CONTMIX_BENCH="${CONTMIX_BENCH:-tools/analysis_tools/benchmark_contmix.py}"
 DEADLINE=$(( $(date +%s) + ${TIME_LIMIT_S:-480} ))
 FAILED=()
 STOP=""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contmix import _bias_index, available_backends, contmix_aggregate
+from .contmix import _Windows, available_backends, contmix_aggregate
 
 __all__ = ['biased_softmax', 'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost']
 
@@ -27,8 +27,8 @@ CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
 
 def biased_softmax(weights: Tensor, rpb: Tensor, kernel_size: int) -> Tensor:
     """softmax(weights + gathered rpb) over the taps, [B, G, H, W, K*K] (two K*K-per-pixel tensors for autograd)."""
-    _, G, H, W, T = weights.shape
-    bias = rpb.flatten(1)[:, _bias_index(H, W, kernel_size, weights.device)].view(G, H, W, T)
+    win = _Windows(weights, kernel_size)  # only B, G, H, W of its argument are read
+    bias = win.chunk_bias(win.bias_table(rpb, weights.dtype), slice(None))  # [G, H, W, K*K]
     return (weights + bias).softmax(dim=-1)
 
 
