@@ -8,11 +8,11 @@
 #   model_tests  backbone parity on CUDA in float64 against tests/data/reference, bfloat16 and float16 autocast
 #              training steps of OverLoCK-T at 512x512 with finite loss and gradients (tests/test_models)
 #   contmix_bench  the ContMix op benchmark on CUDA: fused vs the unfused chain vs the authors' unfold, forward and
-#              forward+backward ($CONTMIX_BENCH)
-#   bandwidth  the fused op's achieved bandwidth as a percentage of a device-to-device copy measured in the same run
+#              forward+backward, with roofline figures: achieved GB/s as a fraction of a device-to-device copy
+#              timed in the same run ($CONTMIX_BENCH)
 #   backbone   an OverLoCK-T backbone training step at 800x1333, batch 2: time and max_memory_allocated
 # Writes to OUT: gpu_check.log (every step's output), summary.json and summary.md (steps, tests, figures),
-# backbone.json, bandwidth.json and contmix/results.{json,md,png}. Exits non-zero when any step fails, or when a
+# backbone.json and contmix/results.{json,md,png}. Exits non-zero when any step fails, or when a
 # GPU test was skipped for a reason other than a missing second GPU.
 #
 # Usage:
@@ -169,13 +169,10 @@ fi
 # ---- benchmarks --------------------------------------------------------------------------------------------------
 if [[ $MODE == gpu ]]; then
   run_step contmix_bench 120 "$PY" "$CONTMIX_BENCH" --device cuda --out "$OUT/contmix" ${CONTMIX_BENCH_ARGS:---budget 0.3}
-  run_step bandwidth 60 "$PY" tools/gpu_check/bandwidth.py --device cuda --out "$OUT/bandwidth.json"
   run_step backbone 120 "$PY" tools/analysis_tools/benchmark_backbone.py --arch t --shape 800 1333 --batch-size 2 \
     --device cuda --out "$OUT/backbone.json"
 else  # the same programs on the CPU at toy sizes; the op benchmark (another tool, tested on its own) imports only
   run_step contmix_bench 60 "$PY" "$CONTMIX_BENCH" --help
-  run_step bandwidth 60 "$PY" tools/gpu_check/bandwidth.py --device cpu --case 1,2,16,18,4,5 \
-    --out "$OUT/bandwidth.json"
   run_step backbone 120 "$PY" tools/analysis_tools/benchmark_backbone.py --arch xt --shape 64 64 --batch-size 1 \
     --iters 1 --warmup 0 --device cpu --out "$OUT/backbone.json"
 fi

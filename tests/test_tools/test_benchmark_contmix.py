@@ -9,7 +9,7 @@ from mmoverlock.ops.contmix_baselines import contmix_cost
 def test_benchmark_contmix_writes_results(tmp_path):
     case = (1, 2, 9, 11, 4, 3)
     methods = ['fused-cpu' if 'cpu' in available_backends() else 'fused-torch', 'unfold']
-    run_tool(['analysis_tools/benchmark_contmix.py', '--device', 'cpu', '--cases', ','.join(map(str, case)),
+    run_tool(['tools/analysis_tools/benchmark_contmix.py', '--device', 'cpu', '--cases', ','.join(map(str, case)),
               '--methods', ','.join(methods), '--budget', '0', '--out', tmp_path / 'out'], cwd=tmp_path)
     payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
     assert [r['method'] for r in payload['results']] == methods

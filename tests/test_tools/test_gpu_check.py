@@ -41,8 +41,8 @@ def test_gpu_check_dry_run(tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['ok'] and summary['mode'] == 'dry'
     assert [s['name'] for s in summary['steps']] == [
-        'wheels', 'build', 'imports', 'op_tests', 'model_tests', 'contmix_bench', 'bandwidth', 'backbone']
-    assert summary['backbone']['loss_finite'] and summary['bandwidth']['copy_GB_per_s'] > 0
+        'wheels', 'build', 'imports', 'op_tests', 'model_tests', 'contmix_bench', 'backbone']
+    assert summary['backbone']['loss_finite']
     assert (out / 'summary.md').read_text().startswith('# gpu_check (dry): passed')
     # The collected GPU tests are listed in the log: the op tests and the backbone tests on CUDA.
     assert 'test_contmix_cuda.py::test_cuda_matches_reference' in log

@@ -16,17 +16,12 @@ import os.path as osp
 import platform
 import resource
 import statistics
-import sys
 import time
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from mmoverlock.models import OverLoCK  # noqa: E402
-from mmoverlock.ops import available_backends  # noqa: E402
+from mmoverlock.models import OverLoCK
+from mmoverlock.ops import available_backends
 
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 

@@ -53,13 +53,6 @@ def markdown(summary):
                   f"{len(tests['errors'])} errors, {len(tests['skipped'])} skipped"]
         lines += [f"- {kind}: `{t['test']}`: {t['message']}" for kind in ('failures', 'errors', 'skipped')
                   for t in tests[kind]]
-    bandwidth = summary.get('bandwidth')
-    if bandwidth:
-        lines += ['', f"## ContMix bandwidth ({bandwidth['device_name']}, case {bandwidth['case']}, copy "
-                  f"{bandwidth['copy_GB_per_s']} GB/s)", '', '| dtype | phase | ms | GB/s | % of copy |',
-                  '|---|---|---|---|---|']
-        lines += [f"| {dtype} | {phase} | {f['ms']} | {f['achieved_GB_per_s']} | {f['percent_of_copy']} |"
-                  for dtype, phases in bandwidth['dtypes'].items() for phase, f in phases.items()]
     backbone = summary.get('backbone')
     if backbone:
         lines += ['', f"## OverLoCK-{backbone['arch'].upper()} backbone training step ({backbone['device_name']})", '',
@@ -84,7 +77,6 @@ def main(argv=None):
     tests = {osp.basename(p)[:-4]: read_junit(p) for p in sorted(glob.glob(osp.join(args.junit_dir, '*.xml')))}
     unexpected_skips = [t for r in tests.values() for t in r['skipped'] if ALLOWED_SKIP not in t['message']]
     summary = dict(mode=args.mode, steps=steps, tests=tests,
-                   bandwidth=load_json(osp.join(args.out, 'bandwidth.json')),
                    backbone=load_json(osp.join(args.out, 'backbone.json')),
                    contmix=load_json(osp.join(args.out, 'contmix', 'results.json')),
                    contmix_results_md='contmix/results.md' if osp.exists(osp.join(args.out, 'contmix', 'results.md'))
