@@ -57,7 +57,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))  # one pass over x
 
 
 class GRN(nn.Module):
@@ -71,7 +71,7 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
         norm = norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
-        return (self.gamma * norm + 1) * x + self.beta
+        return torch.addcmul(self.beta, x, self.gamma * norm + 1)  # one pass over x
 
 
 class SEModule(nn.Module):
@@ -99,7 +99,8 @@ class ResDWConv(DepthwiseConv2d):
         super().__init__(num_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
+        # In place on the conv's fresh output, which its backward does not need: one map less to allocate.
+        return super().forward(x).add_(x)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
