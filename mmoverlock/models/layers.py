@@ -69,7 +69,11 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN.
+            norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
+        else:  # the same sum of squares; vector_norm is ~10x slower over a channels-last map's H and W
+            norm = x.square().sum(dim=(-2, -1), keepdim=True).sqrt()
         norm = norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
         return torch.addcmul(self.beta, x, self.gamma * norm + 1)  # one pass over x
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmoverlock.models.dwconv import depthwise_conv2d
-from mmoverlock.models.layers import DilatedReparamBlock, LayerNorm2d
+from mmoverlock.models.layers import GRN, DilatedReparamBlock, LayerNorm2d
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
 # of 1000 while any wrong tap or missing term shows up at order 1.
@@ -100,3 +100,21 @@ def test_layer_norm_keeps_memory_format(layout):
     assert out.is_contiguous(memory_format=FORMATS[layout])
     expected = F.layer_norm(x.permute(0, 2, 3, 1), (5, ), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_inference_path_matches_training_path(layout):
+    """GRN's no-grad norm (sum of squares) equals the differentiable one (vector_norm); zero channels stay finite."""
+    grn = GRN(6).double()
+    with torch.no_grad():
+        grn.gamma.normal_()
+        grn.beta.normal_()
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    x[:, 2] = 0
+    with torch.no_grad():
+        fast = grn(x)
+    inp = x.clone().requires_grad_(True)
+    out = grn(inp)
+    out.sum().backward()
+    assert rel_err(fast, out.detach()) <= TOLERANCE
+    assert torch.isfinite(inp.grad).all()

@@ -212,11 +212,16 @@ def _fmt(value, ratio, unit_fmt):
     return f'{unit_fmt.format(value)} ({ratio:.2f}×)' if ratio is not None else unit_fmt.format(value)
 
 
+def _load(loadavg: Sequence[float]) -> str:
+    return ' / '.join(f'{v:.2f}' for v in loadavg)
+
+
 def write_markdown(path: str, results: dict) -> None:
     lines = ['# OverLoCK-T against ConvNeXt-T and Swin-T on the CPU', '',
              f"Command: `{results['command']}`", '',
              f"Machine: {results['machine']}, torch {results['torch']}, {results['threads']} threads, batch 1; "
-             f"load average {results['load_before']} before and {results['load_after']} after the run. "
+             f"load average (1, 5, 15 min) {_load(results['load_before'])} before and {_load(results['load_after'])} "
+             f"after the run. "
              f"ContMix core: the compiled op of this checkout ({results['contmix_backend']}).", '',
              f"Times are medians of {results['rounds']} interleaved calls (after one warm-up); ratios in brackets are to "
              f"ConvNeXt-T in the same run. Training = one forward + backward of the sum of the feature-map means. "
