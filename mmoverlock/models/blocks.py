@@ -11,7 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..ops import contmix_aggregate
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn
+from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn, is_channels_last
 
 
 def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
@@ -90,7 +90,6 @@ class ContMixBlock(nn.Module):
         out_dim = dim + ctx_dim
         mlp_dim = int(dim * mlp_ratio)
         self.dim = dim
-        self.ctx_dim = ctx_dim
         self.kernel_size = kernel_size
         self.smk_size = smk_size
         self.num_groups = num_heads * 2
@@ -152,23 +151,32 @@ class ContMixBlock(nn.Module):
         """Per-pixel dynamic kernels from queries of ``f``'s first d channels and keys of its context channels."""
         b, _, height, width = x.shape
         g = self.num_groups
+        s2 = self.smk_size**2
         query = self.weight_query(f[:, :self.dim]) * self.scale
         key = self.weight_key(f[:, self.dim:])
         query = query.reshape(b, g, -1, height * width)
         key = key.reshape(b, g, -1, 49)
         affinity = torch.matmul(query.transpose(-1, -2), key)  # [B, G, HW, 49]
-        proj_weight = self.weight_proj.weight.flatten(1)  # [S^2 + K^2, 49]
-        logits = torch.matmul(affinity, proj_weight.t().to(affinity.dtype)) + self.weight_proj.bias.to(affinity.dtype)
-        logits = logits.reshape(b, g, height, width, -1)
-        s2 = self.smk_size**2
+        # weight_proj mixes the 49 affinities into each kernel's logits; one product per kernel keeps both contiguous.
+        proj_weight = self.weight_proj.weight.flatten(1).to(affinity.dtype)  # [S^2 + K^2, 49]
+        proj_bias = self.weight_proj.bias.to(affinity.dtype)
+        logits1 = F.linear(affinity, proj_weight[:s2], proj_bias[:s2]).view(b, g, height, width, s2)
+        logits2 = F.linear(affinity, proj_weight[s2:], proj_bias[s2:]).view(b, g, height, width, -1)
         # value channels are laid out (m, g, c) with m = 2: the first half feeds kernel 1, the second kernel 2.
-        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(logits.dtype)
-        out1 = contmix_aggregate(logits[..., :s2], value[0], self.smk_size,
-                                 rpb=self.rpb1.to(logits.dtype), softmax=True)
-        out2 = contmix_aggregate(logits[..., s2:], value[1], self.kernel_size,
-                                 rpb=self.rpb2.to(logits.dtype), softmax=True)
-        out = torch.cat([out1, out2], dim=1)  # [B, 2G, H, W, c]
-        return out.permute(0, 1, 4, 2, 3).reshape(b, self.dim, height, width)
+        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(affinity.dtype)
+        out1 = self._aggregate(logits1, value[0], self.smk_size, self.rpb1.to(affinity.dtype))
+        out2 = self._aggregate(logits2, value[1], self.kernel_size, self.rpb2.to(affinity.dtype))  # [B, G, H, W, c]
+        # Back to [B, d, H, W] with channels (2G, c), written once, in x's memory format.
+        if is_channels_last(x):
+            out = torch.cat([out1.permute(0, 2, 3, 1, 4), out2.permute(0, 2, 3, 1, 4)], dim=3)  # [B, H, W, 2G, c]
+            return out.reshape(b, height, width, self.dim).permute(0, 3, 1, 2)
+        out = torch.cat([out1.permute(0, 1, 4, 2, 3), out2.permute(0, 1, 4, 2, 3)], dim=1)  # [B, 2G, c, H, W]
+        return out.reshape(b, self.dim, height, width)
+
+    @staticmethod
+    def _aggregate(logits: torch.Tensor, value: torch.Tensor, kernel_size: int, rpb: torch.Tensor) -> torch.Tensor:
+        """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value`` (fused)."""
+        return contmix_aggregate(logits, value, kernel_size, rpb=rpb, softmax=True)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor,
                 ctx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -1,13 +1,16 @@
 """Small building blocks of OverLoCK, named and shaped as in the authors' code so their checkpoints load as is.
 
-Every module here is plain ``nn.Module`` arithmetic on NCHW maps; the re-parameterisation helpers (``fuse_conv_bn``,
-``DilatedReparamBlock.switch_to_deploy``) fold BatchNorms and dilated branches exactly in eval mode.
+Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
+channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
+and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode.
 """
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dwconv import DepthwiseConv2d, depthwise_conv2d, dilated_to_dense
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
@@ -23,6 +26,11 @@ DILATED_BRANCHES = {
 }
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether an NCHW map is laid out channels-last (channel stride below the column stride), views included."""
+    return x.stride(1) < x.stride(3)
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (eps 1e-6); its parameters are ``weight`` and ``bias``."""
 
@@ -30,8 +38,10 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2).contiguous()
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        # The output keeps the input's memory format: no copy at all for channels_last maps.
+        y = y.permute(0, 3, 1, 2)
+        return y if is_channels_last(x) else y.contiguous()
 
 
 class LayerScale(nn.Module):
@@ -47,7 +57,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))  # one pass over x
 
 
 class GRN(nn.Module):
@@ -59,9 +69,13 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN.
+            norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
+        else:  # the same sum of squares; vector_norm is ~10x slower over a channels-last map's H and W
+            norm = x.square().sum(dim=(-2, -1), keepdim=True).sqrt()
         norm = norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
-        return (self.gamma * norm + 1) * x + self.beta
+        return torch.addcmul(self.beta, x, self.gamma * norm + 1)  # one pass over x
 
 
 class SEModule(nn.Module):
@@ -82,14 +96,15 @@ class SEModule(nn.Module):
         return x * self.proj(x)
 
 
-class ResDWConv(nn.Conv2d):
+class ResDWConv(DepthwiseConv2d):
     """Depthwise conv with a residual connection, ``x + dwconv(x)``; the module is the conv itself (no inner name)."""
 
     def __init__(self, num_channels: int, kernel_size: int = 3):
-        super().__init__(num_channels, num_channels, kernel_size, padding=kernel_size // 2, groups=num_channels)
+        super().__init__(num_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
+        # In place on the conv's fresh output, which its backward does not need: one map less to allocate.
+        return super().forward(x).add_(x)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -102,23 +117,14 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, tor
     return conv.weight * scale.reshape(-1, 1, 1, 1), bias
 
 
-def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Spread a depthwise ``k x k`` kernel with the given dilation into the dense ``(d(k-1)+1)^2`` kernel it equals."""
-    if dilation == 1:
-        return kernel
-    k = kernel.shape[-1]
-    size = dilation * (k - 1) + 1
-    dense = kernel.new_zeros(kernel.shape[0], kernel.shape[1], size, size)
-    dense[:, :, ::dilation, ::dilation] = kernel
-    return dense
-
-
 class DilatedReparamBlock(nn.Module):
     """UniRepLKNet's dilated re-parameterisable depthwise block.
 
     Training form: ``origin_bn(lk_origin(x)) + sum_i dil_bn_i(dil_conv_i(x))`` with a K x K depthwise conv (no bias)
     and parallel small dilated depthwise convs (see ``DILATED_BRANCHES``). Deploy form: one K x K depthwise conv
     with bias (``lk_origin``) that equals the sum in eval mode; ``switch_to_deploy()`` folds one into the other.
+    While every BN is in eval mode the training form runs that folded conv too, recomputing the fold from the
+    current parameters on each call (nothing is cached, the state dict is untouched, gradients reach every branch).
 
     Args:
         num_channels (int): Channels (depthwise).
@@ -133,23 +139,46 @@ class DilatedReparamBlock(nn.Module):
                              f'got {kernel_size}')
         self.kernel_size = kernel_size
         self.branches: Sequence[Tuple[int, int]] = DILATED_BRANCHES[kernel_size]
-        self.lk_origin = nn.Conv2d(num_channels, num_channels, kernel_size, padding=kernel_size // 2,
-                                   groups=num_channels, bias=deploy)
+        self.lk_origin = DepthwiseConv2d(num_channels, kernel_size, bias=deploy)
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(num_channels)
             for k, r in self.branches:
-                self.add_module(f'dil_conv_k{k}_{r}',
-                                nn.Conv2d(num_channels, num_channels, k, padding=(r * (k - 1) + 1) // 2,
-                                          dilation=r, groups=num_channels, bias=False))
+                self.add_module(f'dil_conv_k{k}_{r}', DepthwiseConv2d(num_channels, k, dilation=r, bias=False))
                 self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(num_channels))
 
     @property
     def deploy(self) -> bool:
         return not hasattr(self, 'origin_bn')
 
+    def _batch_norms(self) -> List[nn.BatchNorm2d]:
+        return [self.origin_bn] + [getattr(self, f'dil_bn_k{k}_{r}') for k, r in self.branches]
+
+    def _foldable(self) -> bool:
+        """Whether every BN uses its running statistics (eval mode), so that the folded conv is exact."""
+        return all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+
+    def folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The kernel [C, 1, K, K] and bias [C] of the one depthwise conv that equals the block in eval mode.
+
+        Differentiable in every parameter, so the eval-mode forward can use it and still give each branch its
+        gradient; it costs a few kernel-sized additions, far less than one branch's conv.
+        """
+        kernel, bias = fuse_conv_bn(self.lk_origin, self.origin_bn)
+        big = self.kernel_size
+        for k, r in self.branches:
+            branch_kernel, branch_bias = fuse_conv_bn(getattr(self, f'dil_conv_k{k}_{r}'),
+                                                      getattr(self, f'dil_bn_k{k}_{r}'))
+            dense = dilated_to_dense(branch_kernel, r)
+            pad = big // 2 - dense.shape[-1] // 2
+            kernel = kernel + F.pad(dense, [pad] * 4)
+            bias = bias + branch_bias
+        return kernel, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.lk_origin(x)
+        if self._foldable():  # eval mode: the deploy form's speed, computed from the current parameters
+            return depthwise_conv2d(x, *self.folded(), self.kernel_size // 2)
         out = self.origin_bn(self.lk_origin(x))
         for k, r in self.branches:
             out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
@@ -160,18 +189,8 @@ class DilatedReparamBlock(nn.Module):
         """Fold every branch and BN into ``lk_origin`` (exact for the BN statistics in eval mode)."""
         if self.deploy:
             return
-        kernel, bias = fuse_conv_bn(self.lk_origin, self.origin_bn)
-        big = self.kernel_size
-        for k, r in self.branches:
-            branch_kernel, branch_bias = fuse_conv_bn(getattr(self, f'dil_conv_k{k}_{r}'),
-                                                      getattr(self, f'dil_bn_k{k}_{r}'))
-            dense = dilated_to_dense(branch_kernel, r)
-            pad = big // 2 - dense.shape[-1] // 2
-            kernel = kernel + F.pad(dense, [pad] * 4)
-            bias = bias + branch_bias
-        channels = kernel.shape[0]
-        fused = nn.Conv2d(channels, channels, big, padding=big // 2, groups=channels, bias=True)
-        fused = fused.to(device=kernel.device, dtype=kernel.dtype)
+        kernel, bias = self.folded()
+        fused = DepthwiseConv2d(kernel.shape[0], self.kernel_size).to(device=kernel.device, dtype=kernel.dtype)
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         self.lk_origin = fused

@@ -1,0 +1,120 @@
+"""The fast paths of the building blocks equal the plain formulation exactly (float64): the depthwise conv with its
+custom CPU backward, and the DilatedReparamBlock in training mode (branch by branch) and in eval mode (folded)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmoverlock.models.dwconv import depthwise_conv2d
+from mmoverlock.models.layers import GRN, DilatedReparamBlock, LayerNorm2d
+
+# float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
+# of 1000 while any wrong tap or missing term shows up at order 1.
+TOLERANCE = 1e-12
+FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
+
+
+def rel_err(actual, expected):
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('kernel_size,dilation,bias', [(3, 1, True), (7, 1, False), (3, 7, False), (9, 2, True),
+                                                       (17, 1, True)])
+def test_depthwise_conv_matches_conv2d(kernel_size, dilation, bias, layout):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 21, 19, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    weight = torch.randn(3, 1, kernel_size, kernel_size, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64) if bias else None
+    padding = dilation * (kernel_size - 1) // 2
+    grad_out = torch.randn(2, 3, 21, 19, dtype=torch.float64)
+    results = []
+    for conv in (depthwise_conv2d, lambda *a: F.conv2d(*a[:3], 1, a[3], a[4], 3)):
+        leaves = [t.clone().requires_grad_(True) for t in (x, weight) + ((b, ) if bias else ())]
+        out = conv(leaves[0], leaves[1], leaves[2] if bias else None, padding, dilation)
+        out.backward(grad_out)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    assert results[0][0].is_contiguous(memory_format=FORMATS[layout])
+    for ours, expected in zip(*results):
+        assert rel_err(ours, expected) <= TOLERANCE
+
+
+def branch_sum(block, x):
+    """The training form written out with plain convs: origin_bn(lk(x)) + sum of bn_i(dilated conv_i(x))."""
+    out = block.origin_bn(F.conv2d(x, block.lk_origin.weight, None, 1, block.kernel_size // 2, 1, x.shape[1]))
+    for k, r in block.branches:
+        conv, bn = getattr(block, f'dil_conv_k{k}_{r}'), getattr(block, f'dil_bn_k{k}_{r}')
+        out = out + bn(F.conv2d(x, conv.weight, None, 1, r * (k - 1) // 2, r, x.shape[1]))
+    return out
+
+
+def random_block(kernel_size, channels):
+    torch.manual_seed(1)
+    block = DilatedReparamBlock(channels, kernel_size).double()
+    with torch.no_grad():
+        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if 'var' in name else torch.randn_like(tensor))
+    return block
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('kernel_size', [17, 13, 7])
+def test_dilated_reparam_block_matches_branch_sum(kernel_size, training, layout):
+    """Training mode (batch statistics, running stats updated) and eval mode (folded on the fly) against the sum."""
+    x = torch.randn(2, 4, 23, 20, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(2, 4, 23, 20, dtype=torch.float64)
+    results = []
+    for forward in (lambda blk, t: blk(t), branch_sum):
+        block = random_block(kernel_size, 4).train(training)
+        inp = x.clone().requires_grad_(True)
+        out = forward(block, inp)
+        out.backward(grad_out)
+        grads = {k: p.grad for k, p in block.named_parameters()}
+        results.append((out.detach(), inp.grad, grads, {k: b.clone() for k, b in block.named_buffers()}))
+    (out, x_grad, grads, buffers), (ref_out, ref_x_grad, ref_grads, ref_buffers) = results
+    assert rel_err(out, ref_out) <= TOLERANCE
+    assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
+    assert set(grads) == set(ref_grads)
+    for key in grads:
+        assert rel_err(grads[key], ref_grads[key]) <= TOLERANCE, key
+    for key in buffers:  # running statistics: updated once per training call, untouched in eval
+        assert torch.equal(buffers[key], ref_buffers[key]) or rel_err(buffers[key], ref_buffers[key]) <= TOLERANCE, key
+
+
+def test_folded_block_follows_parameter_changes():
+    """The eval-mode fold is recomputed per call: changing a branch weight changes the output as the sum does."""
+    block = random_block(13, 4).eval()
+    x = torch.randn(1, 4, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        block.dil_conv_k3_3.weight.mul_(3)
+        assert rel_err(block(x), branch_sum(block, x)) <= TOLERANCE
+    assert set(block.state_dict()) == set(random_block(13, 4).state_dict())
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_layer_norm_keeps_memory_format(layout):
+    norm = LayerNorm2d(5)
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=FORMATS[layout])
+    out = norm(x)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    expected = F.layer_norm(x.permute(0, 2, 3, 1), (5, ), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_inference_path_matches_training_path(layout):
+    """GRN's no-grad norm (sum of squares) equals the differentiable one (vector_norm); zero channels stay finite."""
+    grn = GRN(6).double()
+    with torch.no_grad():
+        grn.gamma.normal_()
+        grn.beta.normal_()
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    x[:, 2] = 0
+    with torch.no_grad():
+        fast = grn(x)
+    inp = x.clone().requires_grad_(True)
+    out = grn(inp)
+    out.sum().backward()
+    assert rel_err(fast, out.detach()) <= TOLERANCE
+    assert torch.isfinite(inp.grad).all()
