@@ -44,12 +44,8 @@ TIMM_NAMES = dict(convnext='convnext_tiny', swin='swin_tiny_patch4_window7_224')
 # ------------------------------------------------------------------------------------------------ models
 def _authors_aggregate(logits: torch.Tensor, value: torch.Tensor, kernel_size: int, rpb: torch.Tensor):
     """The authors' ContMix core: gather and add the bias, softmax in torch, then aggregate without softmax."""
-    from mmoverlock.ops import contmix_aggregate
-    from mmoverlock.ops.contmix import _bias_index
-    b, g, height, width, taps = logits.shape
-    bias = rpb.flatten(1)[:, _bias_index(height, width, kernel_size, logits.device)]  # [G, H*W, K*K]
-    probs = (logits + bias.view(1, g, height, width, taps)).softmax(dim=-1)
-    return contmix_aggregate(probs, value, kernel_size)
+    from mmoverlock.ops.contmix_baselines import unfused_contmix
+    return unfused_contmix(logits, value, rpb, kernel_size)
 
 
 def build(name: str, height: int, width: int) -> nn.Module:
