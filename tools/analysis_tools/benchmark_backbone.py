@@ -16,10 +16,10 @@ import os.path as osp
 import platform
 import resource
 import statistics
-import time
 
 import torch
 
+from mmoverlock.analysis import time_calls
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends
 
@@ -58,15 +58,7 @@ def benchmark(arch='t', shape=(800, 1333), batch_size=2, iters=5, warmup=2, amp=
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(iters):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    times = time_calls(step, iters, warmup=0, device=device)
     median = statistics.median(times)
     on_gpu = device.type == 'cuda'
     return dict(
