@@ -55,6 +55,14 @@ inline V splat(scalar_t x) {
   return x - V{};  // a broadcast (x - 0 is x for every x, unlike x + 0); for V = scalar_t this is x itself
 }
 
+// Lane numbers 0, 1, ..., L - 1: compared with a count, they mask the lanes past the end of a row of taps.
+template <typename scalar_t>
+inline typename Simd<scalar_t>::ivec lane_numbers() {
+  typename Simd<scalar_t>::ivec lane;
+  for (int64_t l = 0; l < Simd<scalar_t>::lanes; ++l) lane[l] = static_cast<typename Simd<scalar_t>::index>(l);
+  return lane;
+}
+
 template <typename V>
 inline V vmax(V a, V b) {
   return a > b ? a : b;
@@ -281,8 +289,7 @@ inline void pad_taps(const Shape& s, const PaddedTaps& pt, const scalar_t* p, sc
   using IV = typename Simd<scalar_t>::ivec;
   using I = typename Simd<scalar_t>::index;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  IV lane;
-  for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+  const IV lane = lane_numbers<scalar_t>();
   for (int64_t a = 0; a < s.K; ++a) {
     for (int64_t e0 = 0; e0 < s.K; e0 += L) {
       const IV keep = lane < IV{} + static_cast<I>(s.K - e0);
@@ -448,8 +455,7 @@ inline void add_rpb_partial(const Shape& s, const scalar_t* gl, int64_t cq0, int
   using IV = typename Simd<scalar_t>::ivec;
   using I = typename Simd<scalar_t>::index;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  IV lane;
-  for (int64_t l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+  const IV lane = lane_numbers<scalar_t>();
   for (int64_t a = 0; a < s.K; ++a) {
     scalar_t* dst = slot + a * slot_stride + cq0;
     const scalar_t* src = gl + a * s.K;
