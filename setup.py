@@ -1,9 +1,9 @@
 """Build and install mmoverlock, compiling the ContMix core into ``mmoverlock._ext``.
 
 The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too when torch is a CUDA build and
-``$CUDA_HOME/bin/nvcc`` exists, or when ``FORCE_CUDA=1``; ``FORCE_CUDA=0`` disables them. Otherwise the build says in
-one line that it compiles the CPU kernels only. Without a visible GPU the
-target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
+``$CUDA_HOME`` is a toolkit root (``bin/nvcc`` and ``include/cuda_runtime.h``), or when ``FORCE_CUDA=1``;
+``FORCE_CUDA=0`` disables them. Otherwise the build says in one line that it compiles the CPU kernels only.
+Without a visible GPU the target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
 Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
 """
 import glob
@@ -24,11 +24,17 @@ def get_version():
 
 
 def find_nvcc(cuda_home):
-    """Path of the toolkit's nvcc, or None: a CUDA_HOME without bin/nvcc (a runtime-only install) is no toolkit."""
+    """Path of the toolkit's nvcc, or None when ``cuda_home`` is no CUDA toolkit root.
+
+    A root has ``bin/nvcc`` and ``include/cuda_runtime.h``: a runtime-only install has no nvcc, and a folder that
+    merely holds an nvcc wrapper script (torch guesses ``/usr/local`` from ``/usr/local/bin/nvcc``) has no headers or
+    libraries to build and link against.
+    """
     if cuda_home is None:
         return None
     nvcc = osp.join(cuda_home, 'bin', 'nvcc')
-    return nvcc if osp.isfile(nvcc) and os.access(nvcc, os.X_OK) else None
+    headers = osp.join(cuda_home, 'include', 'cuda_runtime.h')
+    return nvcc if osp.isfile(nvcc) and os.access(nvcc, os.X_OK) and osp.isfile(headers) else None
 
 
 def want_cuda(torch, cuda_home):
@@ -40,8 +46,8 @@ def want_cuda(torch, cuda_home):
         print('mmoverlock: torch is a CPU build; compiling the CPU kernels only')
         return False
     if find_nvcc(cuda_home) is None:
-        print(f'mmoverlock: no nvcc under CUDA_HOME={cuda_home}; compiling the CPU kernels only '
-              '(install the CUDA toolkit and set CUDA_HOME, or FORCE_CUDA=1, for the CUDA kernels)')
+        print(f'mmoverlock: no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) under CUDA_HOME={cuda_home}; '
+              'compiling the CPU kernels only (set CUDA_HOME to a toolkit root for the CUDA kernels)')
         return False
     return True
 
@@ -62,8 +68,8 @@ def get_extensions():
     define_macros = []
     if want_cuda(torch, CUDA_HOME):
         if find_nvcc(CUDA_HOME) is None:
-            raise RuntimeError(f'FORCE_CUDA=1 but no nvcc was found under CUDA_HOME={CUDA_HOME}: set CUDA_HOME to '
-                               'the root of a CUDA toolkit.')
+            raise RuntimeError(f'FORCE_CUDA=1 but CUDA_HOME={CUDA_HOME} is no CUDA toolkit root (bin/nvcc and '
+                               'include/cuda_runtime.h): set CUDA_HOME to the root of a CUDA toolkit.')
         if not torch.cuda.is_available() and not os.getenv('TORCH_CUDA_ARCH_LIST'):
             os.environ['TORCH_CUDA_ARCH_LIST'] = '9.0'
         sources += sorted(glob.glob(osp.join(CSRC, 'cuda', '*.cu')))

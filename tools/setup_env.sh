@@ -98,12 +98,13 @@ if [[ -f "$EXT_STAMP" ]] && [[ "$(cat "$EXT_STAMP")" == "$EXT_HASH" ]] && \
    (cd "$ROOT" && "$VPY" -c 'import mmoverlock._ext' 2>/dev/null); then
   log "mmoverlock extension up to date"
 else
-  log "installing mmoverlock (editable; compiles mmoverlock._ext, with CUDA kernels when nvcc is found)"
+  log "installing mmoverlock (editable; compiles mmoverlock._ext, with CUDA kernels when a CUDA toolkit is found)"
   # The CUDA kernels are compiled when a toolkit is found (setup.py checks $CUDA_HOME/bin/nvcc and says so otherwise).
   if [[ -z "${CUDA_HOME:-}" ]] && [[ -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi
   if [[ "${FORCE_CUDA:-}" == 0 ]]; then log "CUDA kernels off (FORCE_CUDA=0): compiling the CPU kernels only"
-  elif [[ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ]]; then log "compiling the CPU and CUDA kernels (nvcc: $CUDA_HOME/bin/nvcc)"
-  else log "no CUDA toolkit (no nvcc under CUDA_HOME=${CUDA_HOME:-unset}): compiling the CPU kernels only"; fi
+  elif [[ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" && -f "$CUDA_HOME/include/cuda_runtime.h" ]]; then
+    log "compiling the CPU and CUDA kernels (nvcc: $CUDA_HOME/bin/nvcc)"
+  else log "no CUDA toolkit under CUDA_HOME=${CUDA_HOME:-unset}: compiling the CPU kernels only"; fi
   (cd "$ROOT" && pip_install --no-build-isolation --no-deps -e .)
   printf '%s' "$EXT_HASH" > "$EXT_STAMP"
 fi

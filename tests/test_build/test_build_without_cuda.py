@@ -1,7 +1,7 @@
 """The extension builds on a machine without a CUDA toolkit: the CPU kernels only, said in one line.
 
-The torch wheel of the set-up is a CUDA build, so the check that matters is the toolkit: a ``CUDA_HOME`` that has no
-``bin/nvcc`` must not stop the build. The test builds a copy of the package in a temporary folder with such a
+The torch wheel of the set-up is a CUDA build, so the check that matters is the toolkit: a ``CUDA_HOME`` that is no
+toolkit root (no ``bin/nvcc``, or no headers beside it) must not stop the build. The test builds a copy of the package in a temporary folder with such a
 ``CUDA_HOME`` and loads the result in a fresh interpreter.
 """
 import os
@@ -21,15 +21,22 @@ def test_build_with_toolkit_hidden(tmp_path):
                     ignore=shutil.ignore_patterns('*.so', '__pycache__'))
     for name in ('setup.py', 'README.md'):
         shutil.copy(osp.join(REPO_ROOT, name), src / name)
-    fake_cuda = tmp_path / 'cuda_runtime_only'
-    (fake_cuda / 'lib64').mkdir(parents=True)  # a CUDA_HOME without bin/nvcc, as a runtime-only install has
+    # A CUDA_HOME that is no toolkit: runtime libraries and an nvcc wrapper script, but no headers (as torch's guess
+    # of /usr/local from a /usr/local/bin/nvcc wrapper is); nvcc must not be run, and the build must not fail.
+    fake_cuda = tmp_path / 'not_a_toolkit'
+    (fake_cuda / 'lib64').mkdir(parents=True)
+    (fake_cuda / 'bin').mkdir()
+    (fake_cuda / 'bin' / 'nvcc').write_text('#!/bin/sh\necho "nvcc was run" >&2\nexit 1\n')
+    (fake_cuda / 'bin' / 'nvcc').chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ('FORCE_CUDA', 'TORCH_CUDA_ARCH_LIST')}
     env.update(CUDA_HOME=str(fake_cuda), MAX_JOBS=env.get('MAX_JOBS', str(os.cpu_count() or 1)))
     build = subprocess.run([sys.executable, 'setup.py', 'build_ext', '--inplace'], cwd=src, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert build.returncode == 0, build.stdout[-4000:]
+    assert 'nvcc was run' not in build.stdout
     if torch.version.cuda is not None:
-        assert f'mmoverlock: no nvcc under CUDA_HOME={fake_cuda}; compiling the CPU kernels only' in build.stdout
+        assert (f'mmoverlock: no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) under CUDA_HOME={fake_cuda}; '
+                'compiling the CPU kernels only') in build.stdout
 
     # The built library is the CPU-only one and its operator agrees with the pure-torch path.
     probe = ('import torch, mmoverlock._ext as ext; from mmoverlock.ops import contmix_aggregate;'
