@@ -111,3 +111,21 @@ def test_cli_on_a_small_checkpoint(tmp_path):
 
     with pytest.raises(AssertionError, match='conversion check failed'):
         run_tool([CONVERTER, src, tmp_path / 'bad.pth', '--config', SMOKE_DET, '--strict'], cwd=tmp_path)
+
+
+def test_cli_strict_fails_on_a_shape_mismatch_alone(tmp_path):
+    """Keys all present, one head of another width (a 150-class release for a 5-class config): --strict refuses it,
+    and without --strict the report names the tensor and both shapes."""
+    model = build_model_for(SMOKE_SEG)
+    state = OrderedDict(model.state_dict())
+    key = 'decode_head.conv_seg.weight'
+    state[key] = torch.zeros((150, ) + tuple(state[key].shape[1:]))
+    src = tmp_path / 'release.pth'
+    torch.save(dict(meta=dict(mmseg_version='0.30.0'), state_dict=state), src)
+    with pytest.raises(AssertionError, match='conversion check failed'):
+        run_tool([CONVERTER, src, tmp_path / 'strict.pth', '--config', SMOKE_SEG, '--strict'], cwd=tmp_path)
+    assert not (tmp_path / 'strict.pth').exists()
+    out = run_tool([CONVERTER, src, tmp_path / 'lenient.pth', '--config', SMOKE_SEG], cwd=tmp_path)
+    assert "against the config's model: 0 missing, 0 unexpected, 1 shape mismatches" in out
+    expected = list(model.state_dict()[key].shape)
+    assert f'shape {key}: checkpoint {[150] + expected[1:]} vs model {expected}' in out
