@@ -26,17 +26,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from mmengine.model.weight_init import trunc_normal_init
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, create_model, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .checkpoint import check_compatible, extract_state_dict
+from .checkpoint import check_compatible, extract_state_dict, is_deploy_form
 from .overlock import ARCH_KEYS, RELEASE_URL, OverLoCK
 
 #: The final 1x1 convs of the two heads (timm drops them from a checkpoint whose class count differs).
 CLASSIFIERS = ('head.4', 'aux_head.2')
 #: Eval centre-crop fraction of each release (the authors' timm configs).
 CROP_PCT = dict(xt=0.925, t=0.95, s=0.95, b=0.975)
+#: The names registered in timm.
+MODEL_NAMES = tuple(f'overlock_{variant}' for variant in CROP_PCT)
 
 
 def _head(in_channels: int, projection: int, num_classes: int) -> nn.Sequential:
@@ -207,6 +209,28 @@ def checkpoint_filter_fn(checkpoint: dict, model: OverLoCKClassifier) -> Dict[st
     state_dict = extract_state_dict(checkpoint)
     check_compatible(model, state_dict)
     return state_dict
+
+
+def classifier_from_checkpoint(model_name: str, checkpoint: str, **kwargs) -> OverLoCKClassifier:
+    """``timm.create_model(model_name)`` in the form (training / deploy) and with the class count of a checkpoint
+    file, loaded strictly.
+
+    Args:
+        model_name (str): ``'overlock_xt'``, ``'overlock_t'``, ``'overlock_s'`` or ``'overlock_b'``.
+        checkpoint (str): A local file, read with ``torch.load(weights_only=True)``: a release, a fine-tuned model's
+            ``{'state_dict': ...}`` or a bare state dict.
+        **kwargs: Further ``create_model`` arguments (``deploy`` and ``num_classes`` default to the checkpoint's).
+    """
+    if model_name.split('.')[0] not in MODEL_NAMES:
+        raise ValueError(f'classifier_from_checkpoint: model_name must be one of {list(MODEL_NAMES)}, '
+                         f'got {model_name!r}')
+    state_dict = extract_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
+    kwargs.setdefault('deploy', is_deploy_form(state_dict))
+    if 'head.4.weight' in state_dict:
+        kwargs.setdefault('num_classes', int(state_dict['head.4.weight'].shape[0]))
+    model = create_model(model_name, **kwargs)
+    model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=True)
+    return model
 
 
 def _cfg(variant: str, form: str = '') -> dict:

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from _helpers import TINY_ARCH, assert_matches_manifest, rel_err
-from mmoverlock.models import OverLoCK, OverLoCKClassifier
+from mmoverlock.models import OverLoCK, OverLoCKClassifier, classifier_from_checkpoint
 from mmoverlock.models.overlock import ARCH_KEYS
 
 TOLERANCE = 1e-9
@@ -210,3 +210,13 @@ def test_fine_tuning_the_named_preset_on_new_classes():
     assert torch.isfinite(loss)
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert changed == {k for k, _ in model.named_parameters() if k.startswith(trained)}
+
+
+def test_classifier_from_checkpoint_reads_form_and_class_count(tmp_path):
+    model = timm.create_model('overlock_xt', num_classes=7, **SHALLOW).eval().switch_to_deploy()
+    state_dict = _release_like(model, tmp_path / 'xt_reparam.pth')
+    loaded = classifier_from_checkpoint('overlock_xt', str(tmp_path / 'xt_reparam.pth'), **SHALLOW)
+    assert loaded.deploy and loaded.num_classes == 7
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state_dict.items())
+    with pytest.raises(ValueError, match=r"model_name must be one of \['overlock_xt'"):
+        classifier_from_checkpoint('resnet18', str(tmp_path / 'xt_reparam.pth'))
