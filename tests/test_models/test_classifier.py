@@ -220,3 +220,18 @@ def test_classifier_from_checkpoint_reads_form_and_class_count(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state_dict.items())
     with pytest.raises(ValueError, match=r"model_name must be one of \['overlock_xt'"):
         classifier_from_checkpoint('resnet18', str(tmp_path / 'xt_reparam.pth'))
+
+
+def test_reset_classifier_and_pre_logits():
+    torch.manual_seed(0)
+    model = timm.create_model('overlock_xt', num_classes=10, **SHALLOW)
+    model.reset_classifier(5)
+    assert model.num_classes == 5 and model.get_classifier() is model.head[4]
+    assert model.head[4].out_channels == model.aux_head[2].out_channels == 5
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 5)
+        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.num_features)
+        model.reset_classifier(0)  # no last convs: pooled features out of both heads
+        out = model.train()(x)
+    assert out['main'].shape == (2, 1024) and out['aux'].shape == (2, 336)
