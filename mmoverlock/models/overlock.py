@@ -98,6 +98,10 @@ class OverLoCK(BaseModule):
         'b': _preset([8, 8, 10, 4], [20, 4], [80, 160, 384, 576], [6, 9]),
     }
     min_input_size = 32
+    #: Whether the form has the per-level LayerNorms ``extra_norm`` (the backbone forms). Stage 3 then continues from
+    #: the normalised stage-2 map, as in the authors' detector and segmentor; their ImageNet classifier
+    #: (:class:`~mmoverlock.models.OverLoCKClassifier`) has no such norms and continues from the raw map.
+    normalized_levels = True
 
     def __init__(self,
                  arch: Union[str, dict] = 't',
@@ -166,12 +170,13 @@ class OverLoCK(BaseModule):
             setattr(self, f'sub_blocks{stage + 1}', blocks)
             start += n
 
-        norms = [LayerNorm2d(c) for c in self.level_channels]
-        if overview_fusion:
-            norms.append(LayerNorm2d(dims[3]))
-            self.h_proj = nn.Sequential(nn.Conv2d(dims[3], dims[3] + ctx_dim, 1),
-                                        LayerScale(dims[3] + ctx_dim, init_value=1e-5))
-        self.extra_norm = nn.ModuleList(norms)
+        if self.normalized_levels:
+            norms = [LayerNorm2d(c) for c in self.level_channels]
+            if overview_fusion:
+                norms.append(LayerNorm2d(dims[3]))
+                self.h_proj = nn.Sequential(nn.Conv2d(dims[3], dims[3] + ctx_dim, 1),
+                                            LayerScale(dims[3] + ctx_dim, init_value=1e-5))
+            self.extra_norm = nn.ModuleList(norms)
         self._freeze_stages()
 
     @classmethod
@@ -225,32 +230,42 @@ class OverLoCK(BaseModule):
             return cp.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Args:
-            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
-
-        Returns:
-            tuple[Tensor]: The levels in ``out_indices``, level i [B, level_channels[i], H / 2^(i+2),
-            W / 2^(i+2)] (sizes rounded up).
-        """
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'OverLoCK: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
         if min(x.shape[-2:]) < self.min_input_size:
             raise ValueError(f'OverLoCK: input height and width must be >= {self.min_input_size} '
                              f'(the network has stride 32), got {tuple(x.shape[-2:])}')
-        levels: List[Optional[torch.Tensor]] = [None] * 4
+
+    def forward_maps(self, x: torch.Tensor,
+                     indices: Sequence[int] = (0, 1, 2, 3)) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
+        """Run the network up to the maps that the backbone's levels and the classifier's heads are made of.
+
+        Args:
+            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
+            indices (Sequence[int]): Which of the side maps 0 and 2 to keep; maps 1 and 3 are always returned.
+
+        Returns:
+            tuple: The four maps (``None`` for a side map not in ``indices``) and the Overview-Net output
+            [B, D3, H / 32, W / 32] (blocks4's, before ``high_level_proj``). Map 0 is blocks1's output (D0), map 1
+            the map stage 3 continues from (D1; after ``extra_norm[1]`` in the backbone forms), map 2
+            ``concat[x, h]`` after sub_blocks3 (D2 + c), map 3 the last ContMix block's output (D3 + c).
+        """
+        self._check_input(x)
+        maps: List[Optional[torch.Tensor]] = [None] * 4
         x = self.patch_embed1(x.contiguous(memory_format=self._layout(x)))
         for blk in self.blocks1:
             x = self._run(blk, x)
-        if 0 in self.out_indices:
-            levels[0] = self.extra_norm[0](x)
+        if 0 in indices:
+            maps[0] = x
         x = self.patch_embed2(x)
         for blk in self.blocks2:
             x = self._run(blk, x)
-        # Unlike level 0, level 1 is not a side branch: the authors' stage 3 continues from the *normalised* map
-        # (their forward_base_features takes extra_norm[1]'s output; the reference gradients confirm it).
-        x = self.extra_norm[1](x)
-        levels[1] = x
+        if self.normalized_levels:
+            # Unlike level 0, level 1 is not a side branch: the authors' stage 3 continues from the *normalised*
+            # map (their forward_base_features takes extra_norm[1]'s output; the reference gradients confirm it).
+            x = self.extra_norm[1](x)
+        maps[1] = x
 
         # Base-Net stage 3, then the Overview-Net's coarse context.
         x = self.patch_embed3(x)
@@ -266,16 +281,28 @@ class OverLoCK(BaseModule):
         h = ctx_up
         for blk in self.sub_blocks3:
             x, h = self._run(blk, x, h, ctx_up)
-        if 2 in self.out_indices:
-            levels[2] = self.extra_norm[2](torch.cat([x, h], dim=1))
+        if 2 in indices:
+            maps[2] = torch.cat([x, h], dim=1)
         x, h = self.patch_embedx(x, h)
         for blk in self.sub_blocks4:
             x, h = self._run(blk, x, h, ctx)
-        if 3 in self.out_indices:
-            y = self.extra_norm[3](x)
-            if self.overview_fusion:
-                y = y + self.h_proj(self.extra_norm[4](overview))
-            levels[3] = y
+        maps[3] = x
+        return maps, overview
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Args:
+            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
+
+        Returns:
+            tuple[Tensor]: The levels in ``out_indices``, level i [B, level_channels[i], H / 2^(i+2),
+            W / 2^(i+2)] (sizes rounded up).
+        """
+        levels, overview = self.forward_maps(x, self.out_indices)
+        for i in (0, 2, 3):
+            if i in self.out_indices:
+                levels[i] = self.extra_norm[i](levels[i])
+        if 3 in self.out_indices and self.overview_fusion:
+            levels[3] = levels[3] + self.h_proj(self.extra_norm[4](overview))
         return tuple(levels[i] for i in self.out_indices)
 
     # ------------------------------------------------------------------ training behaviour

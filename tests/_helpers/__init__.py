@@ -55,3 +55,18 @@ def write_config(path, base, text=''):
     with open(path, 'w') as f:
         f.write(f'_base_ = [{base!r}]\n{text}')
     return str(path)
+
+
+def rel_err(actual, expected) -> float:
+    """``max |a - b| / max |b|``: how the parity tests compare with the authors' float64 references."""
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def assert_matches_manifest(model, entry):
+    """``model``'s state dict has exactly the keys and shapes of a manifest entry, and its parameter count."""
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert set(shapes) == set(entry['state_dict']), (
+        f'missing {sorted(set(entry["state_dict"]) - set(shapes))[:5]}, '
+        f'unexpected {sorted(set(shapes) - set(entry["state_dict"]))[:5]}')
+    assert shapes == entry['state_dict']
+    assert sum(p.numel() for p in model.parameters()) == entry['num_params']

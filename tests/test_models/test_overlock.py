@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from _helpers import TINY_ARCH
+from _helpers import TINY_ARCH, assert_matches_manifest
 from mmoverlock.models import OverLoCK
 from mmoverlock.models.checkpoint import LoadResult
 
@@ -19,12 +19,7 @@ def test_state_dict_matches_manifest(official_manifest, variant, task, deploy):
     entry = official_manifest[f'{task}/overlock_{variant}' + ('/deploy' if deploy else '')]
     with torch.device('meta'):
         model = OverLoCK(arch=variant, overview_fusion=(task == 'detection'), deploy=deploy)
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert set(shapes) == set(entry['state_dict']), (
-        f'missing {sorted(set(entry["state_dict"]) - set(shapes))[:5]}, '
-        f'unexpected {sorted(set(shapes) - set(entry["state_dict"]))[:5]}')
-    assert shapes == entry['state_dict']
-    assert sum(p.numel() for p in model.parameters()) == entry['num_params']
+    assert_matches_manifest(model, entry)
 
 
 @pytest.mark.parametrize('variant,channels', [('xt', [56, 112, 340, 420]), ('t', [64, 128, 384, 640]),

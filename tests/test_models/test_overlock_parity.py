@@ -4,15 +4,12 @@ import os.path as osp
 import pytest
 import torch
 
+from _helpers import rel_err
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix import BACKEND_ENV
 
 TOLERANCE = 1e-9
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 def load_case_file(reference_dir, name):
