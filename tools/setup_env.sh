@@ -88,7 +88,9 @@ else
   fi
 
   log "installing mmcv, mmengine, mmdet, mmseg and friends"
-  # The built wheel satisfies mminstall.txt's mmcv pin; torch and build tools are listed again so pip keeps them.
+  # This wheel replaces an mmcv of the same version built with the other ops (MMCV_CUDA switched), then satisfies
+  # mminstall.txt's mmcv pin; torch and build tools are listed again so pip keeps them.
+  pip_install --force-reinstall --no-deps "$WHEEL_DIR"/mmcv-*.whl
   pip_install "$WHEEL_DIR"/mmcv-*.whl -r "$REQ/mminstall.txt" -r "$REQ/tests.txt" -r "$REQ/torch.txt" \
     -r "$REQ/build.txt"
   pip_install --no-deps -r "$REQ/mim.txt"
