@@ -5,6 +5,9 @@ The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too whe
 ``FORCE_CUDA=0`` disables them. Otherwise the build says in one line that it compiles the CPU kernels only.
 Without a visible GPU the target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
 Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
+
+The requirements are read from ``requirements/*.txt``, the files ``tools/setup_env.sh`` installs: the extras ``mm``
+and ``tests`` are the pins of the tested stack.
 """
 import glob
 import os
@@ -21,6 +24,13 @@ def get_version():
     with open(osp.join(ROOT, 'mmoverlock', 'version.py')) as f:
         exec(f.read(), scope)
     return scope['__version__']
+
+
+def parse_requirements(name):
+    """The requirement lines of ``requirements/<name>.txt``, without comments and blank lines."""
+    with open(osp.join(ROOT, 'requirements', f'{name}.txt')) as f:
+        lines = (line.split('#', 1)[0].strip() for line in f)
+        return [line for line in lines if line]
 
 
 def find_nvcc(cuda_home):
@@ -97,11 +107,8 @@ setup(
     license='Apache-2.0',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     python_requires='>=3.9',
-    install_requires=['torch>=2.4'],
-    extras_require={
-        'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'timm'],
-        'tests': ['pytest'],
-    },
+    install_requires=parse_requirements('runtime'),
+    extras_require={'mm': parse_requirements('mminstall'), 'tests': parse_requirements('tests')},
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
     zip_safe=False,

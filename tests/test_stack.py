@@ -1,13 +1,18 @@
 """The installed stack works on current torch: a real mmengine Runner job that saves, resumes and load_froms a
-checkpoint with torch's default ``weights_only``; mmcv's compiled ops; the pinned versions. (mmoverlock's own
-extension is checked in tests/test_ops.)"""
+checkpoint with torch's default ``weights_only``; mmcv's compiled ops; the pinned versions, which come from one
+source, ``requirements/*.txt``, and agree wherever they appear. (mmoverlock's own extension is checked in
+tests/test_ops.)"""
+import importlib.metadata
+import os
 import os.path as osp
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import mmoverlock  # noqa: F401  (applies the compatibility fixes)
+from _helpers import REPO_ROOT
 
 
 def _toy_runner(work_dir, max_epochs, **kwargs):
@@ -76,12 +81,64 @@ def test_mmcv_compiled_ops():
     assert keep.tolist() == [0, 2] and dets.shape == (2, 5)
 
 
-def test_pinned_versions():
-    import mmcv
-    import mmdet
-    import mmengine
-    import mmseg
+def read_requirements(name):
+    """The requirement lines of ``requirements/<name>.txt`` (comments and blank lines dropped)."""
+    with open(osp.join(REPO_ROOT, 'requirements', f'{name}.txt')) as f:
+        return [line.split('#', 1)[0].strip() for line in f if line.split('#', 1)[0].strip()]
 
-    assert (mmengine.__version__, mmcv.__version__, mmdet.__version__, mmseg.__version__) == (
-        '0.10.7', '2.1.0', '3.3.0', '1.2.2')
-    assert torch.__version__.startswith('2.14.1')
+
+def exact_pins():
+    """``{distribution: version}`` for every ``name==version`` line of ``requirements/*.txt``."""
+    pins = {}
+    for name in sorted(os.listdir(osp.join(REPO_ROOT, 'requirements'))):
+        for line in read_requirements(name[:-len('.txt')]):
+            if '==' in line:
+                dist, version = line.split('==')
+                assert dist not in pins, f'{dist} is pinned twice'
+                pins[dist] = version
+    return pins
+
+
+def test_installed_versions_equal_the_pins():
+    pins = exact_pins()
+    assert {'torch', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'timm'} <= set(pins)
+    installed = {dist: importlib.metadata.version(dist).split('+')[0] for dist in pins}  # 2.14.1+cu130 -> 2.14.1
+    assert installed == pins
+
+
+def test_setup_extras_are_the_requirement_files():
+    """The installed mmoverlock's metadata (written by setup.py) lists exactly the files' requirements."""
+    by_extra = {}
+    for requirement in importlib.metadata.requires('mmoverlock'):
+        spec, _, marker = requirement.partition(';')
+        extra = re.search(r'extra == "(\w+)"', marker)
+        by_extra.setdefault(extra.group(1) if extra else None, []).append(spec.strip())
+    assert by_extra == {None: read_requirements('runtime'), 'mm': read_requirements('mminstall'),
+                        'tests': read_requirements('tests')}
+
+
+def test_pins_are_written_in_one_place():
+    """The set-up script and setup.py read the files; no version of a pinned package is spelled out in them, and
+    README's version table and the GPU check's wheels agree with the files."""
+    pins = exact_pins()
+    for script in ('tools/setup_env.sh', 'setup.py'):
+        with open(osp.join(REPO_ROOT, script)) as f:
+            text = f.read()
+        assert not [v for v in set(pins.values()) if v in text], f'{script} spells out a pinned version'
+
+    with open(osp.join(REPO_ROOT, 'README.md')) as f:
+        readme = f.read()
+    table = readme[readme.index('## Supported versions'):readme.index('## Smoke training')]
+    in_table = {}
+    for row in re.findall(r'^\| ([^|]+) \| ([^|]+) \|', table, flags=re.M):
+        names, versions = (cell.strip().split(' / ') for cell in row)
+        if len(names) == len(versions):
+            in_table.update(zip(names, versions))
+    assert {dist: in_table[dist] for dist in pins if dist in in_table} == {
+        dist: version for dist, version in pins.items() if dist in in_table}
+    assert set(pins) - set(in_table) <= {'openmim'}, 'a pinned package is missing from README\'s version table'
+
+    with open(osp.join(REPO_ROOT, 'tools', 'gpu_check', 'wheels.txt')) as f:
+        wheels = dict(line.split('#')[0].strip().split('==') for line in f if line.split('#')[0].strip())
+    shared = set(wheels) & set(pins)
+    assert 'mmengine' in shared and {dist: wheels[dist] for dist in shared} == {dist: pins[dist] for dist in shared}

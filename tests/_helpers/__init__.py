@@ -34,16 +34,24 @@ def all_configs():
     return sorted(found)
 
 
+#: Environment of the command-line tools the tests run: no GPU visible. The tools (mmengine's runner, the benchmarks)
+#: pick CUDA whenever torch sees a GPU, and the set-up's mmcv has CPU ops only (RoIAlign, NMS), so on a GPU machine
+#: the detection runs would fail; the tool tests are CPU tests. GPU checks live in the CUDA tests and
+#: tools/gpu_check.sh.
+CPU_ONLY = {'CUDA_VISIBLE_DEVICES': ''}
+
+
 def run_tool(args, cwd, timeout=600, env=None, launcher=None):
     """Run the script ``args[0]`` (relative to the repository root) with ``args[1:]`` under this interpreter (or
-    ``launcher`` + script); fail with the log tail.
+    ``launcher`` + script) on the CPU (:data:`CPU_ONLY`, unless ``env`` sets ``CUDA_VISIBLE_DEVICES``); fail with the
+    log tail.
 
     Returns:
         str: the combined stdout/stderr.
     """
     script = osp.join(REPO_ROOT, args[0])
     cmd = (launcher or [sys.executable]) + [script] + [str(a) for a in args[1:]]
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **CPU_ONLY, **(env or {})}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}')

@@ -19,6 +19,7 @@ def test_build_with_toolkit_hidden(tmp_path):
     src = tmp_path / 'src'
     shutil.copytree(osp.join(REPO_ROOT, 'mmoverlock'), src / 'mmoverlock',
                     ignore=shutil.ignore_patterns('*.so', '__pycache__'))
+    shutil.copytree(osp.join(REPO_ROOT, 'requirements'), src / 'requirements')  # setup.py reads its requirements
     for name in ('setup.py', 'README.md'):
         shutil.copy(osp.join(REPO_ROOT, name), src / name)
     # A CUDA_HOME that is no toolkit: runtime libraries and an nvcc wrapper script, but no headers (as torch's guess

@@ -86,7 +86,8 @@ def test_two_processes_match_one_with_twice_the_batch(shapes_workdir, tmp_path):
     single_cfg = write_config(tmp_path / 'single.py', SMOKE_SEG, DDP_OVERRIDES.format(batch=4, out_dir=str(single_dir)))
     ddp_cfg = write_config(tmp_path / 'ddp.py', SMOKE_SEG, DDP_OVERRIDES.format(batch=2, out_dir=str(ddp_dir)))
 
-    # the configs import the loss recorder from tests/_helpers, so the training processes need tests/ importable
+    # the configs import the loss recorder from tests/_helpers, so the training processes need tests/ importable;
+    # run_tool hides any GPU, so both runs take the CPU path (gloo, CPU SyncBN) on a GPU machine too
     env = dict(PYTHONPATH=os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get('PYTHONPATH')])))
     run_tool(['tools/train.py', single_cfg, '--work-dir', single_dir], cwd=shapes_workdir, env=env)
     run_tool(['tools/train.py', ddp_cfg, '--work-dir', ddp_dir, '--launcher', 'pytorch'], cwd=shapes_workdir,

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from _helpers import SMOKE_DET, SMOKE_SEG, run_tool
+from _helpers import CPU_ONLY, SMOKE_DET, SMOKE_SEG, run_tool
 from mmoverlock.apis import build_model
 
 DET_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP')
@@ -97,7 +97,7 @@ def test_mim_test(shapes_workdir, tmp_path, package, config, metric, extra):
     torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(cfg.train_dataloader.dataset.metainfo))),
                checkpoint)
     proc = subprocess.run([MIM, 'test', package, config, '--checkpoint', str(checkpoint), '--work-dir',
-                           str(tmp_path / 'mim'), *extra], cwd=shapes_workdir, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
+                           str(tmp_path / 'mim'), *extra], cwd=shapes_workdir, env=dict(os.environ, **CPU_ONLY),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert metric in proc.stdout, proc.stdout[-4000:]

@@ -50,13 +50,17 @@ LOG_PREFIX = re.compile(r'^\d\d/\d\d \d\d:\d\d:\d\d - mmengine - [A-Z]+ - ')
 
 
 def tool_env():
-    """Environment of the tools: torch threads = cores - 1 unless OMP_NUM_THREADS is set.
+    """Environment of the tools: the CPU, and torch threads = cores - 1 unless OMP_NUM_THREADS is set.
+
+    The GPU is hidden (unless ``CUDA_VISIBLE_DEVICES`` is set): the runners would pick CUDA, and the set-up's mmcv
+    has CPU ops only.
 
     The models here are small, so a second intra-op thread gains little, while one core left to the data-loading
     worker and the rest of the machine keeps OpenMP's barriers from stalling whenever another process takes a core
     (on a 2-core machine shared with other work, those stalls made training steps up to 10x slower).
     """
     env = dict(os.environ)
+    env.setdefault('CUDA_VISIBLE_DEVICES', '')
     env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 2) - 1)))
     return env
 
