@@ -151,23 +151,19 @@ def test_plain_http_urls_are_refused(load):
 # ---------------------------------------------------------------- the converter and its input
 
 
-def _converter(args, cwd):
-    return subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'model_converters', 'convert_checkpoint.py')]
-                          + [str(a) for a in args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
-
-
 def test_converter_never_writes_over_its_input(tmp_path):
     source = tmp_path / 'release.pth'
     torch.save(dict(state_dict=dict(weight=torch.ones(3))), source)
     before = source.read_bytes()
     (tmp_path / 'link.pth').symlink_to(source)
     os.link(source, tmp_path / 'hardlink.pth')
-    for target in (source, tmp_path / '.' / 'release.pth', tmp_path / 'link.pth', tmp_path / 'hardlink.pth'):
-        proc = _converter([source, target], cwd=tmp_path)
-        assert proc.returncode != 0 and 'never writes over its input' in proc.stdout, proc.stdout[-3000:]
-        assert source.read_bytes() == before
-    proc = _converter([source, tmp_path / 'converted.pth'], cwd=tmp_path)  # the control: another path converts
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert torch.equal(torch.load(tmp_path / 'converted.pth', weights_only=True)['state_dict']['weight'],
-                       torch.ones(3))
+    converter = 'tools/model_converters/convert_checkpoint.py'
+    targets = [source, tmp_path / '.' / 'release.pth', tmp_path / 'link.pth', tmp_path / 'hardlink.pth',
+               tmp_path / 'converted.pth']  # the last, another path, is the control: it converts
+    running = [_tool([converter, source, target], tmp_path) for target in targets]
+    outputs = [proc.communicate(timeout=600)[0] for proc in running]
+    for target, proc, out in zip(targets[:-1], running, outputs):
+        assert proc.returncode != 0 and 'never writes over its input' in out, f'{target}:\n{out[-3000:]}'
+    assert running[-1].returncode == 0, outputs[-1][-3000:]
+    assert source.read_bytes() == before
+    assert torch.equal(torch.load(targets[-1], weights_only=True)['state_dict']['weight'], torch.ones(3))
