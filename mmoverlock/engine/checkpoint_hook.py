@@ -145,10 +145,10 @@ class ResumableCheckpointHook(CheckpointHook):
         """Pick the checkpoint to resume from before mmengine's runner loads it."""
         if not getattr(runner, '_resume', False):
             return
-        requested = runner._load_from
+        requested, checkpoint_dir = runner._load_from, self._checkpoint_dir(runner)
         if requested is None:
-            runner._load_from = find_resumable_checkpoint(runner.work_dir, self._checkpoint_dir(runner),
-                                                          self.filename_tmpl)
+            if '://' not in checkpoint_dir:  # remote folders: mmengine's own lookup
+                runner._load_from = find_resumable_checkpoint(runner.work_dir, checkpoint_dir, self.filename_tmpl)
         elif '://' not in str(requested) and osp.exists(requested) and not is_complete_checkpoint(requested):
             raise ValueError(f'--resume {requested}: the file is not a complete checkpoint (cut off while it was '
                              f'written?); give a complete one, or a bare --resume to pick the newest complete one')

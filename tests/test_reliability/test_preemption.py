@@ -206,3 +206,12 @@ def test_resume_starts_from_scratch_only_without_any_checkpoint(tmp_path):
     finally:
         logger.removeHandler(handler)
     assert any('training starts from scratch' in message for message in warnings), warnings
+
+
+def test_resume_of_a_named_cut_off_file_is_refused(shapes_workdir, tmp_path, complete_checkpoint):
+    cut = _place(complete_checkpoint, tmp_path, 'epoch_1.pth', cut=True)
+    command = _train_command(SMOKE_SEG, tmp_path / 'work') + ['--resume', cut]
+    proc = subprocess.run(command, cwd=shapes_workdir, env=_environment(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode != 0 and f'--resume {cut}: the file is not a complete checkpoint' in proc.stdout, \
+        proc.stdout[-4000:]
