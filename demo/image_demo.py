@@ -2,7 +2,9 @@
 
 Detection configs go through mmdet's ``DetInferencer`` (boxes, masks and class names drawn above ``--score-thr``),
 segmentation configs through mmseg's ``MMSegInferencer`` (the class map blended over the image). The task follows the
-config's ``default_scope``; class names and palette come from the checkpoint's ``dataset_meta``. Pictures go to
+config's ``default_scope``; class names and palette come from the checkpoint's ``dataset_meta``. The checkpoint is
+loaded weights-only (``import mmoverlock`` routes the inferencers' loading through :mod:`mmoverlock.checkpoint_io`), so
+a file whose pickle would run code is refused. Pictures go to
 ``OUT_DIR/vis/``. The raw predictions are saved too with ``--save-pred`` for detectors (JSON in ``OUT_DIR/preds/``)
 and always for segmentors (label PNGs in ``OUT_DIR/pred/``: MMSegInferencer has no switch for it).
 

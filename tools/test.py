@@ -4,7 +4,8 @@ The flags are those of mmdet's and mmseg's ``tools/test.py``; ``--out`` keeps ea
 ``.pkl`` of predictions, mmseg: a directory of prediction PNGs). One addition, ``--metrics-json FILE``, writes the
 evaluation metrics to a JSON file (the runner's own JSON lands in a timestamped folder of the work dir), which is what
 ``tools/misc/smoke_train.py`` reads. Checkpoints of the authors' mmdet 2.x / mmseg 0.x releases load after
-``tools/model_converters/convert_checkpoint.py``.
+``tools/model_converters/convert_checkpoint.py``. Checkpoints load weights-only (:mod:`mmoverlock.checkpoint_io`): a
+file whose pickle would run code is refused.
 
 Examples:
     python tools/test.py CONFIG work_dirs/x/iter_300.pth --metrics-json work_dirs/x/metrics.json

@@ -1,7 +1,9 @@
 """Train a detector (mmdet) or a segmentor (mmseg) from an mmoverlock config; the task follows ``default_scope``.
 
 The flags are those of mmdet's and mmseg's ``tools/train.py`` (``--resume`` takes mmdet's optional checkpoint path;
-bare ``--resume`` resumes from the latest checkpoint of the work dir, as in both). Distributed runs work the usual way
+bare ``--resume`` resumes from the latest checkpoint of the work dir, as in both). With the configs' checkpoint hook
+(:class:`~mmoverlock.engine.ResumableCheckpointHook`) a job killed at any moment resumes from its last complete
+checkpoint, so a preempted job can be requeued with the same command plus ``--resume``. Distributed runs work the usual way
 (``torchrun --nproc_per_node N tools/train.py CONFIG --launcher pytorch``, NCCL on GPUs) and also on CPU-only machines,
 where the gloo backend and a CPU SyncBatchNorm are set up by :mod:`mmoverlock.engine`.
 
@@ -30,7 +32,7 @@ def parse_args(argv=None):
         nargs='?',
         type=str,
         const='auto',
-        help='resume from this checkpoint, or (bare flag) from the latest checkpoint in the work dir')
+        help='resume from this checkpoint, or (bare flag) from the latest complete checkpoint in the work dir')
     parser.add_argument(
         '--cfg-options',
         nargs='+',

@@ -93,6 +93,6 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=10.0))
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=max_epochs, max_keep_ckpts=2))
+    checkpoint=dict(type='ResumableCheckpointHook', interval=max_epochs, max_keep_ckpts=2))
 randomness = dict(seed=0)
 sync_bn = 'torch'

@@ -83,6 +83,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
+    checkpoint=dict(type='ResumableCheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=2))
 randomness = dict(seed=0)
 sync_bn = 'torch'

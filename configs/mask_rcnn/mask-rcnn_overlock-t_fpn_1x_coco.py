@@ -26,4 +26,5 @@ model = dict(
 # The authors convert every BatchNorm of the backbone to SyncBatchNorm when training distributed (2 images per GPU).
 sync_bn = 'torch'
 # They keep the latest checkpoint and the best one (by the first metric, COCO bbox mAP).
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='auto'))
+default_hooks = dict(
+    checkpoint=dict(type='ResumableCheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))

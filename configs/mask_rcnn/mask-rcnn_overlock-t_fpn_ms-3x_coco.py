@@ -22,4 +22,5 @@ model = dict(
     neck=dict(in_channels=[64, 128, 384, 640]))
 
 sync_bn = 'torch'
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='auto'))
+default_hooks = dict(
+    checkpoint=dict(type='ResumableCheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))

@@ -46,4 +46,5 @@ test_dataloader = val_dataloader
 sync_bn = 'torch'
 # Evaluate and save every 8000 iterations; keep the latest checkpoint and the best mIoU.
 train_cfg = dict(val_interval=8000)
-default_hooks = dict(checkpoint=dict(interval=8000, max_keep_ckpts=1, save_best='mIoU'))
+default_hooks = dict(
+    checkpoint=dict(type='ResumableCheckpointHook', interval=8000, max_keep_ckpts=1, save_best='mIoU'))

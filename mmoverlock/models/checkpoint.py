@@ -10,8 +10,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
+
+from ..checkpoint_io import load_checkpoint_file
 
 #: Key fragment of the training-form re-parameterisable blocks; a deploy-form state dict has none.
 TRAINING_FORM_MARKER = '.origin_bn.'
@@ -132,9 +133,11 @@ def load_overlock_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     """Load an OverLoCK checkpoint (file path or URL) into ``model`` non-strictly and log what did not match.
 
     For an ImageNet checkpoint the unexpected keys are exactly ``head.*`` and ``aux_head.*`` (the classifier) and
-    the missing keys ``extra_norm.*`` (and ``h_proj.*`` in the detection form).
+    the missing keys ``extra_norm.*`` (and ``h_proj.*`` in the detection form). The file is loaded weights-only
+    (:func:`~mmoverlock.checkpoint_io.load_checkpoint_file`: a pickle that would run code is refused; URLs must be
+    https).
     """
-    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+    checkpoint = load_checkpoint_file(filename, map_location=map_location)
     state_dict = extract_state_dict(checkpoint, prefix)
     check_compatible(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)

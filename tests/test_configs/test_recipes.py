@@ -105,7 +105,9 @@ def _coco_common(v: Variant, epochs: int, steps: List[int], lr: float, train_pip
         'val_dataloader.dataset.pipeline': DET_TEST,
         'test_dataloader.dataset.pipeline': DET_TEST,
         'val_evaluator.metric': ['bbox', 'segm'],
-        'default_hooks.checkpoint': {'type': 'CheckpointHook', 'interval': 1, 'max_keep_ckpts': 1, 'save_best': 'auto'},
+        # the authors' CheckpointHook settings; ResumableCheckpointHook saves the same files, atomically
+        'default_hooks.checkpoint': {'type': 'ResumableCheckpointHook', 'interval': 1, 'max_keep_ckpts': 1,
+                                     'save_best': 'auto'},
         'sync_bn': 'torch',
     }
 
@@ -217,7 +219,7 @@ def upernet_recipe(v: Variant) -> Dict[str, Any]:
         'val_dataloader.dataset.pipeline': SEG_TEST,
         'test_dataloader.dataset.pipeline': SEG_TEST,
         'val_evaluator': {'type': 'IoUMetric', 'iou_metrics': ['mIoU']},
-        'default_hooks.checkpoint': {'type': 'CheckpointHook', 'by_epoch': False, 'interval': 8000,
+        'default_hooks.checkpoint': {'type': 'ResumableCheckpointHook', 'by_epoch': False, 'interval': 8000,
                                      'max_keep_ckpts': 1, 'save_best': 'mIoU'},
         'sync_bn': 'torch',
     }

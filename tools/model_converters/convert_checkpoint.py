@@ -9,17 +9,18 @@ only, so it loads with torch's ``weights_only=True`` and evaluates with ``tools/
 Usage:
     python tools/model_converters/convert_checkpoint.py SRC DST [--config CONFIG] [--strict] [--report report.json]
 
-SRC may be a path or the release URL (downloaded through mmengine's cache).
+SRC may be a path or the release URL (https only, downloaded once into torch's hub cache). SRC is loaded weights-only
+(a pickle that would run code is refused), DST is written atomically and may not be SRC itself.
 """
 import argparse
+import io
 import json
-import os
 import os.path as osp
 
 import torch
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from mmoverlock.apis import build_model
+from mmoverlock.checkpoint_io import load_checkpoint_file, write_atomic
 from mmoverlock.models.checkpoint_conversion import compare_with_model, convert_release_checkpoint, format_report
 
 
@@ -35,17 +36,20 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    # mmengine's loader: download cache for URLs, torch's weights_only default (import mmoverlock allow-lists the
-    # non-tensor types mmengine checkpoints hold)
-    new_checkpoint, report = convert_release_checkpoint(CheckpointLoader.load_checkpoint(args.src, map_location='cpu'))
+    if '://' not in args.src and (osp.realpath(args.src) == osp.realpath(args.dst) or (
+            osp.exists(args.src) and osp.exists(args.dst) and osp.samefile(args.src, args.dst))):
+        raise ValueError(f'dst {args.dst} is the input checkpoint src {args.src}: the converter never writes over '
+                         f'its input; give another output path')
+    new_checkpoint, report = convert_release_checkpoint(load_checkpoint_file(args.src, map_location='cpu'))
     if args.config:
         model, _cfg = build_model(args.config, init=False)
         report['check'] = compare_with_model(new_checkpoint['state_dict'], model)
     print(format_report(report))
     if args.strict and 'check' in report and any(report['check'].values()):
         raise SystemExit('conversion check failed (--strict): the weights do not match the config\'s model')
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    torch.save(new_checkpoint, args.dst)
+    with io.BytesIO() as buffer:
+        torch.save(new_checkpoint, buffer)
+        write_atomic(args.dst, buffer.getvalue())
     if args.report:
         with open(args.report, 'w') as f:
             json.dump(report, f, indent=1)
