@@ -30,6 +30,7 @@ from timm.models import build_model_with_cfg, create_model, generate_default_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..checkpoint_io import load_checkpoint_file
 from .checkpoint import check_compatible, extract_state_dict, is_deploy_form
 from .overlock import ARCH_KEYS, RELEASE_URL, OverLoCK
 
@@ -217,14 +218,14 @@ def classifier_from_checkpoint(model_name: str, checkpoint: str, **kwargs) -> Ov
 
     Args:
         model_name (str): ``'overlock_xt'``, ``'overlock_t'``, ``'overlock_s'`` or ``'overlock_b'``.
-        checkpoint (str): A local file, read with ``torch.load(weights_only=True)``: a release, a fine-tuned model's
-            ``{'state_dict': ...}`` or a bare state dict.
+        checkpoint (str): A local file or https URL, loaded weights-only (``load_checkpoint_file``): a release, a
+            fine-tuned model's ``{'state_dict': ...}`` or a bare state dict.
         **kwargs: Further ``create_model`` arguments (``deploy`` and ``num_classes`` default to the checkpoint's).
     """
     if model_name.split('.')[0] not in MODEL_NAMES:
         raise ValueError(f'classifier_from_checkpoint: model_name must be one of {list(MODEL_NAMES)}, '
                          f'got {model_name!r}')
-    state_dict = extract_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
+    state_dict = extract_state_dict(load_checkpoint_file(checkpoint, map_location='cpu'))
     kwargs.setdefault('deploy', is_deploy_form(state_dict))
     if 'head.4.weight' in state_dict:
         kwargs.setdefault('num_classes', int(state_dict['head.4.weight'].shape[0]))
