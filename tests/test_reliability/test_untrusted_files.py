@@ -5,7 +5,7 @@ The hostile file is a real checkpoint of the smoke segmentor whose ``meta`` hold
 function when loaded (a ``__reduce__`` payload that creates a marker file). Every path that loads checkpoints is
 tried with it: the backbone's ``init_cfg`` Pretrained, mmengine's loader (what the runner and the inferencers use),
 ``tools/train.py`` with ``load_from`` and with ``--resume``, ``tools/test.py``, the converter and
-``demo/image_demo.py``. Each must fail with the weights-only refusal and leave no marker.
+``demo/image_demo.py``, and the classifier's ``classifier_from_checkpoint``. Each must fail with the weights-only refusal and leave no marker.
 """
 import os
 import os.path as osp
@@ -20,7 +20,7 @@ from mmengine.runner import checkpoint as mmengine_checkpoint
 from _helpers import REPO_ROOT, SMOKE_SEG, TINY_ARCH
 from mmoverlock.apis import build_model
 from mmoverlock.checkpoint_io import UnsafeCheckpointError, load_checkpoint_file
-from mmoverlock.models import OverLoCK
+from mmoverlock.models import OverLoCK, classifier_from_checkpoint
 
 REFUSAL = 'could run code from the file'
 
@@ -93,6 +93,9 @@ def test_loaders_refuse_the_payload(tmp_path, payload, monkeypatch):
         backbone = OverLoCK(arch=TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=source))
         with pytest.raises(UnsafeCheckpointError, match=REFUSAL):
             backbone.init_weights()
+    # the timm classifier's loader (tools/analysis_tools/eval_imagenet.py --checkpoint)
+    with pytest.raises(UnsafeCheckpointError, match=REFUSAL):
+        classifier_from_checkpoint('overlock_xt', str(path))
     assert not marker.exists()
 
 
