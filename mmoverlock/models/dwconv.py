@@ -90,6 +90,9 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not needs_grad or k < FAST_GRAD_MIN_KERNEL:
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+    if torch.is_autocast_enabled('cpu'):  # cast as autocast casts conv2d: the backward runs outside autocast
+        dtype = torch.get_autocast_dtype('cpu')
+        x, weight, bias = (t.to(dtype) if t is not None else None for t in (x, weight, bias))
     return _DepthwiseConv2d.apply(x, weight, bias, padding, dilation)
 
 
