@@ -7,7 +7,6 @@ and through ``init_cfg=dict(type='Pretrained')``), and the command-line tools (t
 ContMix op's own malformed inputs are the ``test_input_errors`` table of ``tests/test_ops/test_contmix.py``.
 """
 import os.path as osp
-import pickle
 import runpy
 import types
 from typing import Callable, NamedTuple, Optional
@@ -17,6 +16,7 @@ import pytest
 import torch
 from _helpers import REPO_ROOT, SMOKE_DET, SMOKE_SEG, TINY_ARCH, TINY_CHANNELS, run_tool, write_config
 
+from mmoverlock.checkpoint_io import UnsafeCheckpointError
 from mmoverlock.models import OverLoCK
 from mmoverlock.models.checkpoint import load_overlock_checkpoint
 
@@ -150,7 +150,7 @@ ARCH_KEYS_MSG = r"\['b', 's', 't', 'xt'\]"
 OUT_INDICES_MSG = r'out_indices must be a non-empty sequence of distinct levels in 0\.\.3, got '
 FROZEN_MSG = r'frozen_stages must be an int in -1\.\.4, got '
 SHAPE_MSG = r'input must be \[B, 3, H, W\], got shape '
-UNREADABLE_MSG = r'cannot read the checkpoint .*{}: it is truncated, corrupt or not a torch checkpoint'
+UNREADABLE_MSG = r'cannot read the checkpoint .*{}: .*a truncated, empty or non-torch file fails this way'
 
 CASES = {
     # -------------------------------------------------------------------------------- OverLoCK(...) arguments
@@ -231,11 +231,12 @@ CASES = {
     'input_expanded_batch': Case(forward(lambda: image(1, 3, 40, 56).expand(2, -1, -1, -1)),
                                  check=same_as(lambda: image(1, 3, 40, 56).repeat(2, 1, 1, 1))),
     # ---------------------------------------------------------------------------------------- checkpoints
-    'checkpoint_missing_file': Case(load_file('missing'), FileNotFoundError, r'missing\.pth can not be found'),
+    'checkpoint_missing_file': Case(load_file('missing'), FileNotFoundError,
+                                    r'checkpoint file .*missing\.pth not found'),
     'checkpoint_truncated': Case(load_file('truncated'), RuntimeError, UNREADABLE_MSG.format(r'truncated\.pth')),
     'checkpoint_empty_file': Case(load_file('zero_bytes'), RuntimeError, UNREADABLE_MSG.format(r'zero_bytes\.pth')),
-    'checkpoint_text_file': Case(load_file('text'), pickle.UnpicklingError,
-                                 r'cannot read the checkpoint .*text\.pth: Weights only load failed'),
+    'checkpoint_text_file': Case(load_file('text'), UnsafeCheckpointError,
+                                 r'refusing to load the checkpoint .*text\.pth'),
     'checkpoint_a_tensor': Case(load_file('tensor'), TypeError, r'the checkpoint holds no state dict \(got Tensor\)'),
     'checkpoint_empty_state_dict': Case(load_file('empty_state_dict'), ValueError,
                                         r'empty_state_dict\.pth holds an empty state dict'),
@@ -252,7 +253,8 @@ CASES = {
                                           r'has no patch_embed2\.0\.weight; it is not an OverLoCK backbone'),
     'checkpoint_prefix_absent': Case(load_file('trained', prefix='neck'), KeyError,
                                      r"no keys under the prefix 'neck\.'"),
-    'init_cfg_pretrained_missing_file': Case(init_from('missing'), FileNotFoundError, r'missing\.pth can not be found'),
+    'init_cfg_pretrained_missing_file': Case(init_from('missing'), FileNotFoundError,
+                                             r'checkpoint file .*missing\.pth not found'),
     'init_cfg_pretrained_truncated': Case(init_from('truncated'), RuntimeError,
                                           UNREADABLE_MSG.format(r'truncated\.pth')),
     'init_cfg_pretrained_detector_checkpoint': Case(
@@ -268,7 +270,7 @@ CASES = {
     'test_missing_checkpoint': Case(tool(TEST, SMOKE_SEG, '{missing}'), FileNotFoundError,
                                     r"checkpoint '.*missing\.pth' does not exist"),
     'convert_missing_source': Case(tool(CONVERT, '{missing}', '{out}'), FileNotFoundError,
-                                   r'missing\.pth can not be found'),
+                                   r'checkpoint file .*missing\.pth not found'),
     'convert_truncated_source': Case(tool(CONVERT, '{truncated}', '{out}'), RuntimeError,
                                      UNREADABLE_MSG.format(r'truncated\.pth')),
     'convert_missing_config': Case(tool(CONVERT, '{trained}', '{out}', '--config', '{missing_config}'),
