@@ -39,9 +39,13 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 
 def _load_weights_only(file, name: str, map_location=None):
-    """``torch.load(file, weights_only=True)``; a refused pickle raises :class:`UnsafeCheckpointError`."""
+    """``torch.load(file, weights_only=True)``; a refused pickle raises :class:`UnsafeCheckpointError`, a file that
+    torch cannot read (truncated, empty) a ``RuntimeError`` naming it."""
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError) as error:  # torch.load's messages do not name the file
+        raise RuntimeError(f'cannot read the checkpoint {name}: {type(error).__name__}: {error} (a truncated, empty '
+                           f'or non-torch file fails this way)') from error
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(f'refusing to load the checkpoint {name}: its pickle {_what_was_refused(error)}, '
                                     f'so loading it could run code from the file (weights-only loading stays on). '
@@ -83,6 +87,7 @@ def load_checkpoint_file(filename: str, map_location=None):
         UnsafeCheckpointError: The file's pickle holds objects weights-only loading refuses.
         ValueError: ``filename`` is an ``http://`` URL.
         FileNotFoundError: No local file ``filename``.
+        RuntimeError: A file that torch cannot read (truncated, empty, not a torch file); the message names it.
     """
     filename = str(filename)
     if re.match(r'^https?://', filename, flags=re.IGNORECASE):

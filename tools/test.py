@@ -87,6 +87,8 @@ def enable_tta(cfg, task):
 
 def main(argv=None):
     args = parse_args(argv)
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):  # before the model and data are built
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg, task = load_runner_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     cfg.load_from = args.checkpoint
 

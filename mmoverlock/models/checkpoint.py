@@ -139,6 +139,8 @@ def load_overlock_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     """
     checkpoint = load_checkpoint_file(filename, map_location=map_location)
     state_dict = extract_state_dict(checkpoint, prefix)
+    if not state_dict:
+        raise ValueError(f'OverLoCK: the checkpoint {filename} holds an empty state dict (no weights)')
     check_compatible(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)
     result = LoadResult(sorted(result.missing_keys), sorted(result.unexpected_keys))

@@ -87,6 +87,16 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     k = weight.shape[-1]
     if dilation > 1 and dilation * (k - 1) + 1 > DENSE_DILATED_SPAN:
         weight, k, dilation = dilated_to_dense(weight, dilation), dilation * (k - 1) + 1, 1
+    autocast = torch.is_autocast_enabled('cpu')
+    if k >= FAST_GRAD_MIN_KERNEL and (autocast or x.dtype in (torch.float16, torch.bfloat16)):
+        # oneDNN runs half-precision depthwise convs this large on a slow path (one bfloat16 17 x 17 conv over a
+        # 16 x 24 x 32 map took over a minute, against milliseconds in float32): compute them in float32 and return
+        # the dtype the conv would have returned. Autocast stays off inside, so the backward sees one dtype too.
+        dtype = torch.get_autocast_dtype('cpu') if autocast else x.dtype
+        with torch.autocast('cpu', enabled=False):
+            out = depthwise_conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding,
+                                   dilation)
+        return out.to(dtype)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not needs_grad or k < FAST_GRAD_MIN_KERNEL:
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])

@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
 from .checkpoint import load_overlock_checkpoint
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, conv_bn, stem
+from .layers import DILATED_BRANCHES, GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, conv_bn, stem
 from .registry import register_model
 
 # The authors' ImageNet-1K release of each preset, loaded by ``pretrained=True``; the deploy form has its own file.
@@ -54,6 +54,13 @@ class OverLoCK(BaseModule):
       Base-Net and the whole Overview-Net);
     - ``4``: + the Focus-Net: ``sub_blocks3``, ``extra_norm[2]``, ``patch_embedx``, ``sub_blocks4``,
       ``extra_norm[3]`` (and ``extra_norm[4]``, ``h_proj`` in the detection form), i.e. everything.
+
+    Input size: any height and width from 1 pixel up (``min_input_size``), odd or not, any aspect ratio, so every
+    image that mmdet's and mmseg's pipelines pass on runs through. Level i is ``ceil(H / 2^(i+2))`` by
+    ``ceil(W / 2^(i+2))``; where a level is smaller than a ContMix kernel, the block runs the kernel on the map
+    resized up to the kernel size and pools back (the authors' rule). Images below 32 pixels give 1 x 1 deeper levels,
+    fine for inference; in training mode BatchNorm needs ``batch * ceil(H / 32) * ceil(W / 32) >= 2``, which
+    ``forward`` checks.
 
     Args:
         arch (str | dict): ``'xt'``, ``'t'``, ``'s'``, ``'b'``, or a dict with exactly the keys ``ARCH_KEYS``.
@@ -97,7 +104,8 @@ class OverLoCK(BaseModule):
         's': _preset([6, 6, 8, 3], [16, 3], [64, 128, 320, 512], [8, 16]),
         'b': _preset([8, 8, 10, 4], [20, 4], [80, 160, 384, 576], [6, 9]),
     }
-    min_input_size = 32
+    #: Smallest input height and width (see the class docstring).
+    min_input_size = 1
     #: Whether the form has the per-level LayerNorms ``extra_norm`` (the backbone forms). Stage 3 then continues from
     #: the normalised stage-2 map, as in the authors' detector and segmentor; their ImageNet classifier
     #: (:class:`~mmoverlock.models.OverLoCKClassifier`) has no such norms and continues from the raw map.
@@ -122,14 +130,7 @@ class OverLoCK(BaseModule):
             init_cfg = dict(type='Pretrained', checkpoint=self.pretrained_checkpoint(pretrained, arch, deploy))
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices):
-            raise ValueError(f'OverLoCK: out_indices must be a non-empty sequence of levels in 0..3, '
-                             f'got {out_indices}')
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f'OverLoCK: memory_format must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'OverLoCK: frozen_stages must be in -1..4, got {frozen_stages}')
+        out_indices = self._check_arguments(in_channels, out_indices, frozen_stages, drop_path_rate, memory_format)
         self.in_channels = in_channels
         self.out_indices = out_indices
         self.overview_fusion = overview_fusion
@@ -215,7 +216,61 @@ class OverLoCK(BaseModule):
         for key, n in lengths.items():
             if len(arch[key]) != n:
                 raise ValueError(f'OverLoCK: arch[{key!r}] must have {n} entries, got {arch[key]}')
+        cls._check_arch_values(arch)
         return copy.deepcopy(dict(arch))
+
+    @staticmethod
+    def _check_arch_values(arch: dict) -> None:
+        """Refuse arch entries that would only fail later, deep in a layer (``ValueError`` naming the entry)."""
+
+        def positive_ints(key: str) -> bool:
+            return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in arch[key])
+
+        for key in ('depth', 'sub_depth', 'embed_dim', 'sub_num_heads'):
+            if not positive_ints(key):
+                raise ValueError(f'OverLoCK: arch[{key!r}] must hold positive ints, got {arch[key]}')
+        for key in ('mlp_ratio', 'sub_mlp_ratio'):
+            if not all(isinstance(v, (int, float)) and v > 0 for v in arch[key]):
+                raise ValueError(f'OverLoCK: arch[{key!r}] must hold positive numbers, got {arch[key]}')
+        if any(k not in DILATED_BRANCHES for k in arch['kernel_size']):
+            raise ValueError(f"OverLoCK: arch['kernel_size'] entries must be among {sorted(DILATED_BRANCHES)} (the "
+                             f"sizes of the dilated re-parameterisable block), got {arch['kernel_size']}")
+        smk = arch['smk_size']
+        if isinstance(smk, bool) or not isinstance(smk, int) or smk < 1 or smk % 2 == 0:
+            raise ValueError(f"OverLoCK: arch['smk_size'] must be a positive odd int, got {smk!r}")
+        for sub, stage in enumerate((2, 3)):
+            # A ContMix block splits its channels into 2 kernels x 2*heads groups, and its queries into 2*heads.
+            dim, heads = arch['embed_dim'][stage], arch['sub_num_heads'][sub]
+            if dim % (4 * heads):
+                raise ValueError(f"OverLoCK: arch['embed_dim'][{stage}] = {dim} must be a multiple of "
+                                 f"4 * arch['sub_num_heads'][{sub}] = {4 * heads}")
+
+    @staticmethod
+    def _check_arguments(in_channels: int, out_indices: Union[int, Sequence[int]], frozen_stages: int,
+                         drop_path_rate: float, memory_format: str) -> Tuple[int, ...]:
+        """Refuse malformed constructor arguments (naming the argument and its expected form); return the
+        ``out_indices`` as a tuple (a single int is one level, as in mmpretrain's backbones)."""
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(in_channels) or in_channels < 1:
+            raise ValueError(f'OverLoCK: in_channels must be a positive int, got {in_channels!r}')
+        if is_int(out_indices):
+            levels = (out_indices, )
+        else:
+            levels = tuple(out_indices) if isinstance(out_indices, (list, tuple, range)) else ()
+        if not levels or len(set(levels)) != len(levels) or any(not is_int(i) or not 0 <= i <= 3 for i in levels):
+            raise ValueError(f'OverLoCK: out_indices must be a non-empty sequence of distinct levels in 0..3, '
+                             f'got {out_indices!r}')
+        if not is_int(frozen_stages) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f'OverLoCK: frozen_stages must be an int in -1..4, got {frozen_stages!r}')
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) or \
+                not 0 <= drop_path_rate < 1:
+            raise ValueError(f'OverLoCK: drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f'OverLoCK: memory_format must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}')
+        return levels
 
     # ------------------------------------------------------------------ forward
     def _layout(self, x: torch.Tensor) -> torch.memory_format:
@@ -225,24 +280,43 @@ class OverLoCK(BaseModule):
             return fixed
         return torch.channels_last if x.device.type in ('cpu', 'cuda') else torch.contiguous_format
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse a malformed image batch before any layer runs, naming what is wrong and the expected form."""
+        expected = f'[B, {self.in_channels}, H, W]'
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'OverLoCK: input must be a Tensor {expected}, got {type(x).__name__}')
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'OverLoCK: input must be {expected}, got shape {tuple(x.shape)}')
+        height, width = x.shape[-2:]
+        if min(height, width) < self.min_input_size:
+            raise ValueError(f'OverLoCK: input height and width must be >= {self.min_input_size}, '
+                             f'got {(height, width)}')
+        if not x.is_floating_point():
+            raise TypeError(f'OverLoCK: input must be a floating-point tensor (normalised images), got {x.dtype}')
+        weight = self.patch_embed1[0].weight  # what the input meets first
+        if x.device != weight.device:
+            raise ValueError(f'OverLoCK: input is on {x.device} but the weights are on {weight.device}')
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'OverLoCK: input has dtype {x.dtype} but the weights have {weight.dtype}; cast one '
+                            f'to the other or run under torch.autocast')
+        # BatchNorm in training mode needs two values per channel, and the stride-32 maps are the smallest.
+        if self.training and 0 < x.shape[0] * -(-height // 32) * -(-width // 32) < 2 and \
+                any(m.training for m in self.modules() if isinstance(m, _BatchNorm)):
+            raise ValueError(f'OverLoCK: training with BatchNorm needs batch x ceil(H / 32) x ceil(W / 32) >= 2, '
+                             f'got batch {x.shape[0]} of {height}x{width} images; use a larger batch or images, '
+                             f'norm_eval=True, or eval mode')
+
     def _run(self, block: nn.Module, *args):
         if self.with_cp and args[0].requires_grad:
             return cp.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'OverLoCK: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
-        if min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(f'OverLoCK: input height and width must be >= {self.min_input_size} '
-                             f'(the network has stride 32), got {tuple(x.shape[-2:])}')
 
     def forward_maps(self, x: torch.Tensor,
                      indices: Sequence[int] = (0, 1, 2, 3)) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
         """Run the network up to the maps that the backbone's levels and the classifier's heads are made of.
 
         Args:
-            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
+            x (Tensor): Images [B, in_channels, H, W] (see :meth:`forward`).
             indices (Sequence[int]): Which of the side maps 0 and 2 to keep; maps 1 and 3 are always returned.
 
         Returns:
@@ -291,12 +365,23 @@ class OverLoCK(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Args:
-            x (Tensor): Images [B, in_channels, H, W] with H, W >= 32.
+            x (Tensor): Images [B, in_channels, H, W], any H, W >= 1 (see the class docstring), floating point in
+                the weights' dtype (any float under autocast); any strides (views, channels-last).
 
         Returns:
             tuple[Tensor]: The levels in ``out_indices``, level i [B, level_channels[i], H / 2^(i+2),
-            W / 2^(i+2)] (sizes rounded up).
+            W / 2^(i+2)] (sizes rounded up); empty levels for an empty batch.
+
+        Raises:
+            TypeError: Not a tensor, not floating point, or another dtype than the weights outside autocast.
+            ValueError: Another shape than [B, in_channels, H, W], another device than the weights, or a training
+                batch too small for BatchNorm.
         """
+        if isinstance(x, torch.Tensor) and x.shape[:1] == (0, ):  # empty levels: ContMix cannot reshape 0 images
+            self._check_input(x)
+            height, width = x.shape[-2:]
+            return tuple(x.new_empty((0, self.level_channels[i], -(-height // 2**(i + 2)), -(-width // 2**(i + 2))))
+                         for i in self.out_indices)
         levels, overview = self.forward_maps(x, self.out_indices)
         for i in (0, 2, 3):
             if i in self.out_indices:

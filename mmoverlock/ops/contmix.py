@@ -11,7 +11,8 @@ Backends:
 * ``'cpu'`` / ``'cuda'``: the compiled operators ``torch.ops.mmoverlock.contmix_forward`` / ``contmix_backward`` from
   ``mmoverlock._ext`` (see ``csrc/``). Bias, softmax and aggregation are fused; backward recomputes the softmax from
   the inputs, so only the inputs are saved for it. Autograd and fake-tensor support are registered here with
-  ``torch.library``, which makes the op work with ``torch.compile``.
+  ``torch.library``, which makes the op work with ``torch.compile``. The CPU kernels are float32/float64; float16 and
+  bfloat16 inputs are cast to float32 around them and the result cast back (the CUDA kernels take all four).
 * ``'torch'``: a pure-torch fallback with the same semantics and gradients, built from whole-tensor slices and small
   matmuls (a few value-sized buffers of extra memory, never K*K*C values per pixel). Used automatically when the
   extension is not built. While ``torch.export`` (and so ``torch.onnx.export``) or ``torch.jit.trace`` record it,
@@ -36,6 +37,8 @@ __all__ = ['available_backends', 'contmix_aggregate', 'BACKEND_ENV']
 #: Environment variable that forces a backend (``cpu``, ``cuda`` or ``torch``) for every call without ``backend=``.
 BACKEND_ENV = 'MMOVERLOCK_CONTMIX_BACKEND'
 _BACKENDS = ('cpu', 'cuda', 'torch')
+#: Dtypes that the 'cpu' backend runs in float32 (its kernels are float32/float64), returning the input dtype.
+_CPU_CAST_DTYPES = (torch.float16, torch.bfloat16)
 #: Largest ``kernel_size`` of the CUDA kernels (they keep a (2K-1)² bias table per block in shared memory).
 CUDA_MAX_KERNEL_SIZE = 31
 _BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) '
@@ -427,7 +430,7 @@ def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optiona
                 return 'torch'
             _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
             return 'cuda'
-        if value.device.type == 'cpu' and 'cpu' in _BUILT and value.dtype in (torch.float32, torch.float64):
+        if value.device.type == 'cpu' and 'cpu' in _BUILT:
             return 'cpu'
         return 'torch'
     source = 'backend' if backend is not None else f'environment variable {BACKEND_ENV}'
@@ -446,9 +449,6 @@ def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optiona
     if value.device.type != requested:
         raise ValueError(f'contmix_aggregate: {source} {requested!r} needs {requested} tensors, got tensors on '
                          f'{value.device}')
-    if requested == 'cpu' and value.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"contmix_aggregate: the 'cpu' backend supports float32 and float64, got {value.dtype}; "
-                        f"use backend='torch' or autocast")
     return requested
 
 
@@ -462,7 +462,8 @@ def contmix_aggregate(weights: Tensor,
 
     Args:
         weights (Tensor): Per-pixel logits [B, G, H, W, K*K], tap ``t = a*K + e`` for window row ``a``, column ``e``.
-        value (Tensor): Values [B, G, H, W, C]. Non-contiguous views of either are accepted.
+        value (Tensor): Values [B, G, H, W, C], floating point, of the dtype of ``weights`` (outside autocast).
+            Non-contiguous views of either are accepted.
         kernel_size (int): Odd window size K, with ``H >= K`` and ``W >= K``.
         rpb (Tensor, optional): Relative position bias [G, 2K-1, 2K-1] added to the logits. Defaults to ``None``.
         softmax (bool): Softmax over the K*K taps before aggregating. Defaults to ``False``.
@@ -471,7 +472,8 @@ def contmix_aggregate(weights: Tensor,
             ``MMOVERLOCK_CONTMIX_BACKEND`` names one. Defaults to ``None``.
 
     Returns:
-        Tensor: [B, G, H, W, C] (contiguous), differentiable in ``weights``, ``value`` and ``rpb``.
+        Tensor: [B, G, H, W, C] (contiguous) in the inputs' dtype (under CPU autocast: float32), differentiable in
+        ``weights``, ``value`` and ``rpb``. NaN in an input stays NaN in every output pixel that it reaches.
 
     Raises:
         ValueError: A malformed shape, ``kernel_size``, device or backend name.
@@ -486,4 +488,10 @@ def contmix_aggregate(weights: Tensor,
         if _is_recording():
             return _contmix_torch_traceable(weights, value, rpb, kernel_size, bool(softmax))
         return _ContMixTorch.apply(weights, value, rpb, kernel_size, bool(softmax))
+    if name == 'cpu' and value.dtype in _CPU_CAST_DTYPES:
+        # The CPU kernels are float32/float64: compute in float32 and return the input dtype (autograd sees the
+        # casts, so gradients come back in the input dtype too).
+        rpb = rpb.float() if rpb is not None else None
+        out = torch.ops.mmoverlock.contmix_forward(weights.float(), value.float(), rpb, kernel_size, bool(softmax))
+        return out.to(value.dtype)
     return torch.ops.mmoverlock.contmix_forward(weights, value, rpb, kernel_size, bool(softmax))

@@ -56,8 +56,8 @@ def test_bad_arguments_raise_clear_errors():
     model = OverLoCK(arch=TINY_ARCH)
     with pytest.raises(ValueError, match=r'\[B, 3, H, W\]'):
         model(torch.zeros(1, 1, 64, 64))
-    with pytest.raises(ValueError, match='>= 32'):
-        model(torch.zeros(1, 3, 16, 64))
+    with pytest.raises(ValueError, match='>= 1'):
+        model(torch.zeros(1, 3, 0, 64))
 
 
 def _random_state_dict(shapes):

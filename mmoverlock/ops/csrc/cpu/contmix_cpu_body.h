@@ -95,7 +95,7 @@ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // exp(x) for x <= 0 in branch-free float arithmetic (Cephes' expf polynomial, about 1 ulp), on a vector or a scalar.
-// Inputs below -87 flush to about 2^-126, harmless for softmax weights.
+// Inputs below -87 flush to about 2^-126, harmless for softmax weights; NaN stays NaN (the clamp keeps it).
 inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
 inline float from_bits(int32_t b) {
   float f;
@@ -107,7 +107,7 @@ inline Simd<float>::vec from_bits(Simd<float>::ivec b) { return (Simd<float>::ve
 
 template <typename V>
 inline V exp_nonpositive(V x) {
-  x = vmax(x, splat<V>(-87.0f));
+  x = x < splat<V>(-87.0f) ? splat<V>(-87.0f) : x;  // not vmax: a NaN logit must give a NaN weight
   const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
   const V r = x - n * 0.693359375f + n * 2.12194440e-4f;                 // x - n ln2, ln2 split in two
   V p = splat<V>(1.9875691500e-4f);
