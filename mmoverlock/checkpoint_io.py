@@ -43,14 +43,22 @@ def _load_weights_only(file, name: str, map_location=None):
     torch cannot read (truncated, empty) a ``RuntimeError`` naming it."""
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError) as error:  # torch.load's messages do not name the file
-        raise RuntimeError(f'cannot read the checkpoint {name}: {type(error).__name__}: {error} (a truncated, empty '
-                           f'or non-torch file fails this way)') from error
     except pickle.UnpicklingError as error:
+        if 'Weights only load failed' not in str(error):  # not a refusal: the bytes are no pickle at all
+            raise _unreadable(name, error) from error
         raise UnsafeCheckpointError(f'refusing to load the checkpoint {name}: its pickle {_what_was_refused(error)}, '
                                     f'so loading it could run code from the file (weights-only loading stays on). '
                                     f'If you trust the file, load it yourself and re-save only its state_dict.') \
             from error
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError) as error:
+        # torch.load's messages do not name the file; a text or other non-torch file fails with a bare KeyError or
+        # IndexError from the legacy format's reader
+        raise _unreadable(name, error) from error
+
+
+def _unreadable(name: str, error: Exception) -> RuntimeError:
+    return RuntimeError(f'cannot read the checkpoint {name}: {type(error).__name__}: {error} (a truncated, empty '
+                        f'or non-torch file fails this way)')
 
 
 def _what_was_refused(error: Exception) -> str:
@@ -62,6 +70,10 @@ def _what_was_refused(error: Exception) -> str:
     found = re.search(r'reduce for unrecognized function (.+?)(?: which belongs|\n|$)', message)
     if found:
         return f'calls {found.group(1)}, which is not an allow-listed function'
+    found = re.search(r'Unsupported operand (\S+)', message)
+    if found:  # also what a file that is no torch checkpoint at all (e.g. text) gives
+        return (f'uses opcode {found.group(1)}, which weights-only unpickling does not accept (a file that is not a '
+                f'torch checkpoint at all fails this way too)')
     return 'holds an object that weights-only loading refuses'
 
 

@@ -136,7 +136,7 @@ class OverLoCKClassifier(OverLoCK):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         """Args:
-            x (Tensor): Images [B, in_chans, H, W] with H, W >= 32.
+            x (Tensor): Images [B, in_chans, H, W], any H, W >= 1 (as the backbone).
 
         Returns:
             Tensor | dict: Logits [B, num_classes] in eval mode; in training mode

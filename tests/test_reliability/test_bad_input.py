@@ -236,7 +236,10 @@ CASES = {
     'checkpoint_truncated': Case(load_file('truncated'), RuntimeError, UNREADABLE_MSG.format(r'truncated\.pth')),
     'checkpoint_empty_file': Case(load_file('zero_bytes'), RuntimeError, UNREADABLE_MSG.format(r'zero_bytes\.pth')),
     'checkpoint_text_file': Case(load_file('text'), UnsafeCheckpointError,
-                                 r'refusing to load the checkpoint .*text\.pth'),
+                                 r'refusing to load the checkpoint .*text\.pth: .*not a torch checkpoint at all'),
+    # bytes that torch reads as its legacy format, whose reader fails with a bare KeyError / IndexError
+    'checkpoint_other_bytes': Case(load_file('other_bytes'), RuntimeError, UNREADABLE_MSG.format(r'other_bytes\.pth')),
+    'checkpoint_three_bytes': Case(load_file('three_bytes'), RuntimeError, UNREADABLE_MSG.format(r'three_bytes\.pth')),
     'checkpoint_a_tensor': Case(load_file('tensor'), TypeError, r'the checkpoint holds no state dict \(got Tensor\)'),
     'checkpoint_empty_state_dict': Case(load_file('empty_state_dict'), ValueError,
                                         r'empty_state_dict\.pth holds an empty state dict'),
@@ -290,7 +293,7 @@ def subjects(tmp_path_factory):
     model.init_weights()
     folder = tmp_path_factory.mktemp('bad_input')
     files = {name: str(folder / f'{name}.pth') for name in (
-        'missing', 'trained', 'truncated', 'zero_bytes', 'text', 'empty_state_dict', 'list', 'tensor', 'other_variant',
+        'missing', 'trained', 'truncated', 'zero_bytes', 'text', 'other_bytes', 'three_bytes', 'empty_state_dict', 'list', 'tensor', 'other_variant',
         'deploy', 'resnet', 'detector', 'out')}
     torch.save(model.state_dict(), files['trained'])
     with open(files['trained'], 'rb') as f:
@@ -300,6 +303,10 @@ def subjects(tmp_path_factory):
     open(files['zero_bytes'], 'wb').close()
     with open(files['text'], 'w') as f:
         f.write('not a checkpoint\n')
+    with open(files['other_bytes'], 'w') as f:
+        f.write('hello world\n')
+    with open(files['three_bytes'], 'wb') as f:
+        f.write(b'abc')
     torch.save(dict(state_dict={}, meta={}), files['empty_state_dict'])
     torch.save([1, 2], files['list'])
     torch.save(torch.zeros(3), files['tensor'])
