@@ -11,7 +11,8 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..ops import contmix_aggregate
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn, is_channels_last
+from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
+                     is_channels_last)
 
 
 def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
@@ -40,7 +41,7 @@ class RepConvBlock(nn.Module):
         self.res_scale = res_scale
         mlp_dim = int(dim * mlp_ratio)
         self.dwconv = ResDWConv(dim, 3)
-        self.proj = nn.Sequential(
+        self.proj = FusingSequential(
             LayerNorm2d(dim),
             DilatedReparamBlock(dim, kernel_size, deploy=deploy),
             nn.BatchNorm2d(dim),
@@ -124,7 +125,7 @@ class ContMixBlock(nn.Module):
         self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = LayerNorm2d(out_dim)
-        self.mlp = nn.Sequential(
+        self.mlp = FusingSequential(
             nn.Conv2d(out_dim, mlp_dim, 1),
             nn.GELU(),
             ResDWConv(mlp_dim, 3),

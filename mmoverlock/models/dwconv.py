@@ -63,7 +63,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def _tracing() -> bool:
+def is_tracing() -> bool:
+    """Whether torch.jit.trace, torch.compile or torch.export is recording this call (plain ops only then)."""
     exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
@@ -82,7 +83,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Returns:
         Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)].
     """
-    if x.device.type != 'cpu' or _tracing():
+    if x.device.type != 'cpu' or is_tracing():
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
     k = weight.shape[-1]
     if dilation > 1 and dilation * (k - 1) + 1 > DENSE_DILATED_SPAN:

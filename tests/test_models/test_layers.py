@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmoverlock.models.dwconv import depthwise_conv2d
-from mmoverlock.models.layers import GRN, DilatedReparamBlock, LayerNorm2d
+from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, ResDWConv
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
 # of 1000 while any wrong tap or missing term shows up at order 1.
@@ -118,3 +118,71 @@ def test_grn_inference_path_matches_training_path(layout):
     out.sum().backward()
     assert rel_err(fast, out.detach()) <= TOLERANCE
     assert torch.isfinite(inp.grad).all()
+
+
+def saved_maps(fn, x, min_numel):
+    """Run ``fn(x)`` and return the distinct tensors of at least ``min_numel`` elements autograd keeps for backward."""
+    kept = {}
+
+    def pack(t):
+        if t.numel() >= min_numel:
+            kept[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    return out, list(kept.values())
+
+
+@pytest.mark.parametrize('momentum', [0.1, None], ids=['momentum', 'cumulative'])
+def test_training_block_keeps_only_its_input_and_updates_statistics_once(momentum):
+    """The training form saves no branch output (the branches are recomputed in the backward), and its running
+    statistics move exactly as one call of the plain branch sum moves them, twice in a row."""
+    x = torch.randn(2, 4, 23, 20, dtype=torch.float64)
+    blocks = [random_block(17, 4).train() for _ in range(2)]
+    for block in blocks:
+        for bn in block._batch_norms():
+            bn.momentum = momentum
+    for step in range(2):
+        inp = x.clone().requires_grad_(True)
+        out, kept = saved_maps(blocks[0], inp, min_numel=x.numel())
+        assert [t.data_ptr() for t in kept] == [inp.data_ptr()]
+        out.sum().backward()
+        branch_sum(blocks[1], x.clone()).sum().backward()
+        for bn, ref in zip(blocks[0]._batch_norms(), blocks[1]._batch_norms()):
+            assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
+            assert torch.equal(bn.running_mean, ref.running_mean)
+            assert torch.equal(bn.running_var, ref.running_var)
+    # A BN subclass (e.g. SyncBatchNorm, which reduces over processes) takes the plain path.
+    block = random_block(7, 4).train()
+    block.origin_bn.__class__ = type('OtherBatchNorm', (torch.nn.BatchNorm2d, ), {})
+    _, kept = saved_maps(block, x.clone().requires_grad_(True), min_numel=x.numel())
+    assert len(kept) > 1
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_gelu_res_dwconv_matches_plain_sequential(layout):
+    """FusingSequential's GELU + ResDWConv step: the plain chain's outputs and gradients, without keeping GELU's
+    output for the backward."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 6, 1), torch.nn.GELU(), ResDWConv(6), GRN(6)]
+    fused, plain = FusingSequential(*layers).double(), torch.nn.Sequential(*layers).double()
+    with torch.no_grad():
+        layers[3].gamma.normal_()
+        layers[3].beta.normal_()
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    results = []
+    for seq in (fused, plain):
+        seq.zero_grad()
+        inp = x.clone().requires_grad_(True)
+        out, kept = saved_maps(seq, inp, min_numel=grad_out.numel())
+        out.backward(grad_out)
+        results.append((out.detach(), inp.grad, [p.grad.clone() for p in seq.parameters()], len(kept)))
+    (out, x_grad, grads, n_kept), (ref_out, ref_x_grad, ref_grads, ref_kept) = results
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(out, ref_out) <= TOLERANCE
+    assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
+    for g, ref in zip(grads, ref_grads):
+        assert rel_err(g, ref) <= TOLERANCE
+    assert n_kept == ref_kept - 1  # GELU's output is recomputed, not kept
