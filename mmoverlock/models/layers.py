@@ -6,7 +6,7 @@ and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also do
 For training memory, the ``DilatedReparamBlock`` training form and ``FusingSequential``'s GELU + ``ResDWConv`` step
 keep only their inputs for the backward and recompute the rest there, with the plain formulation's gradients.
 """
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -150,31 +150,55 @@ class _GeluResDWConv(torch.autograd.Function):
 
 
 class FusingSequential(nn.Sequential):
-    """An ``nn.Sequential`` (same keys and indexing) that runs each ``GELU`` directly followed by a ``ResDWConv``
-    as one step that keeps only the GELU's input for the backward (see ``ResDWConv.forward_after_gelu``)."""
+    """An ``nn.Sequential`` (same keys and indexing) that fuses some neighbouring layers, with the same results:
+
+    * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
+      (see ``ResDWConv.forward_after_gelu``);
+    * a plain ``Conv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that uses its running
+      statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the current parameters
+      on every call (nothing cached, gradients reach both layers).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self)
         i = 0
         while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, nn.GELU) and i + 1 < len(layers) and isinstance(layers[i + 1], ResDWConv):
-                x = layers[i + 1].forward_after_gelu(x, layer.approximate)
-                i += 2
+            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
+                x = following.forward_after_gelu(x, layer.approximate)
+            elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
+                x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
+            elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
+                kernel, bias = fold_bn(*layer.kernel_and_bias(), following)
+                x = depthwise_conv2d(x, kernel, bias, layer.kernel_size // 2)
             else:
                 x = layer(x)
                 i += 1
+                continue
+            i += 2
         return x
+
+
+def _uses_running_stats(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` is a BatchNorm that normalises with its running statistics (an affine map)."""
+    return (isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not module.training
+            and module.running_mean is not None)
+
+
+def fold_bn(kernel: torch.Tensor, bias: Optional[torch.Tensor],
+            bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kernel and bias of ``bn(conv(x))`` for a conv with this kernel and bias (exact for a BN in eval mode)."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    shift = bn.bias - bn.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    return kernel * scale.reshape(-1, 1, 1, 1), shift
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """Return the kernel and bias of ``bn(conv(x))`` as one conv (exact for a BN in eval mode)."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+    return fold_bn(conv.weight, conv.bias, bn)
 
 
 class DilatedReparamBlock(nn.Module):
@@ -213,9 +237,13 @@ class DilatedReparamBlock(nn.Module):
     def _batch_norms(self) -> List[nn.BatchNorm2d]:
         return [self.origin_bn] + [getattr(self, f'dil_bn_k{k}_{r}') for k, r in self.branches]
 
-    def _foldable(self) -> bool:
-        """Whether every BN uses its running statistics (eval mode), so that the folded conv is exact."""
-        return all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+    def foldable(self) -> bool:
+        """Whether the block is one conv: the deploy form, or every BN uses its running statistics (eval mode)."""
+        return self.deploy or all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+
+    def kernel_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The kernel and bias of the one depthwise conv the block is while ``foldable()``."""
+        return (self.lk_origin.weight, self.lk_origin.bias) if self.deploy else self.folded()
 
     def folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The kernel [C, 1, K, K] and bias [C] of the one depthwise conv that equals the block in eval mode.
@@ -257,7 +285,7 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.lk_origin(x)
-        if self._foldable():  # eval mode: the deploy form's speed, computed from the current parameters
+        if self.foldable():  # eval mode: the deploy form's speed, computed from the current parameters
             return depthwise_conv2d(x, *self.folded(), self.kernel_size // 2)
         bns = self._batch_norms()
         if self._recomputable(x):
@@ -326,7 +354,7 @@ class _RecomputedBranchSum(torch.autograd.Function):
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     """``[conv3x3 (no bias), BN]``: the downsampling layers between stages."""
-    return nn.Sequential(
+    return FusingSequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
     )
@@ -341,4 +369,4 @@ def stem(in_channels: int, out_channels: int) -> nn.Sequential:
         *conv_bn(mid, out_channels, stride=2), nn.GELU(),
         *conv_bn(out_channels, out_channels),
     ]
-    return nn.Sequential(*layers)
+    return FusingSequential(*layers)

@@ -186,3 +186,49 @@ def test_fused_gelu_res_dwconv_matches_plain_sequential(layout):
     for g, ref in zip(grads, ref_grads):
         assert rel_err(g, ref) <= TOLERANCE
     assert n_kept == ref_kept - 1  # GELU's output is recomputed, not kept
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['train_form', 'deploy_form'])
+def test_eval_mode_folds_batch_norms_into_preceding_convs(deploy):
+    """In eval mode a conv (or a DilatedReparamBlock) followed by a BN runs as one conv: the plain chain's outputs and
+    gradients; in training mode nothing is folded (the BN keeps using batch statistics)."""
+    torch.manual_seed(0)
+    block = random_block(13, 4)
+    if deploy:
+        block.eval().switch_to_deploy()
+    layers = [torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4), block, torch.nn.BatchNorm2d(4),
+              torch.nn.GELU()]
+    with torch.no_grad():
+        for bn in (layers[1], layers[3]):
+            for tensor in (bn.weight, bn.bias, bn.running_mean):
+                tensor.normal_()
+            bn.running_var.uniform_(0.5, 2)
+    fused, plain = FusingSequential(*layers).double(), torch.nn.Sequential(*layers).double()
+    x = torch.randn(2, 4, 17, 15, dtype=torch.float64)
+    grad_out = torch.randn(2, 4, 17, 15, dtype=torch.float64)
+    bn_calls = []
+    for bn in (layers[1], layers[3]):
+        bn.register_forward_hook(lambda *args: bn_calls.append(1))
+    for training in (False, True):
+        results = []
+        for seq in (fused, plain):
+            seq.train(training).zero_grad()
+            if deploy:
+                block.eval()
+            with torch.no_grad():  # the same running statistics for both calls in training mode
+                stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in (layers[1], layers[3])]
+            inp = x.clone().requires_grad_(True)
+            bn_calls.clear()
+            out = seq(inp)
+            assert len(bn_calls) == (0 if seq is fused and not training else 2)  # folded: the BNs never run
+            out.backward(grad_out)
+            with torch.no_grad():
+                for bn, (mean, var) in zip((layers[1], layers[3]), stats):
+                    bn.running_mean.copy_(mean)
+                    bn.running_var.copy_(var)
+            results.append((out.detach(), inp.grad, [p.grad.clone() for p in seq.parameters()]))
+        (out, x_grad, grads), (ref_out, ref_x_grad, ref_grads) = results
+        assert rel_err(out, ref_out) <= TOLERANCE
+        assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
+        for g, ref in zip(grads, ref_grads):
+            assert rel_err(g, ref) <= TOLERANCE
