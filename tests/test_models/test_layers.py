@@ -232,3 +232,23 @@ def test_eval_mode_folds_batch_norms_into_preceding_convs(deploy):
         assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
         for g, ref in zip(grads, ref_grads):
             assert rel_err(g, ref) <= TOLERANCE
+
+
+def test_training_forms_under_cpu_autocast_match_the_plain_chain():
+    """Under bfloat16 autocast the recomputed branches (autocast restored in the backward) and the depthwise conv
+    (which then leaves the conv to autocast) give the plain formulation's numbers exactly."""
+    torch.manual_seed(0)
+    blocks = [random_block(13, 8).float().train() for _ in range(2)]
+    mlps = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GELU(), ResDWConv(8)) for _ in range(2)]
+    mlps[1].load_state_dict(mlps[0].state_dict())
+    x = torch.randn(2, 8, 20, 20)
+    results = []
+    for block, mlp, fused in ((blocks[0], mlps[0], True), (blocks[1], mlps[1], False)):
+        inp = x.clone().requires_grad_(True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp))
+        out.float().square().sum().backward()
+        results.append([out.detach(), inp.grad] + [p.grad for p in (*block.parameters(), *mlp.parameters())])
+    assert results[0][0].dtype == torch.bfloat16
+    for ours, expected in zip(*results):
+        assert torch.equal(ours, expected)
