@@ -11,7 +11,8 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..ops import contmix_aggregate
-from .layers import GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn, is_channels_last
+from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
+                     is_channels_last)
 
 
 def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
@@ -40,7 +41,7 @@ class RepConvBlock(nn.Module):
         self.res_scale = res_scale
         mlp_dim = int(dim * mlp_ratio)
         self.dwconv = ResDWConv(dim, 3)
-        self.proj = nn.Sequential(
+        self.proj = FusingSequential(
             LayerNorm2d(dim),
             DilatedReparamBlock(dim, kernel_size, deploy=deploy),
             nn.BatchNorm2d(dim),
@@ -103,28 +104,28 @@ class ContMixBlock(nn.Module):
             self.h_scale = LayerScale(ctx_dim, init_value=1)
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
-        self.fusion = nn.Sequential(
+        self.fusion = FusingSequential(
             nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1),
             GRN(dim),
         )
-        self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
-        self.weight_key = nn.Sequential(
+        self.weight_query = FusingSequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_key = FusingSequential(
             nn.AdaptiveAvgPool2d(7),
             nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
             nn.BatchNorm2d(dim // 2),
         )
         self.weight_proj = nn.Conv2d(49, smk_size**2 + kernel_size**2, 1)
-        self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
+        self.dyconv_proj = FusingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.lepe = FusingSequential(DilatedReparamBlock(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
-        self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.gate = FusingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
         self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = LayerNorm2d(out_dim)
-        self.mlp = nn.Sequential(
+        self.mlp = FusingSequential(
             nn.Conv2d(out_dim, mlp_dim, 1),
             nn.GELU(),
             ResDWConv(mlp_dim, 3),

@@ -8,7 +8,7 @@ oneDNN's forward path runs about 30 times faster. Dilated kernels that oneDNN's 
 cover (a span above ``DENSE_DILATED_SPAN``) run as the equivalent dense kernel with zeros between the taps, which is
 exact and several times faster there.
 
-Everything else (CUDA, tracing/export, small kernels, no gradient needed) goes to ``F.conv2d`` unchanged.
+Everything else (CUDA, tracing/export, CPU autocast, small kernels, no gradient needed) goes to ``F.conv2d`` unchanged.
 """
 from typing import Optional
 
@@ -63,7 +63,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def _tracing() -> bool:
+def is_tracing() -> bool:
+    """Whether torch.jit.trace, torch.compile or torch.export is recording this call (plain ops only then)."""
     exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
@@ -82,7 +83,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Returns:
         Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)].
     """
-    if x.device.type != 'cpu' or _tracing():
+    if x.device.type != 'cpu' or is_tracing() or torch.is_autocast_enabled('cpu'):
+        # (Under autocast the plain conv gets autocast's casts; the custom backward would mix dtypes.)
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
     k = weight.shape[-1]
     if dilation > 1 and dilation * (k - 1) + 1 > DENSE_DILATED_SPAN:

@@ -3,14 +3,17 @@
 Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode.
+For training memory, the ``DilatedReparamBlock`` training form and ``FusingSequential``'s GELU + ``ResDWConv`` step
+keep only their inputs for the backward and recompute the rest there, with the plain formulation's gradients.
 """
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from .dwconv import DepthwiseConv2d, depthwise_conv2d, dilated_to_dense
+from .dwconv import FAST_GRAD_MIN_KERNEL, DepthwiseConv2d, depthwise_conv2d, dilated_to_dense, is_tracing
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
@@ -106,15 +109,97 @@ class ResDWConv(DepthwiseConv2d):
         # In place on the conv's fresh output, which its backward does not need: one map less to allocate.
         return super().forward(x).add_(x)
 
+    def forward_after_gelu(self, z: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
+        """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``_GeluResDWConv``)."""
+        wants_grad = torch.is_grad_enabled() and (z.requires_grad or self.weight.requires_grad)
+        plain = is_tracing() or torch.is_autocast_enabled(z.device.type) or self.kernel_size[0] >= FAST_GRAD_MIN_KERNEL
+        if not wants_grad or plain:  # (under autocast, autograd's own casts keep the backward's dtypes apart)
+            return self(F.gelu(z, approximate=approximate))
+        return _GeluResDWConv.apply(z, self.weight, self.bias, self.padding[0], approximate)
+
+
+class _GeluResDWConv(torch.autograd.Function):
+    """``u + dwconv(u)`` with ``u = gelu(z)``, keeping ``z`` alone for the backward.
+
+    Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
+    the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
+    very kernels autograd would (``convolution_backward``, ``gelu_backward``), so the gradients are the same.
+    Small kernels only: larger ones take ``depthwise_conv2d``'s own weight gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, padding: int, approximate: str):
+        ctx.save_for_backward(z, weight)
+        ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
+        u = F.gelu(z, approximate=approximate)
+        return F.conv2d(u, weight, bias, 1, padding, 1, u.shape[1]).add_(u)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        z, weight = ctx.saved_tensors
+        u = F.gelu(z, approximate=ctx.approximate)
+        p, channels = ctx.padding, z.shape[1]
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grad_u, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, u, weight, [channels] if ctx.has_bias else None, [1, 1], [p, p], [1, 1], False, [0, 0],
+            channels, mask)
+        grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.ops.aten.gelu_backward(grad_u + grad_out, z, approximate=ctx.approximate)
+        return grad_z, grad_w, grad_b, None, None
+
+
+class FusingSequential(nn.Sequential):
+    """An ``nn.Sequential`` (same keys and indexing) that fuses some neighbouring layers, with the same results:
+
+    * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
+      (see ``ResDWConv.forward_after_gelu``);
+    * a plain ``Conv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that uses its running
+      statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the current parameters
+      on every call (nothing cached, gradients reach both layers).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
+                x = following.forward_after_gelu(x, layer.approximate)
+            elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
+                x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
+            elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
+                kernel, bias = fold_bn(*layer.kernel_and_bias(), following)
+                x = depthwise_conv2d(x, kernel, bias, layer.kernel_size // 2)
+            else:
+                x = layer(x)
+                i += 1
+                continue
+            i += 2
+        return x
+
+
+def _uses_running_stats(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` is a BatchNorm that normalises with its running statistics (an affine map)."""
+    return (isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not module.training
+            and module.running_mean is not None)
+
+
+def fold_bn(kernel: torch.Tensor, bias: Optional[torch.Tensor],
+            bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kernel and bias of ``bn(conv(x))`` for a conv with this kernel and bias (exact for a BN in eval mode)."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    shift = bn.bias - bn.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    return kernel * scale.reshape(-1, 1, 1, 1), shift
+
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """Return the kernel and bias of ``bn(conv(x))`` as one conv (exact for a BN in eval mode)."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+    return fold_bn(conv.weight, conv.bias, bn)
 
 
 class DilatedReparamBlock(nn.Module):
@@ -153,9 +238,13 @@ class DilatedReparamBlock(nn.Module):
     def _batch_norms(self) -> List[nn.BatchNorm2d]:
         return [self.origin_bn] + [getattr(self, f'dil_bn_k{k}_{r}') for k, r in self.branches]
 
-    def _foldable(self) -> bool:
-        """Whether every BN uses its running statistics (eval mode), so that the folded conv is exact."""
-        return all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+    def foldable(self) -> bool:
+        """Whether the block is one conv: the deploy form, or every BN uses its running statistics (eval mode)."""
+        return self.deploy or all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+
+    def kernel_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The kernel and bias of the one depthwise conv the block is while ``foldable()``."""
+        return (self.lk_origin.weight, self.lk_origin.bias) if self.deploy else self.folded()
 
     def folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The kernel [C, 1, K, K] and bias [C] of the one depthwise conv that equals the block in eval mode.
@@ -174,15 +263,36 @@ class DilatedReparamBlock(nn.Module):
             bias = bias + branch_bias
         return kernel, bias
 
+    def _convs(self) -> List[DepthwiseConv2d]:
+        return [self.lk_origin] + [getattr(self, f'dil_conv_k{k}_{r}') for k, r in self.branches]
+
+    def branch_sum(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
+                   norm: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``sum_i norm(i, conv_i(x))`` over the large conv (i = 0) and the dilated branches, with given kernels."""
+        out = None
+        for i, (conv, weight) in enumerate(zip(self._convs(), weights)):
+            y = norm(i, depthwise_conv2d(x, weight, None, conv.padding[0], conv.dilation[0]))
+            out = y if out is None else out + y
+        return out
+
+    def _recomputable(self, x: torch.Tensor) -> bool:
+        """Whether the training form can save its input alone (``_RecomputedBranchSum``): every BN is a plain
+        ``BatchNorm2d`` using batch statistics (a subclass such as SyncBatchNorm may do more than the recomputation
+        repeats), a gradient is wanted, and nothing traces the call."""
+        return (torch.is_grad_enabled() and not is_tracing()
+                and all(type(bn) is nn.BatchNorm2d and bn.training for bn in self._batch_norms())
+                and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.lk_origin(x)
-        if self._foldable():  # eval mode: the deploy form's speed, computed from the current parameters
+        if self.foldable():  # eval mode: the deploy form's speed, computed from the current parameters
             return depthwise_conv2d(x, *self.folded(), self.kernel_size // 2)
-        out = self.origin_bn(self.lk_origin(x))
-        for k, r in self.branches:
-            out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
-        return out
+        bns = self._batch_norms()
+        if self._recomputable(x):
+            params = [conv.weight for conv in self._convs()] + [p for bn in bns for p in (bn.weight, bn.bias)]
+            return _RecomputedBranchSum.apply(self, x, *params)
+        return self.branch_sum(x, [conv.weight for conv in self._convs()], lambda i, y: bns[i](y))
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -200,9 +310,52 @@ class DilatedReparamBlock(nn.Module):
             delattr(self, f'dil_bn_k{k}_{r}')
 
 
+class _RecomputedBranchSum(torch.autograd.Function):
+    """The training form of a ``DilatedReparamBlock`` that keeps only its input for the backward.
+
+    Autograd would keep every branch's conv output (each BN's input) until the backward: as many maps as the block
+    has branches, about a sixth of OverLoCK's training memory. Here the forward runs without recording (the BN
+    modules themselves normalise and update their running statistics, once) and the backward recomputes the branch
+    sum with the same kernels, normalising by batch statistics without touching the running ones, then
+    differentiates that: the same operations in the same order, so outputs and gradients equal the plain form's.
+    Costs one extra forward of the block per training step. Inputs: the block, ``x``, then the conv kernels
+    (``_convs`` order) and each BN's weight and bias (``_batch_norms`` order).
+    """
+
+    @staticmethod
+    def forward(ctx, block: 'DilatedReparamBlock', x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.block = block
+        ctx.save_for_backward(x, *params)
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        bns = block._batch_norms()
+        with torch.no_grad():
+            return block.branch_sum(x, params[:len(bns)], lambda i, y: bns[i](y))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        block = ctx.block
+        saved = ctx.saved_tensors
+        leaves = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(saved, ctx.needs_input_grad[1:])]
+        bns = block._batch_norms()
+        convs, affine = leaves[1:1 + len(bns)], leaves[1 + len(bns):]
+
+        def batch_norm(i: int, y: torch.Tensor) -> torch.Tensor:  # batch statistics, running ones untouched
+            return F.batch_norm(y, None, None, affine[2 * i], affine[2 * i + 1], True, 0., bns[i].eps)
+
+        device, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled):
+            out = block.branch_sum(leaves[0], convs, batch_norm)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+        return (None, ) + tuple(next(grads) if t is not None and t.requires_grad else None for t in leaves)
+
+
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     """``[conv3x3 (no bias), BN]``: the downsampling layers between stages."""
-    return nn.Sequential(
+    return FusingSequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
     )
@@ -217,4 +370,4 @@ def stem(in_channels: int, out_channels: int) -> nn.Sequential:
         *conv_bn(mid, out_channels, stride=2), nn.GELU(),
         *conv_bn(out_channels, out_channels),
     ]
-    return nn.Sequential(*layers)
+    return FusingSequential(*layers)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmoverlock.models.dwconv import depthwise_conv2d
-from mmoverlock.models.layers import GRN, DilatedReparamBlock, LayerNorm2d
+from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, ResDWConv
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
 # of 1000 while any wrong tap or missing term shows up at order 1.
@@ -118,3 +118,137 @@ def test_grn_inference_path_matches_training_path(layout):
     out.sum().backward()
     assert rel_err(fast, out.detach()) <= TOLERANCE
     assert torch.isfinite(inp.grad).all()
+
+
+def saved_maps(fn, x, min_numel):
+    """Run ``fn(x)`` and return the distinct tensors of at least ``min_numel`` elements autograd keeps for backward."""
+    kept = {}
+
+    def pack(t):
+        if t.numel() >= min_numel:
+            kept[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    return out, list(kept.values())
+
+
+@pytest.mark.parametrize('momentum', [0.1, None], ids=['momentum', 'cumulative'])
+def test_training_block_keeps_only_its_input_and_updates_statistics_once(momentum):
+    """The training form saves no branch output (the branches are recomputed in the backward), and its running
+    statistics move exactly as one call of the plain branch sum moves them, twice in a row."""
+    x = torch.randn(2, 4, 23, 20, dtype=torch.float64)
+    blocks = [random_block(17, 4).train() for _ in range(2)]
+    for block in blocks:
+        for bn in block._batch_norms():
+            bn.momentum = momentum
+    for step in range(2):
+        inp = x.clone().requires_grad_(True)
+        out, kept = saved_maps(blocks[0], inp, min_numel=x.numel())
+        assert [t.data_ptr() for t in kept] == [inp.data_ptr()]
+        out.sum().backward()
+        branch_sum(blocks[1], x.clone()).sum().backward()
+        for bn, ref in zip(blocks[0]._batch_norms(), blocks[1]._batch_norms()):
+            assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
+            assert torch.equal(bn.running_mean, ref.running_mean)
+            assert torch.equal(bn.running_var, ref.running_var)
+    # A BN subclass (e.g. SyncBatchNorm, which reduces over processes) takes the plain path.
+    block = random_block(7, 4).train()
+    block.origin_bn.__class__ = type('OtherBatchNorm', (torch.nn.BatchNorm2d, ), {})
+    _, kept = saved_maps(block, x.clone().requires_grad_(True), min_numel=x.numel())
+    assert len(kept) > 1
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_gelu_res_dwconv_matches_plain_sequential(layout):
+    """FusingSequential's GELU + ResDWConv step: the plain chain's outputs and gradients, without keeping GELU's
+    output for the backward."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 6, 1), torch.nn.GELU(), ResDWConv(6), GRN(6)]
+    fused, plain = FusingSequential(*layers).double(), torch.nn.Sequential(*layers).double()
+    with torch.no_grad():
+        layers[3].gamma.normal_()
+        layers[3].beta.normal_()
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    results = []
+    for seq in (fused, plain):
+        seq.zero_grad()
+        inp = x.clone().requires_grad_(True)
+        out, kept = saved_maps(seq, inp, min_numel=grad_out.numel())
+        out.backward(grad_out)
+        results.append((out.detach(), inp.grad, [p.grad.clone() for p in seq.parameters()], len(kept)))
+    (out, x_grad, grads, n_kept), (ref_out, ref_x_grad, ref_grads, ref_kept) = results
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(out, ref_out) <= TOLERANCE
+    assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
+    for g, ref in zip(grads, ref_grads):
+        assert rel_err(g, ref) <= TOLERANCE
+    assert n_kept == ref_kept - 1  # GELU's output is recomputed, not kept
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['train_form', 'deploy_form'])
+def test_eval_mode_folds_batch_norms_into_preceding_convs(deploy):
+    """In eval mode a conv (or a DilatedReparamBlock) followed by a BN runs as one conv: the plain chain's outputs and
+    gradients; in training mode nothing is folded (the BN keeps using batch statistics)."""
+    torch.manual_seed(0)
+    block = random_block(13, 4)
+    if deploy:
+        block.eval().switch_to_deploy()
+    layers = [torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4), block, torch.nn.BatchNorm2d(4),
+              torch.nn.GELU()]
+    with torch.no_grad():
+        for bn in (layers[1], layers[3]):
+            for tensor in (bn.weight, bn.bias, bn.running_mean):
+                tensor.normal_()
+            bn.running_var.uniform_(0.5, 2)
+    fused, plain = FusingSequential(*layers).double(), torch.nn.Sequential(*layers).double()
+    x = torch.randn(2, 4, 17, 15, dtype=torch.float64)
+    grad_out = torch.randn(2, 4, 17, 15, dtype=torch.float64)
+    bn_calls = []
+    for bn in (layers[1], layers[3]):
+        bn.register_forward_hook(lambda *args: bn_calls.append(1))
+    for training in (False, True):
+        results = []
+        for seq in (fused, plain):
+            seq.train(training).zero_grad()
+            if deploy:
+                block.eval()
+            with torch.no_grad():  # the same running statistics for both calls in training mode
+                stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in (layers[1], layers[3])]
+            inp = x.clone().requires_grad_(True)
+            bn_calls.clear()
+            out = seq(inp)
+            assert len(bn_calls) == (0 if seq is fused and not training else 2)  # folded: the BNs never run
+            out.backward(grad_out)
+            with torch.no_grad():
+                for bn, (mean, var) in zip((layers[1], layers[3]), stats):
+                    bn.running_mean.copy_(mean)
+                    bn.running_var.copy_(var)
+            results.append((out.detach(), inp.grad, [p.grad.clone() for p in seq.parameters()]))
+        (out, x_grad, grads), (ref_out, ref_x_grad, ref_grads) = results
+        assert rel_err(out, ref_out) <= TOLERANCE
+        assert rel_err(x_grad, ref_x_grad) <= TOLERANCE
+        for g, ref in zip(grads, ref_grads):
+            assert rel_err(g, ref) <= TOLERANCE
+
+
+def test_training_forms_under_cpu_autocast_match_the_plain_chain():
+    """Under bfloat16 autocast the recomputed branches (autocast restored in the backward) and the depthwise conv
+    (which then leaves the conv to autocast) give the plain formulation's numbers exactly."""
+    torch.manual_seed(0)
+    blocks = [random_block(13, 8).float().train() for _ in range(2)]
+    mlps = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GELU(), ResDWConv(8)) for _ in range(2)]
+    mlps[1].load_state_dict(mlps[0].state_dict())
+    x = torch.randn(2, 8, 20, 20)
+    results = []
+    for block, mlp, fused in ((blocks[0], mlps[0], True), (blocks[1], mlps[1], False)):
+        inp = x.clone().requires_grad_(True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp))
+        out.float().square().sum().backward()
+        results.append([out.detach(), inp.grad] + [p.grad for p in (*block.parameters(), *mlp.parameters())])
+    assert results[0][0].dtype == torch.bfloat16
+    for ours, expected in zip(*results):
+        assert torch.equal(ours, expected)

@@ -1,6 +1,6 @@
 // CPU launchers of the ContMix core (float32 and float64): pick the kernels compiled for the widest instruction set
-// this CPU supports (contmix_cpu_body.h, compiled once per ISA), run them on threads with at::parallel_for, and
-// reduce grad_rpb.
+// this CPU supports (contmix_cpu_body.h, compiled once per ISA; 256-bit ones for kernels below 8 x 8), run them on
+// threads with at::parallel_for, and reduce grad_rpb.
 //
 // Every task owns the memory it writes, so there are no races and no atomics, and every sum is taken in an order
 // that depends neither on the number of threads nor on how the work is split:
@@ -77,11 +77,21 @@ const Capability* select(const char** error) noexcept {
   return best;
 }
 
-const Kernels& kernels() {
+// Kernels narrower than this take the 256-bit kernels even where AVX-512 is available (unless the environment
+// variable names one): the backward vectorises its dot products over the taps of a window row, so a row of K < 8
+// taps fills under half of a 512-bit vector, and the wider vectors only cost time there (measured at K = 5 and 7).
+constexpr int64_t kMinKernelFor512 = 8;
+
+const Kernels& kernels(int64_t kernel_size) {
   const char* error = nullptr;
   const Capability* cap = select(&error);
   TORCH_CHECK(cap != nullptr, "contmix: environment variable ", kCapabilityEnv, "='", std::getenv(kCapabilityEnv),
               "' ", error);
+#if defined(MMOVERLOCK_CPU_X86)
+  const char* wanted = std::getenv(kCapabilityEnv);
+  const bool named = wanted != nullptr && *wanted != '\0';
+  if (!named && cap->kernels == &avx512::kernels && kernel_size < kMinKernelFor512) return avx2::kernels;
+#endif
   return *cap->kernels;
 }
 
@@ -150,7 +160,7 @@ int supported_capabilities(const char** names, int max_names) noexcept {
 void forward_cpu(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb, int64_t kernel_size,
                  bool softmax, at::Tensor& out) {
   const Shape s = make_shape(value, kernel_size, softmax);
-  const cpu::Kernels& isa = cpu::kernels();
+  const cpu::Kernels& isa = cpu::kernels(kernel_size);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_forward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     const cpu::Tensors<scalar_t> x{nullptr,
@@ -172,7 +182,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& weights, const a
                   const at::Tensor& rpb, int64_t kernel_size, bool softmax, at::Tensor& grad_weights,
                   at::Tensor& grad_value, at::Tensor& grad_rpb) {
   const Shape s = make_shape(value, kernel_size, softmax);
-  const cpu::Kernels& isa = cpu::kernels();
+  const cpu::Kernels& isa = cpu::kernels(kernel_size);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "contmix_backward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     // Per output row: the grad_rpb partial sums of its K bias-table rows (O(B*G*H*K^2), below the logits' size).

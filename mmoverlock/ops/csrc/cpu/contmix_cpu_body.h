@@ -160,13 +160,17 @@ TapBuffers<scalar_t> tap_buffers(const Shape& s, scalar_t* scratch) {
   return b;
 }
 
-// P = softmax?(w + bias of the window) into p[0:T], p[T:Tp] = 0.
+// P = softmax?(w + bias of the window) into p[0:T], p[T:Tp] = 0. Whole vectors throughout: the last, partial one
+// is masked in registers (scalar tails and scalar stores read back as vectors cost more than the taps themselves
+// at small K). `w_readable` says whether whole vectors may be read from w up to w[Tp - 1] (the next pixel's logits).
 template <typename scalar_t>
-inline void pixel_probs(const Shape& s, const scalar_t* w, const scalar_t* rpb_g, const Window& win,
+inline void pixel_probs(const Shape& s, const scalar_t* w, bool w_readable, const scalar_t* rpb_g, const Window& win,
                         TapBuffers<scalar_t>& b, scalar_t* p) {
   using V = typename Simd<scalar_t>::vec;
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  const int64_t T = s.T, Tp = padded_taps<scalar_t>(s);
+  const int64_t T = s.T, full = T / L * L;  // taps in whole vectors
   if (rpb_g != nullptr && (win.bias0 != b.bias_key || rpb_g != b.bias_table)) {
     // The biases depend on the group and the window's offset only: rebuilt at the borders, reused inside.
     for (int64_t a = 0; a < s.K; ++a)
@@ -174,23 +178,48 @@ inline void pixel_probs(const Shape& s, const scalar_t* w, const scalar_t* rpb_g
     b.bias_key = win.bias0;
     b.bias_table = rpb_g;
   }
-  int64_t t = 0;
-  for (; t + L <= T; t += L) store(p + t, load<V>(w + t) + load<V>(b.bias + t));
-  for (; t < T; ++t) p[t] = w[t] + b.bias[t];
-  if (!s.softmax) {
-    for (t = T; t < Tp; ++t) p[t] = 0;
-    return;
+  const scalar_t pad = s.softmax ? scalar_t(-1e30) : scalar_t(0);  // lanes past T: no weight in the max and sum
+  const IV keep = lane_numbers<scalar_t>() < IV{} + static_cast<I>(T - full);
+  V m = splat<V>(pad);
+  for (int64_t t = 0; t < full; t += L) {
+    const V x = load<V>(w + t) + load<V>(b.bias + t);
+    store(p + t, x);
+    m = vmax(m, x);
   }
-  for (t = T; t < Tp; ++t) p[t] = scalar_t(-1e30);
-  V m = load<V>(p);
-  for (t = L; t < Tp; t += L) m = vmax(m, load<V>(p + t));
+  if (full < T) {
+    V x;
+    if (w_readable) {
+      x = load<V>(w + full);
+    } else {  // the last pixel of the tensor: nothing may be read past it
+      scalar_t tail[L] = {};
+      for (int64_t t = full; t < T; ++t) tail[t - full] = w[t];
+      x = load<V>(tail);
+    }
+    x = keep ? x + load<V>(b.bias + full) : splat<V>(pad);
+    store(p + full, x);
+    m = vmax(m, x);
+  }
+  if (!s.softmax) return;
   const scalar_t mx = hmax<scalar_t>(m);
-  for (t = 0; t < Tp; t += L) store(p + t, exp_nonpositive(load<V>(p + t) - mx));
-  for (t = T; t < Tp; ++t) p[t] = 0;
-  V sum = load<V>(p);
-  for (t = L; t < Tp; t += L) sum += load<V>(p + t);
+  V sum = V{};
+  for (int64_t t = 0; t < full; t += L) {
+    const V e = exp_nonpositive(load<V>(p + t) - mx);
+    store(p + t, e);
+    sum += e;
+  }
+  if (full < T) {
+    const V e = keep ? exp_nonpositive(load<V>(p + full) - mx) : V{};
+    store(p + full, e);
+    sum += e;
+  }
   const V inv = splat<V>(scalar_t(1) / hsum<scalar_t>(sum));
-  for (t = 0; t < Tp; t += L) store(p + t, load<V>(p + t) * inv);
+  for (int64_t t = 0; t < T; t += L) store(p + t, load<V>(p + t) * inv);
+}
+
+// Whether whole vectors may be read from the logits of pixel `pix` up to its padded tap count.
+template <typename scalar_t>
+inline bool logits_readable(const Shape& s, int64_t pix, int64_t num_pix) {
+  return (num_pix - pix) * s.T >= padded_taps<scalar_t>(s);
 }
 
 // out[c0 : c0 + NV*lanes(V)] = sum over taps of p[t] * value[neighbour t, same channels]. CH accumulators take the
@@ -254,7 +283,7 @@ void forward(const Shape& s, const Tensors<scalar_t>& x, int64_t begin, int64_t 
       const int64_t pix = row * s.W + j;
       const Window win = pixel_window(i, j, s.H, s.W, s.K);
       prefetch_logits(s, x.weights, pix, num_pix);
-      pixel_probs(s, x.weights + pix * s.T, rpb_g, win, taps, taps.p);
+      pixel_probs(s, x.weights + pix * s.T, logits_readable<scalar_t>(s, pix, num_pix), rpb_g, win, taps, taps.p);
       aggregate(s, taps.p, v_plane, win, x.out + pix * s.C);
     }
   }
@@ -425,26 +454,28 @@ inline void pixel_tap_dots(const Shape& s, const scalar_t* go, const scalar_t* v
                                  dp);
 }
 
-// gl[0:T] = dL/d(biased logit) from dp = dL/dP.
+// gl[0:Tp] = dL/d(biased logit) from dp = dL/dP (zero past T), whole vectors: p[T:Tp] = 0 (pixel_probs) and
+// dp's lanes past T, which hold dot products of other columns, are masked out.
 template <typename scalar_t>
 inline void logit_grads(const Shape& s, const scalar_t* p, const scalar_t* dp, scalar_t* gl) {
   using V = typename Simd<scalar_t>::vec;
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  const int64_t T = s.T;
-  int64_t t = 0;
+  const int64_t T = s.T, full = T / L * L;
+  const IV keep = lane_numbers<scalar_t>() < IV{} + static_cast<I>(T - full);
   if (!s.softmax) {
-    for (; t + L <= T; t += L) store(gl + t, load<V>(dp + t));
-    for (; t < T; ++t) gl[t] = dp[t];
+    for (int64_t t = 0; t < full; t += L) store(gl + t, load<V>(dp + t));
+    if (full < T) store(gl + full, keep ? load<V>(dp + full) : V{});
     return;
   }
   // dot = sum_t P_t dL/dP_t; dL/dl_t = P_t (dL/dP_t - dot).
   V dot_v = V{};
-  for (; t + L <= T; t += L) dot_v += load<V>(p + t) * load<V>(dp + t);
-  scalar_t dot = hsum<scalar_t>(dot_v);
-  for (; t < T; ++t) dot += p[t] * dp[t];
-  const V dot_s = splat<V>(dot);
-  for (t = 0; t + L <= T; t += L) store(gl + t, load<V>(p + t) * (load<V>(dp + t) - dot_s));
-  for (; t < T; ++t) gl[t] = logit_grad(p[t], dp[t], dot, true);
+  for (int64_t t = 0; t < full; t += L) dot_v += load<V>(p + t) * load<V>(dp + t);
+  if (full < T) dot_v += keep ? load<V>(p + full) * load<V>(dp + full) : V{};
+  const V dot_s = splat<V>(hsum<scalar_t>(dot_v));
+  for (int64_t t = 0; t < full; t += L) store(gl + t, load<V>(p + t) * (load<V>(dp + t) - dot_s));
+  if (full < T) store(gl + full, keep ? load<V>(p + full) * (load<V>(dp + full) - dot_s) : V{});
 }
 
 // One pixel's logit gradients added to its output row's grad_rpb partial sum: tap (a, e) lands in the slot's row a
@@ -532,7 +563,8 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
       for (int64_t j = 0; j < s.W; ++j) {
         prefetch_logits(s, x.weights, row_pix + j, num_pix);
         const Window win = pixel_window(i, j, s.H, s.W, s.K);
-        pixel_probs(s, x.weights + (row_pix + j) * s.T, rpb_g, win, taps, p_row + j * Tp);
+        pixel_probs(s, x.weights + (row_pix + j) * s.T, logits_readable<scalar_t>(s, row_pix + j, num_pix), rpb_g, win,
+                    taps, p_row + j * Tp);
         if (a0 < a1) pad_taps(s, padded, p_row + j * Tp, pq_row + j * padded.stride);
       }
       // grad_value, one value row (one tap row) at a time.
@@ -547,8 +579,11 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
         pixel_tap_dots(s, go_row + j * s.C, vt_rows + window_start(j, s.W, s.K), vt.Wp, vt.row_stride, dp);
         logit_grads(s, p_row + j * Tp, dp, gl);
         scalar_t* gw = x.grad_weights + (row_pix + j) * s.T;
+        // Whole vectors, the last one spilling into pixel j + 1's slots, which its own turn rewrites; the row's last
+        // pixel stops at T (the next row may belong to another thread).
+        const int64_t whole = j + 1 < s.W && Tp <= 2 * s.T ? Tp : s.T / L * L;
         int64_t t = 0;
-        for (; t + L <= s.T; t += L) store(gw + t, load<V>(gl + t));
+        for (; t < whole; t += L) store(gw + t, load<V>(gl + t));
         for (; t < s.T; ++t) gw[t] = gl[t];
         if (slot != nullptr) add_rpb_partial(s, gl, window_start(j, s.W, s.K) - j + s.K - 1, slot_stride, slot);
       }
