@@ -83,8 +83,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     Returns:
         Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)].
     """
-    if x.device.type != 'cpu' or is_tracing() or torch.is_autocast_enabled('cpu'):
-        # (Under autocast the plain conv gets autocast's casts; the custom backward would mix dtypes.)
+    if x.device.type != 'cpu' or is_tracing():
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
     k = weight.shape[-1]
     if dilation > 1 and dilation * (k - 1) + 1 > DENSE_DILATED_SPAN:
@@ -99,6 +98,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
             out = depthwise_conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding,
                                    dilation)
         return out.to(dtype)
+    if autocast:  # small kernels: the plain conv gets autocast's casts (the custom backward would mix dtypes)
+        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not needs_grad or k < FAST_GRAD_MIN_KERNEL:
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])

@@ -38,12 +38,14 @@ def test_depthwise_conv_matches_conv2d(kernel_size, dilation, bias, layout):
         assert rel_err(ours, expected) <= TOLERANCE
 
 
-def branch_sum(block, x):
-    """The training form written out with plain convs: origin_bn(lk(x)) + sum of bn_i(dilated conv_i(x))."""
-    out = block.origin_bn(F.conv2d(x, block.lk_origin.weight, None, 1, block.kernel_size // 2, 1, x.shape[1]))
+def branch_sum(block, x, conv2d=F.conv2d):
+    """The training form written out with plain convs: origin_bn(lk(x)) + sum of bn_i(dilated conv_i(x)).
+
+    ``conv2d(x, weight, bias, stride, padding, dilation, groups)`` computes each depthwise conv."""
+    out = block.origin_bn(conv2d(x, block.lk_origin.weight, None, 1, block.kernel_size // 2, 1, x.shape[1]))
     for k, r in block.branches:
         conv, bn = getattr(block, f'dil_conv_k{k}_{r}'), getattr(block, f'dil_bn_k{k}_{r}')
-        out = out + bn(F.conv2d(x, conv.weight, None, 1, r * (k - 1) // 2, r, x.shape[1]))
+        out = out + bn(conv2d(x, conv.weight, None, 1, r * (k - 1) // 2, r, x.shape[1]))
     return out
 
 
@@ -235,8 +237,13 @@ def test_eval_mode_folds_batch_norms_into_preceding_convs(deploy):
 
 
 def test_training_forms_under_cpu_autocast_match_the_plain_chain():
-    """Under bfloat16 autocast the recomputed branches (autocast restored in the backward) and the depthwise conv
-    (which then leaves the conv to autocast) give the plain formulation's numbers exactly."""
+    """Under bfloat16 autocast the recomputed branches (autocast restored in the backward) and the fused GELU step
+    give the plain formulation's numbers exactly (each depthwise conv computed by ``depthwise_conv2d``, which runs
+    the large kernels in float32 there)."""
+
+    def depthwise(x, weight, bias, stride, padding, dilation, groups):
+        return depthwise_conv2d(x, weight, bias, padding, dilation)
+
     torch.manual_seed(0)
     blocks = [random_block(13, 8).float().train() for _ in range(2)]
     mlps = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GELU(), ResDWConv(8)) for _ in range(2)]
@@ -246,7 +253,7 @@ def test_training_forms_under_cpu_autocast_match_the_plain_chain():
     for block, mlp, fused in ((blocks[0], mlps[0], True), (blocks[1], mlps[1], False)):
         inp = x.clone().requires_grad_(True)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp))
+            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp, depthwise))
         out.float().square().sum().backward()
         results.append([out.detach(), inp.grad] + [p.grad for p in (*block.parameters(), *mlp.parameters())])
     assert results[0][0].dtype == torch.bfloat16
