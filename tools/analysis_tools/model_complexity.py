@@ -79,7 +79,9 @@ def write_markdown(path, result):
                      f'{r["flops"] / 1e9:.2f} | {r["contmix_flops"] / 1e9:.3f} | '
                      f'{r["paper_classifier_params_m"] if r["deploy"] else ""} |')
     lines += ['', 'The paper counts its classifiers in deploy form, head included (the head is not part of the '
-              'backbone used for detection and segmentation).', '']
+              'backbone used for detection and segmentation). FLOPs are counted in eval mode, where the training '
+              'form folds its dilated blocks and the BatchNorms after convs into the convs, so both forms count the '
+              'same multiply-adds (folded BatchNorms are not counted).', '']
     if result['models']:
         lines += ['## Detectors and segmentors (training form)', '',
                   '| config | input | params (M) | GFLOPs | GFLOPs, mask heads on 100 RoIs | backbone params (M) | '
