@@ -6,24 +6,13 @@
 # The tools' complexity and speed records (benchmarks/) were measured with this config.
 _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
-    '../_base_/datasets/coco_instance_ms-crop.py',
+    'mmdet::_base_/datasets/coco_instance.py',
     '../_base_/schedules/overlock_adamw_ms-3x.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/models/overlock-t_fpn.py',
 ]
-custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 
-checkpoint = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth'  # noqa: E501
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='OverLoCK',
-        arch='t',
-        out_indices=(0, 1, 2, 3),
-        overview_fusion=True,
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
-    neck=dict(in_channels=[64, 128, 384, 640]))
-
-sync_bn = 'torch'
-default_hooks = dict(
-    checkpoint=dict(type='ResumableCheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'))
+train_pipeline = _base_.ms_crop_train_pipeline
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+model = dict(backbone=_base_.overlock_backbone, neck=dict(in_channels=_base_.overlock_fpn_in_channels))
+default_hooks = dict(checkpoint=_base_.overlock_checkpoint_hook)
