@@ -335,6 +335,5 @@ def test_bad_input(case, subjects):
         case.check(case.call(subjects), subjects)
 
 
-def test_the_table_is_large_and_every_row_has_an_outcome():
-    assert len(CASES) >= 30
+def test_every_row_has_exactly_one_outcome():
     assert all((case.raises is None) != (case.check is None) for case in CASES.values())
