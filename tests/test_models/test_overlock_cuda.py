@@ -3,7 +3,9 @@ precision training steps of OverLoCK-T that must stay finite. Skipped with a rea
 ``mmoverlock._ext`` is present."""
 import pytest
 import torch
-from test_overlock_parity import TOLERANCE, build_reference_model, load_case_file, rel_err
+from test_overlock_parity import TOLERANCE, build_reference_model, parity_errors
+
+from _helpers.reference_data import load_reference
 
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends
@@ -15,26 +17,15 @@ requires_cuda = pytest.mark.skipif(
 
 
 @requires_cuda
-@pytest.mark.parametrize('name,overview_fusion', [('detection', True), ('segmentation', False)])
-def test_cuda_float64_matches_authors(reference_dir, name, overview_fusion, monkeypatch):
+def test_cuda_float64_matches_authors(reference_dir, monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, 'cuda')  # every ContMix core runs on the CUDA kernels
-    ref = load_case_file(reference_dir, name)
-    model = build_reference_model(ref, overview_fusion).cuda()
-    errors = {}
-    for idx, case in enumerate(ref['cases']):
-        model.zero_grad()
-        x = case['input'].cuda().requires_grad_(True)
-        outputs = model(x)
-        loss = sum((out * w.cuda()).sum() for out, w in zip(outputs, case['out_weights']))
-        loss.backward()
-        for level, (out, expected) in enumerate(zip(outputs, case['outputs'])):
-            errors[f'case{idx}/level{level}'] = rel_err(out.detach().cpu(), expected)
-        errors[f'case{idx}/input_grad'] = rel_err(x.grad.cpu(), case['input_grad'])
-        if case.get('param_grads'):
-            params = dict(model.named_parameters())
-            nonzero = {k: g for k, g in case['param_grads'].items() if g.abs().max() > 0}
-            errors[f'case{idx}/param_grads'] = max(rel_err(params[k].grad.cpu(), g) for k, g in nonzero.items())
-    print(f'{name} [cuda]: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
+    ref = load_reference(reference_dir, 'detection')
+    ref = {'cases': [{k: ({n: g.cuda() for n, g in v.items()} if isinstance(v, dict) else
+                          [t.cuda() for t in v] if isinstance(v, list) else v.cuda()) for k, v in case.items()}
+                     for case in ref['cases']], 'state_dict': ref['state_dict'], 'arch': ref['arch']}
+    model = build_reference_model(ref, True).cuda()
+    errors = parity_errors(model, ref)
+    print('detection [cuda]: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCE}
     assert not bad, f'relative errors above {TOLERANCE}: {bad}'
 
