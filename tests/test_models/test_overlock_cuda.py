@@ -5,6 +5,7 @@ import pytest
 import torch
 from test_overlock_parity import TOLERANCE, build_reference_model, parity_errors
 
+from _helpers import TINY_ARCH
 from _helpers.reference_data import load_reference
 
 from mmoverlock.models import OverLoCK
@@ -53,3 +54,39 @@ def test_cuda_autocast_training_step_is_finite(amp_dtype):
     assert any(g.abs().max() > 0 for g in grads.values())
     scaler.step(optimizer)
     scaler.update()
+
+
+@requires_cuda
+def test_cuda_float16_grad_scaler_recovers():
+    """float16 training with GradScaler over several steps: the position biases stay float32 (no float16 copy), their
+    gradients arrive in float32, a scale too large for float16 is backed off by skipped steps, and the steps after
+    that are applied with finite gradients."""
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH).cuda().train()
+    for name, p in model.named_parameters():
+        if name.endswith(('rpb1', 'rpb2')):
+            torch.nn.init.normal_(p, std=0.02)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    init_scale = 2.0**20  # float16 overflows at 65504: the first steps must be skipped and the scale backed off
+    scaler = torch.amp.GradScaler('cuda', init_scale=init_scale, growth_interval=1000)
+    inputs = torch.randn(2, 3, 256, 256, device='cuda')
+    scales, applied = [], []
+    rpb = model.sub_blocks3[0].rpb1
+    for _ in range(16):
+        optimizer.zero_grad(set_to_none=True)
+        before = rpb.detach().clone()
+        with torch.autocast('cuda', dtype=torch.float16):
+            loss = sum(out.float().square().mean() for out in model(inputs))
+        assert torch.isfinite(loss), loss
+        scaler.scale(loss).backward()
+        assert rpb.grad.dtype == torch.float32
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+        applied.append(not torch.equal(before, rpb.detach()))
+    print('scales', scales, 'applied', applied)
+    assert scales[-1] < init_scale, 'no step overflowed: the test no longer exercises the recovery'
+    assert all(applied[-4:]), f'the scaler did not recover: steps applied {applied}, scales {scales}'
+    assert scales[-4:] == [scales[-1]] * 4, f'the scale still backs off at the end: {scales}'
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads)

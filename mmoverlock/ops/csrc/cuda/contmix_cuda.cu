@@ -71,7 +71,7 @@ __device__ __forceinline__ int64_t team_index(int team_size) {
 template <typename scalar_t, int CPT, bool kStats>
 __global__ void __launch_bounds__(kBlock)
     forward_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ w,
-                   const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                   const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
                    const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ out,
                    at::opmath_type<scalar_t>* __restrict__ stats) {
   const int64_t pix = team_index(team_size);
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kBlock)
 template <typename scalar_t, int CPT>
 __global__ void __launch_bounds__(kBlock)
     grad_value_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ grad_out,
-                      const scalar_t* __restrict__ w, const scalar_t* __restrict__ rpb,
+                      const scalar_t* __restrict__ w, const at::opmath_type<scalar_t>* __restrict__ rpb,
                       const at::opmath_type<scalar_t>* __restrict__ stats, scalar_t* __restrict__ grad_value) {
   const int64_t pix = team_index(team_size);
   const bool valid = pix < s.npix;
@@ -104,7 +104,7 @@ template <typename scalar_t, typename grad_t, bool kSharedRpb>
 __global__ void __launch_bounds__(kBlock)
     grad_weights_kernel(const Shape s, const int team_size, const int64_t blocks_per_plane,
                         const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ w,
-                        const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                        const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
                         const at::opmath_type<scalar_t>* __restrict__ stats, grad_t* __restrict__ grad_logits,
                         at::opmath_type<scalar_t>* __restrict__ grad_rpb) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -178,6 +178,7 @@ void forward_cuda(const at::Tensor& weights, const at::Tensor& value, const at::
   check_kernel_size(kernel_size);
   const Shape s = make_shape(value, kernel_size, softmax);
   if (s.npix == 0 || s.C == 0) return;
+  check_plane_indices(s);
   const c10::cuda::CUDAGuard guard(value.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_forward_cuda", [&] {
@@ -185,7 +186,7 @@ void forward_cuda(const at::Tensor& weights, const at::Tensor& value, const at::
       constexpr int CPT = decltype(cpt)::value;
       const int team = channel_team(s.C, CPT);
       forward_kernel<scalar_t, CPT, false><<<checked_grid(blocks_for(s.npix, team), "forward"), kBlock, 0, stream>>>(
-          s, team, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(rpb),
+          s, team, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), optional_ptr<at::opmath_type<scalar_t>>(rpb),
           nullptr, out.mutable_data_ptr<scalar_t>(), nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -198,6 +199,7 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const 
   check_kernel_size(kernel_size);
   const Shape s = make_shape(value, kernel_size, softmax);
   if (s.npix == 0) return;
+  check_plane_indices(s);
   const c10::cuda::CUDAGuard guard(value.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_backward_cuda", [&] {
@@ -205,7 +207,7 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const 
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* w = weights.const_data_ptr<scalar_t>();
     const scalar_t* v = value.const_data_ptr<scalar_t>();
-    const scalar_t* b = optional_ptr<scalar_t>(rpb);
+    const acc_t* b = optional_ptr<acc_t>(rpb);
     acc_t* st = softmax ? buffers.stats.mutable_data_ptr<acc_t>() : nullptr;
     with_channels_per_lane(std::max<int64_t>(s.C, 1), [&](auto cpt) {
       constexpr int CPT = decltype(cpt)::value;
