@@ -80,8 +80,8 @@ def contmix_cuda_traffic(shape: Sequence[int], element_size: int = 4, determinis
     negligible, as in contmix_cost. Backward passes: ``stats`` (log-sum-exp and <grad_out, out>, recomputing the
     forward's sums), ``grad_value`` (gather over the inverse neighbourhood) and ``grad_weights`` (and, with
     ``deterministic``, the logit gradients kept in the accumulation type, the fixed-order bias gather and their
-    copy into grad_weights). It counts bytes, not how the loads are shaped: grad_weights' lanes over taps with
-    4-byte loads over the channels, which waste most of each 32-byte sector, cost time beyond these bytes.
+    copy into grad_weights). It counts bytes, not how the loads are shaped (all passes now put a team's lanes over
+    consecutive channels, so a team's loads of one pixel are contiguous).
 
     Returns:
         dict: ``{'forward': {pass: bytes}, 'backward': {pass: bytes}, 'forward_min', 'backward_min',

@@ -94,21 +94,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bodies_backward(const at::Tensor&
           grad_value_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, bp, st, gv);
         }
       }
-    });
-    if (bp == nullptr || !deterministic) {
-      scalar_t* gw = r.grad_weights.mutable_data_ptr<scalar_t>();
-      acc_t* grpb = bp != nullptr ? r.grad_rpb.mutable_data_ptr<acc_t>() : nullptr;
-      for (int64_t pix = 0; pix < s.npix; ++pix) {
-        const int64_t g = (pix / (s.H * s.W)) % s.G;
-        grad_weights_pixel(SoloTeam{}, s, pix, gop, wp, vp, bp, st, gw,
-                           PlainBiasSink<acc_t>{grpb != nullptr ? grpb + g * s.R * s.R : nullptr});
+      if (bp == nullptr || !deterministic) {
+        scalar_t* gw = r.grad_weights.mutable_data_ptr<scalar_t>();
+        acc_t* grpb = bp != nullptr ? r.grad_rpb.mutable_data_ptr<acc_t>() : nullptr;
+        for (int64_t pix = 0; pix < s.npix; ++pix) {
+          const int64_t g = (pix / (s.H * s.W)) % s.G;
+          grad_weights_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, vp, bp, st, gw,
+                                            PlainBiasSink<acc_t>{grpb != nullptr ? grpb + g * s.R * s.R : nullptr});
+        }
+      } else {
+        acc_t* logits = r.grad_logits.mutable_data_ptr<acc_t>();
+        for (int64_t pix = 0; pix < s.npix; ++pix) {
+          grad_weights_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, vp, bp, st, logits, NoBiasSink{});
+        }
       }
-      return;
-    }
+    });
+    if (bp == nullptr || !deterministic) return;
     acc_t* logits = r.grad_logits.mutable_data_ptr<acc_t>();
-    for (int64_t pix = 0; pix < s.npix; ++pix) {
-      grad_weights_pixel(SoloTeam{}, s, pix, gop, wp, vp, bp, st, logits, NoBiasSink{});
-    }
     acc_t* grpb = r.grad_rpb.mutable_data_ptr<acc_t>();
     for (int64_t index = 0; index < s.G * s.R * s.R; ++index) {
       grpb[index] = bias_grad_entry<acc_t>(SoloTeam{}, s, index / (s.R * s.R), index % (s.R * s.R), logits);

@@ -247,16 +247,19 @@ CONTMIX_UNROLL
   }
 }
 
-// grad_logits[pix, t] = dL/d(biased logit t), with dL/dP_t = <grad_out[pix], value[neighbour t]>; lanes over taps.
-// Each tap's gradient also goes to `bias_sink(offset, grad)` when rpb is given (offset into the group's [R, R]
-// table); the sink decides how grad_rpb is summed (atomics into shared memory on CUDA, a plain add on one lane, or
-// nothing when grad_rpb is gathered afterwards by bias_grad_entry). grad_t is scalar_t, or the accumulation type
-// when the logit gradients are kept for that gather.
-template <typename scalar_t, typename grad_t, typename Team, typename BiasSink>
-CONTMIX_HD void grad_weights_pixel(const Team& team, const Shape& s, int64_t pix, const scalar_t* grad_out,
-                                   const scalar_t* w, const scalar_t* v, const at::opmath_type<scalar_t>* rpb,
-                                   const at::opmath_type<scalar_t>* stats, grad_t* grad_logits,
-                                   const BiasSink& bias_sink) {
+// grad_logits[pix, t] = dL/d(biased logit t), with dL/dP_t = <grad_out[pix], value[neighbour t]>. Lanes over
+// channels (CPT consecutive channels per lane, as in the forward, so a team's loads of one neighbour are contiguous):
+// the team reduces each tap's dot product, and the lanes take turns owning a tap (lane k owns taps t0 + k), so the
+// exps, the stores and the bias sink run in parallel. Each tap's gradient also goes to `bias_sink(offset, grad)`
+// when rpb is given and `store` is set (offset into the group's [R, R] table); the sink decides how grad_rpb is
+// summed (atomics into shared memory on CUDA, a plain add on one lane, or nothing when grad_rpb is gathered
+// afterwards by bias_grad_entry). grad_t is scalar_t, or the accumulation type when the logit gradients are kept for
+// that gather.
+template <typename scalar_t, int CPT, typename grad_t, typename Team, typename BiasSink>
+CONTMIX_HD void grad_weights_pixel(const Team& team, const Shape& s, int64_t pix, bool store,
+                                   const scalar_t* grad_out, const scalar_t* w, const scalar_t* v,
+                                   const at::opmath_type<scalar_t>* rpb, const at::opmath_type<scalar_t>* stats,
+                                   grad_t* grad_logits, const BiasSink& bias_sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const PixelPos at = pixel_pos(pix, s);
   const Window win = pixel_window(at.i, at.j, s.H, s.W, s.K);
@@ -265,17 +268,38 @@ CONTMIX_HD void grad_weights_pixel(const Team& team, const Shape& s, int64_t pix
   const acc_t* rp = group_bias(rpb, at.plane, s);
   const int T = static_cast<int>(s.T), K = static_cast<int>(s.K), W = static_cast<int>(s.W),
             C = static_cast<int>(s.C), R = static_cast<int>(s.R);
+  const int lane = team.lane(), size = team.size();
   const acc_t lse = s.softmax ? stats[2 * pix] : acc_t(0);
   const acc_t dot = s.softmax ? stats[2 * pix + 1] : acc_t(0);
-  for (int t = team.lane(); t < T; t += team.size()) {
-    const int a = t / K, e = t - a * K;
-    const scalar_t* src = vp + ((static_cast<int>(win.row0) + a) * W + static_cast<int>(win.col0) + e) * C;
-    acc_t dp = 0;
-    for (int c = 0; c < C; ++c) dp += static_cast<acc_t>(go[c]) * static_cast<acc_t>(src[c]);
-    const acc_t p = s.softmax ? tap_weight(tap_logit<acc_t>(w + pix * s.T, rp, win, s, t), lse, true) : acc_t(0);
-    const acc_t grad = logit_grad(p, dp, dot, s.softmax);
-    grad_logits[pix * s.T + t] = static_cast<grad_t>(grad);
-    if (rp != nullptr) bias_sink(static_cast<int>(win.bias0) + a * R + e, grad);
+  for (int t0 = 0; t0 < T; t0 += size) {
+    const int n = T - t0 < size ? T - t0 : size;
+    acc_t mine = 0;  // dL/dP of the tap this lane owns, t0 + lane
+    int a = t0 / K, e = t0 - a * K;
+    for (int k = 0; k < n; ++k) {
+      const scalar_t* src = vp + ((static_cast<int>(win.row0) + a) * W + static_cast<int>(win.col0) + e) * C;
+      acc_t part = 0;
+      for (int c0 = 0; c0 < C; c0 += size * CPT) {
+        const int cl = c0 + lane * CPT;
+CONTMIX_UNROLL
+        for (int q = 0; q < CPT; ++q) {
+          if (cl + q < C) part += static_cast<acc_t>(go[cl + q]) * static_cast<acc_t>(src[cl + q]);
+        }
+      }
+      const acc_t dp = team.sum(part);
+      if (k == lane) mine = dp;
+      if (++e == K) {
+        e = 0;
+        ++a;
+      }
+    }
+    const int t = t0 + lane;
+    if (store && t < T) {
+      const acc_t p = s.softmax ? tap_weight(tap_logit<acc_t>(w + pix * s.T, rp, win, s, t), lse, true) : acc_t(0);
+      const acc_t grad = logit_grad(p, mine, dot, s.softmax);
+      grad_logits[pix * s.T + t] = static_cast<grad_t>(grad);
+      const int ta = t / K;
+      if (rp != nullptr) bias_sink(static_cast<int>(win.bias0) + ta * R + (t - ta * K), grad);
+    }
   }
 }
 
