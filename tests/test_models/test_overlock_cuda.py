@@ -67,8 +67,10 @@ def test_cuda_float16_grad_scaler_recovers():
         if name.endswith(('rpb1', 'rpb2')):
             torch.nn.init.normal_(p, std=0.02)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    init_scale = 2.0**20  # float16 overflows at 65504: the first steps must be skipped and the scale backed off
-    scaler = torch.amp.GradScaler('cuda', init_scale=init_scale, growth_interval=1000)
+    # A loss scaled by 2^48 overflows float16 (65504) in the first backward passes for certain: those steps must be
+    # skipped and the scale backed off (by 2^8 per skipped step here) until the steps go through.
+    init_scale = 2.0**48
+    scaler = torch.amp.GradScaler('cuda', init_scale=init_scale, backoff_factor=2.0**-8, growth_interval=1000)
     inputs = torch.randn(2, 3, 256, 256, device='cuda')
     scales, applied = [], []
     rpb = model.sub_blocks3[0].rpb1
