@@ -3,7 +3,10 @@
 The C++ (CPU) kernels are always compiled. The CUDA kernels are compiled too when torch is a CUDA build and
 ``$CUDA_HOME`` is a toolkit root (``bin/nvcc`` and ``include/cuda_runtime.h``), or when ``FORCE_CUDA=1``;
 ``FORCE_CUDA=0`` disables them. Otherwise the build says in one line that it compiles the CPU kernels only.
-Without a visible GPU the target architectures come from ``TORCH_CUDA_ARCH_LIST`` (default here: ``9.0``, the H100/H200).
+Without a visible GPU the target architectures come from ``TORCH_CUDA_ARCH_LIST``, by default
+``DEFAULT_CUDA_ARCH_LIST``: sm_80 (A100), sm_86 (A10, RTX 30xx), sm_89 (L4, L40, RTX 40xx), sm_90 (H100/H200) and
+PTX of sm_90 that newer GPUs (Blackwell) compile at load time. ``MMOVERLOCK_NVCC_THREADS`` (default 4) lets nvcc
+compile those targets of one file in parallel.
 Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
 
 The requirements are read from ``requirements/*.txt``, the files ``tools/setup_env.sh`` installs: the extras ``mm``
@@ -16,6 +19,8 @@ import os.path as osp
 from setuptools import find_packages, setup
 
 ROOT = osp.dirname(osp.abspath(__file__))
+#: Targets of a build that sees no GPU: every current data-centre and desktop architecture, plus PTX for newer ones.
+DEFAULT_CUDA_ARCH_LIST = '8.0;8.6;8.9;9.0+PTX'
 CSRC = osp.join('mmoverlock', 'ops', 'csrc')
 
 
@@ -81,10 +86,11 @@ def get_extensions():
             raise RuntimeError(f'FORCE_CUDA=1 but CUDA_HOME={CUDA_HOME} is no CUDA toolkit root (bin/nvcc and '
                                'include/cuda_runtime.h): set CUDA_HOME to the root of a CUDA toolkit.')
         if not torch.cuda.is_available() and not os.getenv('TORCH_CUDA_ARCH_LIST'):
-            os.environ['TORCH_CUDA_ARCH_LIST'] = '9.0'
+            os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCH_LIST
         sources += sorted(glob.glob(osp.join(CSRC, 'cuda', '*.cu')))
         define_macros.append(('MMOVERLOCK_WITH_CUDA', None))
-        nvcc_flags = ['-O3', '-std=c++20', '--expt-relaxed-constexpr', '-lineinfo']
+        nvcc_threads = os.getenv('MMOVERLOCK_NVCC_THREADS', '4')
+        nvcc_flags = ['-O3', '-std=c++20', '--expt-relaxed-constexpr', '-lineinfo', f'--threads={nvcc_threads}']
         return [CUDAExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,
                               extra_compile_args={'cxx': cxx_flags, 'nvcc': nvcc_flags}, extra_link_args=link_flags)]
     return [CppExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,

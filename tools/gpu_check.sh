@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# One prepared validation of mmoverlock on a GPU machine, run from the working tree in at most 8 minutes:
-#   wheels     install the carried pure-Python wheels (tools/gpu_check/wheels.txt, from .whl/) with pip --target
-#   build      compile mmoverlock._ext with its CUDA kernels in place (TORCH_CUDA_ARCH_LIST, default 9.0)
-#   imports    mmoverlock.models and the ContMix backends ('cuda' must be built)
-#   op_tests   CUDA op tests: float64/float32/float16/bfloat16 against the float64 definition, deterministic mode,
-#              device/stream/grid/kernel-size behaviours, opcheck and torch.compile (tests/test_ops)
-#   model_tests  backbone parity on CUDA in float64 against tests/data/reference, bfloat16 and float16 autocast
-#              training steps of OverLoCK-T at 512x512 with finite loss and gradients (tests/test_models)
-#   contmix_bench  the ContMix op benchmark on CUDA: fused vs the unfused chain vs the authors' unfold, forward and
-#              forward+backward, with roofline figures: achieved GB/s as a fraction of a device-to-device copy
-#              timed in the same run ($CONTMIX_BENCH)
-#   backbone   an OverLoCK-T backbone training step at 800x1333, batch 2: time and max_memory_allocated
+# One prepared validation of mmoverlock on a GPU machine, run from the working tree: the full check in at most
+# 8 minutes, --quick in at most 4 (each step's limit below; the limits add up to the deadline, full / quick):
+#   wheels     15 / 20 s  install the carried pure-Python wheels (tools/gpu_check/wheels.txt, from .whl/) with pip
+#              --target; missing ones are fetched when the registry is reachable, else named with the fix
+#   build      160 / 130 s  compile mmoverlock._ext with its CUDA kernels in place, for the visible GPU (or
+#              TORCH_CUDA_ARCH_LIST), with the CUDA toolkit found at CUDA_HOME, nvcc on PATH or torch's guess
+#   imports    20 / 15 s  mmoverlock.models and the ContMix backends ('cuda' must be built)
+#   op_tests   95 / 55 s  CUDA op tests: float64/float32/float16/bfloat16 against the float64 definition,
+#              deterministic mode, device/stream/grid/kernel-size behaviours, opcheck and torch.compile, the built
+#              library's architectures and division calls (tests/test_ops); --quick: test_contmix_cuda.py and
+#              test_cuda_binary.py only
+#   model_tests  80 s (full only)  backbone parity on CUDA in float64 against tests/data/reference, float16 and
+#              bfloat16 autocast training steps, float16 GradScaler recovery (tests/test_models)
+#   contmix_bench  50 / 20 s  the ContMix op benchmark on CUDA: fused vs the unfused chain vs the authors' unfold,
+#              forward and forward+backward, with roofline figures ($CONTMIX_BENCH); --quick: the fused kernels
+#              at the default case only
+#   backbone   60 s (full only)  an OverLoCK-T backbone training step at 800x1333, batch 2: time and memory
 # Writes to OUT: gpu_check.log (every step's output), summary.json and summary.md (steps, tests, figures),
 # backbone.json and contmix/results.{json,md,png}. Exits non-zero when any step fails, or when a
 # GPU test was skipped for a reason other than a missing second GPU.
 #
 # Usage:
-#   tools/gpu_check.sh OUT              on the GPU machine (python3 holds torch; .whl/ carried beside the tree)
-#   tools/gpu_check.sh --dry-run OUT    without a GPU: checks the wheels, builds, imports every module the GPU run
+#   tools/gpu_check.sh [--quick] OUT    on the GPU machine (python3 holds torch; .whl/ carried beside the tree)
+#   tools/gpu_check.sh --dry-run [--quick] OUT
+#                                       without a GPU, with twice the time: checks the wheels, builds, imports every
+#                                       module the GPU run
 #                                       imports as on the bare image (tools/gpu_check/bare_image), collects the GPU
 #                                       tests, runs the benchmark steps at toy sizes on the CPU and logs each command
 #   tools/gpu_check.sh --fetch-wheels   downloads the wheels of tools/gpu_check/wheels.txt for Python 3.12 into .whl/
 # Environment: PYTHON (python3; for --dry-run .venv/bin/python when present), WHEEL_DIR (.whl), CONTMIX_BENCH (the
 # op benchmark script, default: tools/analysis_tools/benchmark_contmix.py),
-# CONTMIX_BENCH_ARGS, TORCH_CUDA_ARCH_LIST, MAX_JOBS, TIME_LIMIT_S (480).
+# CONTMIX_BENCH_ARGS, TORCH_CUDA_ARCH_LIST, CUDA_HOME, MAX_JOBS, TIME_LIMIT_S (480; 240 with --quick).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,21 +38,32 @@ HERE="$ROOT/tools/gpu_check"
 cd "$ROOT"
 
 MODE=gpu
-case "${1:-}" in
-  --dry-run) MODE=dry; shift ;;
-  --fetch-wheels) MODE=fetch; shift ;;
-esac
+QUICK=0
+while [[ ${1:-} == --* ]]; do
+  case "$1" in
+    --dry-run) MODE=dry ;;
+    --quick) QUICK=1 ;;
+    --fetch-wheels) MODE=fetch ;;
+    *) echo "gpu_check.sh: unknown option $1 (--dry-run, --quick, --fetch-wheels)" >&2; exit 2 ;;
+  esac
+  shift
+done
 WHEEL_DIR="${WHEEL_DIR:-$ROOT/.whl}"
-WHEELS=($(sed 's/#.*//' "$HERE/wheels.txt"))
+
+# fetch_wheels DIR: download the pinned wheels (for the GPU image's Python 3.12) into DIR.
+fetch_wheels() {
+  mkdir -p "$1"
+  "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$1" \
+    $(sed 's/#.*//' "$HERE/wheels.txt")
+}
 
 if [[ $MODE == fetch ]]; then
-  mkdir -p "$WHEEL_DIR"
-  exec "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHEEL_DIR" \
-    "${WHEELS[@]}"
+  fetch_wheels "$WHEEL_DIR"
+  exit
 fi
 
-OUT="${1:?usage: tools/gpu_check.sh [--dry-run] OUT_DIR}"
+OUT="${1:?usage: tools/gpu_check.sh [--dry-run] [--quick] OUT_DIR}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$(mktemp -d)"
@@ -55,7 +73,11 @@ LOG="$OUT/gpu_check.log"
 if [[ $MODE == dry && -z "${PYTHON:-}" && -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PY="${PYTHON:-python3}"
 CONTMIX_BENCH="${CONTMIX_BENCH:-tools/analysis_tools/benchmark_contmix.py}"
-DEADLINE=$(( $(date +%s) + ${TIME_LIMIT_S:-480} ))
+# The dry run rehearses on a CPU machine, often a loaded one: it gets twice the time, for every step.
+SLOW=$([[ $MODE == dry ]] && echo 2 || echo 1)
+DEADLINE=$(( $(date +%s) + ${TIME_LIMIT_S:-$(( SLOW * (QUICK ? 240 : 480) ))} ))
+# limit FULL QUICK: a step's limit in seconds in this run (the full run's limits add up to 480, --quick's to 240).
+limit() { echo $(( SLOW * (QUICK ? $2 : $1) )); }
 FAILED=()
 STOP=""
 
@@ -93,26 +115,44 @@ run_step() {
 }
 
 # ---- environment: what the run had ---------------------------------------------------------------------------
-log "mmoverlock gpu_check ($MODE) at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $(date -u +%FT%TZ)"
+log "mmoverlock gpu_check ($MODE$( (( QUICK )) && echo ', quick')) at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $(date -u +%FT%TZ)"
 { nvidia-smi -L 2>/dev/null || echo "nvidia-smi: no GPU visible"; } | tee -a "$LOG"
 "$PY" -c 'import sys, torch; print(f"python {sys.version.split()[0]} | torch {torch.__version__} | cuda {torch.version.cuda} | gpus {torch.cuda.device_count()}")' 2>&1 | tee -a "$LOG"
 
 # ---- wheels ----------------------------------------------------------------------------------------------------
 SITE="$WORK/site"
+# missing_wheels: the pins of wheels.txt with no wheel in WHEEL_DIR (file names spell a distribution's '-' as '_').
+missing_wheels() {
+  local pin files
+  for pin in $(sed 's/#.*//' "$HERE/wheels.txt"); do
+    files=("$WHEEL_DIR/$(tr - _ <<< "${pin%%==*}")-${pin#*==}-"*.whl)
+    [[ -f ${files[0]} ]] || echo "$pin"
+  done
+}
 check_wheels() {
-  local pin found=()
-  for pin in $(sed 's/#.*//' "$HERE/wheels.txt"); do  # wheel file names spell a distribution's '-' as '_'
+  local pin found=() missing
+  missing=$(missing_wheels)
+  if [[ -n $missing ]]; then
+    echo "missing in $WHEEL_DIR: $(echo $missing); fetching them (pip download, 60 s at most)"
+    timeout 60 bash -c 'fetch_wheels "$1"' _ "$WHEEL_DIR" 2>&1 | tail -n 3
+    missing=$(missing_wheels)
+    if [[ -n $missing ]]; then
+      echo "still missing: $(echo $missing). No registry is reachable from here: on a machine with network run"
+      echo "  tools/gpu_check.sh --fetch-wheels   (writes $WHEEL_DIR) and carry that folder with the tree"
+      return 1
+    fi
+  fi
+  for pin in $(sed 's/#.*//' "$HERE/wheels.txt"); do
     local files=("$WHEEL_DIR/$(tr - _ <<< "${pin%%==*}")-${pin#*==}-"*.whl)
-    [[ -f ${files[0]} ]] || { echo "missing wheel for $pin in $WHEEL_DIR (tools/gpu_check.sh --fetch-wheels)"; return 1; }
     [[ ${files[0]} == *-none-any.whl ]] || { echo "not a pure-Python wheel: ${files[0]}"; return 1; }
     echo "ok $pin: $(basename "${files[0]}") ($(du -k "${files[0]}" | cut -f1) KiB)"
     found+=("${files[0]}")
   done
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${found[@]}"
 }
-export -f check_wheels
+export -f check_wheels missing_wheels fetch_wheels
 export HERE WHEEL_DIR SITE PY MODE
-run_step wheels 90 check_wheels
+run_step wheels "$(limit 15 20)" check_wheels
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $MODE == dry ]]; then
   # Every Python process below sees only the bare image's packages, the wheels and the repository.
@@ -121,27 +161,50 @@ if [[ $MODE == dry ]]; then
 fi
 
 # ---- build -----------------------------------------------------------------------------------------------------
+# find_cuda_home: a CUDA toolkit root (bin/nvcc and include/cuda_runtime.h) from CUDA_HOME, nvcc on PATH, torch's
+# own guess or /usr/local/cuda, printed; or, on stderr, why none was found.
+find_cuda_home() {
+  local torch_guess nvcc candidate
+  torch_guess=$("$PY" -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")' 2>/dev/null)
+  nvcc=$(command -v nvcc || true)
+  for candidate in "${CUDA_HOME:-}" "${nvcc:+$(dirname "$(dirname "$(readlink -f "$nvcc")")")}" "$torch_guess" \
+                   /usr/local/cuda; do
+    if [[ -n $candidate && -x $candidate/bin/nvcc && -f $candidate/include/cuda_runtime.h ]]; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  echo "no CUDA toolkit (bin/nvcc and include/cuda_runtime.h): CUDA_HOME='${CUDA_HOME:-}', nvcc on PATH:" \
+       "'${nvcc:-none}', torch's guess: '${torch_guess:-none}', /usr/local/cuda: $([[ -d /usr/local/cuda ]] &&
+       echo 'incomplete' || echo 'absent')" >&2
+  return 1
+}
+
 build_extension() {
-  local so
+  local so cuda_home
   so="$(ls mmoverlock/_ext*.so 2>/dev/null | head -n1)"
   if [[ $MODE == dry && -n $so ]] && "$PY" -c 'import mmoverlock._ext' && \
      [[ -z $(find mmoverlock/ops/csrc setup.py -newer "$so" -type f) ]]; then
     echo "$so is up to date with csrc/ and imports (the GPU run builds with FORCE_CUDA=1 setup.py build_ext --inplace)"
     return 0
   fi
+  if cuda_home=$(find_cuda_home); then
+    echo "CUDA toolkit: $cuda_home"
+    export CUDA_HOME=$cuda_home
+  elif [[ $MODE == gpu ]]; then
+    return 1  # the reason is on stderr
+  fi
   if [[ $MODE == gpu ]]; then export FORCE_CUDA=1; fi  # else setup.py decides, as for an ordinary install
-  # As tools/setup_env.sh: the toolkit root, where torch's guess from nvcc's folder may lack the CUDA libraries.
-  if [[ -z ${CUDA_HOME:-} && -d /usr/local/cuda ]]; then export CUDA_HOME=/usr/local/cuda; fi
-  TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-    "$PY" setup.py -q build_ext --inplace
+  # TORCH_CUDA_ARCH_LIST unset: torch builds for the visible GPU (setup.py's list of every current GPU without one).
+  MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py -q build_ext --inplace
 }
-export -f build_extension
-run_step build 300 build_extension
+export -f build_extension find_cuda_home
+run_step build "$(limit 160 130)" build_extension
 [[ " ${FAILED[*]} " == *" build "* ]] && STOP="the build failed"
 
 # ---- imports ---------------------------------------------------------------------------------------------------
 NEED_CUDA=$([[ $MODE == gpu ]] && echo 1 || echo 0)
-run_step imports 60 "$PY" -c "
+run_step imports "$(limit 20 15)" "$PY" -c "
 import mmengine, timm, torch
 import mmoverlock.models
 from mmoverlock.ops import available_backends
@@ -152,33 +215,42 @@ assert torch.cuda.is_available() or not $NEED_CUDA, 'torch sees no GPU'
 [[ " ${FAILED[*]} " == *" imports "* ]] && STOP="the imports failed"
 
 # ---- tests -----------------------------------------------------------------------------------------------------
-OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_contmix.py -k cuda)
+if (( QUICK )); then
+  OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_cuda_binary.py)
+else
+  OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_cuda_binary.py tests/test_ops/test_contmix.py
+            -k 'cuda or binary')
+fi
 MODEL_TESTS=(tests/test_models/test_overlock_cuda.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
 if [[ $MODE == gpu ]]; then
   # Four workers (pytest-xdist, when installed) share the GPU; the float64 references run on the CPU cores.
   WORKERS=(); "$PY" -c 'import xdist' 2>/dev/null && WORKERS=(-n 4)
-  run_step op_tests 200 env OMP_NUM_THREADS=4 "${PYTEST[@]}" "${WORKERS[@]}" --junitxml "$WORK/op_tests.xml" \
-    "${OP_TESTS[@]}"
-  run_step model_tests 150 "${PYTEST[@]}" --junitxml "$WORK/model_tests.xml" "${MODEL_TESTS[@]}"
+  run_step op_tests "$(limit 95 55)" env OMP_NUM_THREADS=4 "${PYTEST[@]}" "${WORKERS[@]}" \
+    --junitxml "$WORK/op_tests.xml" "${OP_TESTS[@]}"
+  (( QUICK )) || run_step model_tests "$(limit 80 0)" "${PYTEST[@]}" --junitxml "$WORK/model_tests.xml" \
+    "${MODEL_TESTS[@]}"
 else
-  run_step op_tests 120 "${PYTEST[@]}" --collect-only "${OP_TESTS[@]}"
-  run_step model_tests 120 "${PYTEST[@]}" --collect-only "${MODEL_TESTS[@]}"
+  run_step op_tests "$(limit 95 55)" "${PYTEST[@]}" --collect-only "${OP_TESTS[@]}"
+  (( QUICK )) || run_step model_tests "$(limit 80 0)" "${PYTEST[@]}" --collect-only "${MODEL_TESTS[@]}"
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------------------------------
+QUICK_BENCH_ARGS="--cases 2,8,50,84,16,13 --methods fused-cuda,fused-torch --budget 0.2 --no-memory"
 if [[ $MODE == gpu ]]; then
-  run_step contmix_bench 120 "$PY" "$CONTMIX_BENCH" --device cuda --out "$OUT/contmix" ${CONTMIX_BENCH_ARGS:---budget 0.3}
-  run_step backbone 120 "$PY" tools/analysis_tools/benchmark_backbone.py --arch t --shape 800 1333 --batch-size 2 \
-    --device cuda --out "$OUT/backbone.json"
+  run_step contmix_bench "$(limit 50 20)" "$PY" "$CONTMIX_BENCH" --device cuda --out "$OUT/contmix" \
+    ${CONTMIX_BENCH_ARGS:-$( (( QUICK )) && echo "$QUICK_BENCH_ARGS" || echo --budget 0.2)}
+  (( QUICK )) || run_step backbone "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch t \
+    --shape 800 1333 --batch-size 2 --device cuda --out "$OUT/backbone.json"
 else  # the same programs on the CPU at toy sizes; the op benchmark (another tool, tested on its own) imports only
-  run_step contmix_bench 60 "$PY" "$CONTMIX_BENCH" --help
-  run_step backbone 120 "$PY" tools/analysis_tools/benchmark_backbone.py --arch xt --shape 64 64 --batch-size 1 \
-    --iters 1 --warmup 0 --device cpu --out "$OUT/backbone.json"
+  run_step contmix_bench "$(limit 50 20)" "$PY" "$CONTMIX_BENCH" --help
+  (( QUICK )) || run_step backbone "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch xt \
+    --shape 64 64 --batch-size 1 --iters 1 --warmup 0 --device cpu --out "$OUT/backbone.json"
 fi
 
 # ---- summary -----------------------------------------------------------------------------------------------------
-"$PY" "$HERE/report.py" --mode "$MODE" --steps "$WORK/steps.tsv" --junit-dir "$WORK" --out "$OUT" 2>&1 | tee -a "$LOG"
+"$PY" "$HERE/report.py" --mode "$MODE" $( (( QUICK )) && echo --quick) --steps "$WORK/steps.tsv" \
+  --junit-dir "$WORK" --out "$OUT" 2>&1 | tee -a "$LOG"
 report_rc=${PIPESTATUS[0]}
 if (( ${#FAILED[@]} > 0 || report_rc != 0 )); then
   log "gpu_check ($MODE): FAILED: ${FAILED[*]:-} $( (( report_rc != 0 )) && echo "(report: rc $report_rc)")"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ..ops import contmix_aggregate
+from ..ops import accumulation_dtype, contmix_aggregate
 from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
                      is_channels_last)
 
@@ -165,8 +165,11 @@ class ContMixBlock(nn.Module):
         logits2 = F.linear(affinity, proj_weight[s2:], proj_bias[s2:]).view(b, g, height, width, -1)
         # value channels are laid out (m, g, c) with m = 2: the first half feeds kernel 1, the second kernel 2.
         value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(affinity.dtype)
-        out1 = self._aggregate(logits1, value[0], self.smk_size, self.rpb1.to(affinity.dtype))
-        out2 = self._aggregate(logits2, value[1], self.kernel_size, self.rpb2.to(affinity.dtype))  # [B, G, H, W, c]
+        # The biases stay in the accumulation dtype (float32 under float16 autocast): no rounding, and their
+        # gradient (a sum over every pixel) comes back in float32 instead of overflowing float16.
+        bias_dtype = accumulation_dtype(affinity.dtype)
+        out1 = self._aggregate(logits1, value[0], self.smk_size, self.rpb1.to(bias_dtype))
+        out2 = self._aggregate(logits2, value[1], self.kernel_size, self.rpb2.to(bias_dtype))  # [B, G, H, W, c]
         # Back to [B, d, H, W] with channels (2G, c), written once, in x's memory format.
         if is_channels_last(x):
             out = torch.cat([out1.permute(0, 2, 3, 1, 4), out2.permute(0, 2, 3, 1, 4)], dim=3)  # [B, H, W, 2G, c]

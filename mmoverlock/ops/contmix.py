@@ -118,9 +118,12 @@ if _ext is not None:
 # are evaluated one window row (K taps per pixel) at a time, so the only K*K-per-pixel tensors are the weights and
 # their gradient.
 # ---------------------------------------------------------------------------------------------------------------
-def _acc_dtype(dtype):
-    """Accumulate half-precision inputs in float32, like the CUDA kernels."""
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ContMix accumulates ``dtype`` inputs in (float32 for float16/bfloat16, like the CUDA kernels), and
+    the other dtype ``rpb`` may have: a float32 bias of a float16 model then gets its float32 gradient directly,
+    never rounded to float16 (where a sum over every pixel overflows first)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
 
 
 class _Windows:
@@ -213,7 +216,7 @@ def _contmix_torch_forward(weights: Tensor, value: Tensor, rpb: Optional[Tensor]
     and the probabilities of one window row (K/C of a value-sized buffer)."""
     B, G, H, W, C = value.shape
     K = kernel_size
-    acc = _acc_dtype(value.dtype)
+    acc = accumulation_dtype(value.dtype)
     win = _Windows(value, K)
     table = win.bias_table(rpb, acc)
     log_norm = win.log_normaliser(weights, table, acc) if softmax else None
@@ -242,7 +245,7 @@ def _contmix_torch_traceable(weights: Tensor, value: Tensor, rpb: Optional[Tenso
     """
     B, G, H, W, C = value.shape
     K = kernel_size
-    acc = _acc_dtype(value.dtype)
+    acc = accumulation_dtype(value.dtype)
     win = _Windows(value, K)
     logits = weights.to(acc)
     if rpb is not None:
@@ -270,7 +273,7 @@ def _contmix_torch_backward(grad_out: Tensor, weights: Tensor, value: Tensor, rp
     B, G, H, W, C = value.shape
     K, T = kernel_size, kernel_size * kernel_size
     Wm = W - K + 1
-    acc = _acc_dtype(value.dtype)
+    acc = accumulation_dtype(value.dtype)
     win = _Windows(value, K)
     table = win.bias_table(rpb, acc)
     log_norm = win.log_normaliser(weights, table, acc) if softmax else None
@@ -395,22 +398,25 @@ def _check_dtypes_devices(weights: Tensor, value: Tensor, rpb: Optional[Tensor])
     for name, tensor in tensors:
         if not tensor.is_floating_point():
             raise TypeError(f'contmix_aggregate: {name} must be a floating-point tensor, got {tensor.dtype}')
-        if tensor.dtype != value.dtype:
+        allowed = {value.dtype, accumulation_dtype(value.dtype)} if name == 'rpb' else {value.dtype}
+        if tensor.dtype not in allowed:
+            also = f' (or {accumulation_dtype(value.dtype)} for rpb)' if len(allowed) > 1 else ''
             raise TypeError(f'contmix_aggregate: {name} has dtype {tensor.dtype} but value has {value.dtype}; '
-                            f'pass tensors of one dtype (or run under torch.autocast)')
+                            f'pass tensors of one dtype{also}, or run under torch.autocast')
         if tensor.device != value.device:
             raise ValueError(f'contmix_aggregate: {name} is on {tensor.device} but value is on {value.device}')
 
 
 def _autocast(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Under autocast, bring all inputs to one dtype: the autocast dtype on CUDA (the kernels accumulate in
-    float32), float32 elsewhere (the CPU kernels are float32/float64)."""
+    """Under autocast, bring the inputs to the autocast dtype on CUDA (the kernels accumulate in float32), float32
+    elsewhere (the CPU kernels are float32/float64); rpb to that dtype's accumulation dtype, so a float32 bias is
+    used and differentiated without a round trip through float16."""
     device_type = value.device.type
     if not torch.is_autocast_enabled(device_type):
         return weights, value, rpb
     dtype = torch.get_autocast_dtype(device_type) if device_type == 'cuda' else torch.float32
-    cast = (lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t)
-    return cast(weights), cast(value), cast(rpb)
+    cast = (lambda t, to: t.to(to) if t is not None and t.is_floating_point() else t)
+    return cast(weights, dtype), cast(value, dtype), cast(rpb, accumulation_dtype(dtype))
 
 
 def _check_cuda_kernel_size(kernel_size: Optional[int], source: str) -> None:
@@ -465,7 +471,9 @@ def contmix_aggregate(weights: Tensor,
         value (Tensor): Values [B, G, H, W, C], floating point, of the dtype of ``weights`` (outside autocast).
             Non-contiguous views of either are accepted.
         kernel_size (int): Odd window size K, with ``H >= K`` and ``W >= K``.
-        rpb (Tensor, optional): Relative position bias [G, 2K-1, 2K-1] added to the logits. Defaults to ``None``.
+        rpb (Tensor, optional): Relative position bias [G, 2K-1, 2K-1] added to the logits, in the dtype of
+            ``value`` or its accumulation dtype (float32 for float16/bfloat16; its gradient then comes back in
+            float32 with no float16 rounding). Defaults to ``None``.
         softmax (bool): Softmax over the K*K taps before aggregating. Defaults to ``False``.
         backend (str, optional): ``'cpu'``, ``'cuda'`` or ``'torch'`` to force one; ``None`` picks ``'cuda'`` for CUDA
             tensors, else ``'cpu'`` when compiled, else ``'torch'``, unless the environment variable

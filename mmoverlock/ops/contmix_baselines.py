@@ -19,7 +19,10 @@ from torch import Tensor
 
 from .contmix import _Windows, available_backends, contmix_aggregate
 
-__all__ = ['biased_softmax', 'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost']
+__all__ = [
+    'biased_softmax', 'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost',
+    'contmix_cuda_traffic'
+]
 
 #: Environment variable that picks the instruction set of the compiled CPU kernels (read on every call).
 CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
@@ -65,6 +68,44 @@ def contmix_cost(shape: Sequence[int], backward: bool, element_size: int = 4) ->
         cost['exps'] += P * T
         cost['bytes'] += P * (2 * T + 3 * C) * element_size
     return cost
+
+
+def contmix_cuda_traffic(shape: Sequence[int], element_size: int = 4, deterministic: bool = False) -> Dict:
+    """Bytes each pass of the CUDA kernels moves to and from global memory for ``shape`` = (B, G, H, W, C, K), with
+    bias and softmax, next to the op's minimum (:func:`contmix_cost`).
+
+    The model of the present design (csrc/cuda/contmix_cuda.cu): a pass fetches each element it reads once (the
+    K*K-neighbourhood re-reads of a pixel are served by the caches) and writes each output once; the stats hold two
+    accumulation-type numbers per pixel (``acc``: 4 bytes, 8 for float64); the [G, 2K-1, 2K-1] bias tables are
+    negligible, as in contmix_cost. Backward passes: ``stats`` (log-sum-exp and <grad_out, out>, recomputing the
+    forward's sums), ``grad_value`` (gather over the inverse neighbourhood) and ``grad_weights`` (and, with
+    ``deterministic``, the logit gradients kept in the accumulation type, the fixed-order bias gather and their
+    copy into grad_weights). It counts bytes, not how the loads are shaped (all passes now put a team's lanes over
+    consecutive channels, so a team's loads of one pixel are contiguous).
+
+    Returns:
+        dict: ``{'forward': {pass: bytes}, 'backward': {pass: bytes}, 'forward_min', 'backward_min',
+        'forward_ratio', 'backward_ratio'}`` (ratio = modelled bytes / minimum).
+    """
+    B, G, H, W, C, K = shape
+    P, T = B * G * H * W, K * K
+    e, acc = element_size, 8 if element_size == 8 else 4
+    logits, values, stats = P * T * e, P * C * e, P * 2 * acc  # one [P, T] or [P, C] tensor, the stats
+    grad_weights = logits if not deterministic else P * T * acc + P * T * acc + (P * T * (acc + e) if acc != e else 0)
+    traffic = {
+        'forward': {'forward': logits + 2 * values},  # logits and values in, out
+        'backward': {
+            'stats': logits + 2 * values + stats,  # logits, values, grad_out in; stats out
+            'grad_value': 2 * values + logits + stats,  # grad_out, logits, stats in; grad_value out
+            'grad_weights': 2 * values + logits + stats + grad_weights,  # grad_out, values, logits, stats in
+        },
+    }
+    minimum = {'forward': contmix_cost(shape, False, e)['bytes']}
+    minimum['backward'] = contmix_cost(shape, True, e)['bytes'] - minimum['forward']
+    for kind in ('forward', 'backward'):
+        traffic[f'{kind}_min'] = minimum[kind]
+        traffic[f'{kind}_ratio'] = sum(traffic[kind].values()) / minimum[kind]
+    return traffic
 
 
 def contmix_method(name: str, device: str) -> Callable[[Tensor, Tensor, Tensor, int], Tensor]:

@@ -1,10 +1,15 @@
-"""Parity with the authors' implementation: float64 outputs and gradients from tests/data/reference (1e-9 relative)."""
-import os.path as osp
+"""Parity with the authors' implementation: float64 outputs and gradients from tests/data/reference (1e-9 relative).
 
+The detection form is compared on all three reference cases (outputs, input gradients, every parameter's gradient in
+case 0, deploy outputs). The plain (segmentation) form computes levels 0-2 exactly as the detection form does, so it
+is compared with the detection reference on those levels, with the detection weights less ``h_proj`` and
+``extra_norm[4]``. A planted perturbation far below any visible change must fail the same checks.
+"""
 import pytest
 import torch
 
 from _helpers import rel_err
+from _helpers.reference_data import load_reference
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix import BACKEND_ENV
@@ -12,15 +17,49 @@ from mmoverlock.ops.contmix import BACKEND_ENV
 TOLERANCE = 1e-9
 
 
-def load_case_file(reference_dir, name):
-    return torch.load(osp.join(reference_dir, f'tiny_{name}.pt'), weights_only=True)
+#: The detection form's modules that the plain form lacks (its level 3 adds ``h_proj(extra_norm[4](ctx))``).
+FUSION_ONLY = ('h_proj.', 'extra_norm.4.')
 
 
 def build_reference_model(ref, overview_fusion, memory_format='auto'):
+    """The model of the detection reference, in the detection form or (``overview_fusion=False``) the plain form."""
     arch = {k: v for k, v in ref['arch'].items() if k != 'drop_path_rate'}
     model = OverLoCK(arch=arch, overview_fusion=overview_fusion, memory_format=memory_format).double()
-    model.load_state_dict(ref['state_dict'], strict=True)
+    state_dict = ref['state_dict']
+    if not overview_fusion:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(FUSION_ONLY)}
+    model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def parity_errors(model, ref, input_format=torch.contiguous_format, check=lambda outputs: None):
+    """Relative errors of every compared quantity (outputs, input and parameter gradients) over the cases."""
+    errors = {}
+    for idx, case in enumerate(ref['cases']):
+        model.zero_grad()
+        x = case['input'].clone().contiguous(memory_format=input_format).requires_grad_(True)
+        outputs = model(x)
+        assert len(outputs) == 4
+        check(outputs)
+        loss = sum((out * w).sum() for out, w in zip(outputs, case['out_weights']))
+        loss.backward()
+        for level, (out, expected) in enumerate(zip(outputs, case['outputs'])):
+            assert out.shape == expected.shape
+            errors[f'case{idx}/level{level}'] = rel_err(out.detach(), expected)
+        errors[f'case{idx}/input_grad'] = rel_err(x.grad, case['input_grad'])
+        if case.get('param_grads'):
+            params = dict(model.named_parameters())
+            assert set(case['param_grads']) == set(params)
+            nonzero = {k: g for k, g in case['param_grads'].items() if g.abs().max() > 0}
+            errors[f'case{idx}/param_grads'] = max(rel_err(params[k].grad, g) for k, g in nonzero.items())
+            for k in set(case['param_grads']) - set(nonzero):  # zero in the reference: must be zero here too
+                assert params[k].grad.abs().max() <= 1e-12, k
+    return errors
+
+
+@pytest.fixture(scope='module')
+def detection(reference_dir):
+    return load_reference(reference_dir, 'detection')
 
 
 # (memory format the model runs in, layout of the input): the default (channels-last on the CPU) from an NCHW input,
@@ -37,48 +76,59 @@ def check_layout(outputs, memory_format):
 
 
 @pytest.mark.parametrize('backend,layout', BACKEND_LAYOUTS)
-@pytest.mark.parametrize('name,overview_fusion', [('detection', True), ('segmentation', False)])
-def test_outputs_and_gradients_match_authors(reference_dir, name, overview_fusion, backend, layout, monkeypatch):
+def test_outputs_and_gradients_match_authors(detection, backend, layout, monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, backend)  # every ContMix core of the model runs on this backend
     memory_format, input_format = LAYOUTS[layout]
-    ref = load_case_file(reference_dir, name)
-    model = build_reference_model(ref, overview_fusion, memory_format)
-    errors = {}
-    for idx, case in enumerate(ref['cases']):
-        model.zero_grad()
-        x = case['input'].clone().contiguous(memory_format=input_format).requires_grad_(True)
-        outputs = model(x)
-        assert len(outputs) == 4
-        check_layout(outputs, memory_format)
-        loss = sum((out * w).sum() for out, w in zip(outputs, case['out_weights']))
-        loss.backward()
-        for level, (out, expected) in enumerate(zip(outputs, case['outputs'])):
-            assert out.shape == expected.shape
-            errors[f'case{idx}/level{level}'] = rel_err(out.detach(), expected)
-        errors[f'case{idx}/input_grad'] = rel_err(x.grad, case['input_grad'])
-        if case.get('param_grads'):
-            params = dict(model.named_parameters())
-            assert set(case['param_grads']) == set(params)
-            nonzero = {k: g for k, g in case['param_grads'].items() if g.abs().max() > 0}
-            errors[f'case{idx}/param_grads'] = max(rel_err(params[k].grad, g) for k, g in nonzero.items())
-            for k in set(case['param_grads']) - set(nonzero):  # zero in the reference: must be zero here too
-                assert params[k].grad.abs().max() <= 1e-12, k
-    print(f'{name} [{backend}, {layout}]: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
+    model = build_reference_model(detection, True, memory_format)
+    errors = parity_errors(model, detection, input_format, lambda outputs: check_layout(outputs, memory_format))
+    print(f'detection [{backend}, {layout}]: ' + ', '.join(f'{k}={v:.2e}' for k, v in errors.items()))
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCE}
     assert not bad, f'relative errors above {TOLERANCE}: {bad}'
 
 
+@pytest.mark.parametrize('deploy', [False, True], ids=['train', 'deploy'])
 @pytest.mark.parametrize('layout', list(LAYOUTS))
-@pytest.mark.parametrize('name,overview_fusion', [('detection', True), ('segmentation', False)])
-def test_switch_to_deploy_matches_authors(reference_dir, name, overview_fusion, layout):
+def test_plain_form_levels_0_to_2_match_authors(detection, layout, deploy):
     memory_format, input_format = LAYOUTS[layout]
-    ref = load_case_file(reference_dir, name)
-    model = build_reference_model(ref, overview_fusion, memory_format).switch_to_deploy()
-    assert not any('origin_bn' in k for k in model.state_dict())
+    model = build_reference_model(detection, False, memory_format)
+    assert not any(k.startswith(FUSION_ONLY) for k in model.state_dict())
+    if deploy:
+        model = model.switch_to_deploy()
+    expected = detection['reparam_outputs'] if deploy else [case['outputs'] for case in detection['cases']]
     with torch.no_grad():
-        for idx, case in enumerate(ref['cases']):
+        for idx, case in enumerate(detection['cases']):
             outputs = model(case['input'].contiguous(memory_format=input_format))
             check_layout(outputs, memory_format)
-            for level, (out, expected) in enumerate(zip(outputs, ref['reparam_outputs'][idx])):
+            for level in range(3):
+                err = rel_err(outputs[level], expected[idx][level])
+                assert err <= TOLERANCE, f'case {idx} level {level}: relative error {err:.2e}'
+
+
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+def test_switch_to_deploy_matches_authors(detection, layout):
+    memory_format, input_format = LAYOUTS[layout]
+    model = build_reference_model(detection, True, memory_format).switch_to_deploy()
+    assert not any('origin_bn' in k for k in model.state_dict())
+    with torch.no_grad():
+        for idx, case in enumerate(detection['cases']):
+            outputs = model(case['input'].contiguous(memory_format=input_format))
+            check_layout(outputs, memory_format)
+            for level, (out, expected) in enumerate(zip(outputs, detection['reparam_outputs'][idx])):
                 err = rel_err(out, expected)
                 assert err <= TOLERANCE, f'case {idx} level {level}: relative error {err:.2e}'
+
+
+@pytest.mark.parametrize('planted', ['running_var', 'rpb'])
+def test_a_planted_perturbation_fails_parity(detection, planted):
+    """The compact reference still tells the model apart from one with a single number slightly off: the first BN
+    variance of the stem by 1e-7 relative, or the centre entry (a pixel's own tap) of a ContMix block's position
+    bias by 1e-5 relative (one logit of each pixel moves by ~1e-6)."""
+    model = build_reference_model(detection, True)
+    with torch.no_grad():
+        if planted == 'running_var':
+            model.patch_embed1[1].running_var[0] *= 1 + 1e-7
+        else:
+            table = model.sub_blocks3[0].rpb1
+            table[0, table.shape[1] // 2, table.shape[2] // 2] *= 1 + 1e-5
+    errors = parity_errors(model, {'cases': detection['cases'][:1]})
+    assert max(errors.values()) > TOLERANCE, errors

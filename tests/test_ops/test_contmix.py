@@ -190,6 +190,24 @@ def test_torch_backend_low_precision_accumulates_in_float32(dtype, tol):
     assert_close_all(actual, wanted, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize('backend', ['torch'] + [b for b in available_backends() if b == 'cpu'])
+def test_half_inputs_take_a_float32_bias(backend):
+    """rpb may have the accumulation dtype of half inputs (what autocast passes for a float32 parameter): it is used
+    as it is and its gradient comes back in float32, like the float64 definition's; any other dtype is refused."""
+    weights, value, rpb = make_inputs(1, 2, 9, 9, 4, 3, dtype=torch.float16)
+    rpb32 = rpb.detach().float().requires_grad_()
+    out = contmix_aggregate(weights, value, 3, rpb=rpb32, softmax=True, backend=backend)
+    assert out.dtype == torch.float16
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out, rpb32, grad_out.to(out.dtype))
+    expected = reference(weights, value, 3, rpb=rpb32, softmax=True)
+    (wanted,) = torch.autograd.grad(expected, rpb32, grad_out)
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad.double(), wanted.double(), rtol=1e-2, atol=1e-2)
+    with pytest.raises(TypeError, match=r'rpb has dtype torch.float64 but value has torch.float16.*or torch.float32'):
+        contmix_aggregate(weights, value, 3, rpb=rpb.detach().double(), backend=backend)
+
+
 @requires_ext
 @pytest.mark.parametrize('softmax', [False, True], ids=['raw', 'softmax'])
 def test_cpu_matches_torch_float32(softmax):

@@ -124,3 +124,21 @@ def test_bodies_driver_checks_inputs():
     with pytest.raises(RuntimeError, match='grad_out must match value'):
         torch.ops.mmoverlock_testing.contmix_bodies_backward(v[..., :1], w, v, None, 3, False, False)
 
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_float32_bias_gets_its_gradient_in_float32(dtype):
+    """What float16 autocast passes: half weights and value with the float32 bias parameter. grad_rpb comes straight
+    from the float32 accumulator, also where it exceeds float16's range (65504), with no float16 intermediate."""
+    shape, K = (2, 2, 9, 9, 4, 3), 3
+    inputs, grad_out = make_case(shape, dtype, use_rpb=True, seed=3)
+    inputs[2] = inputs[2].float()
+    grad_out = grad_out * 4000  # a float16 number still; grad_rpb (and here the other gradients) overflow float16
+    for deterministic in (False, True):
+        actual = run_bodies(inputs, grad_out, K, softmax=False, deterministic=deterministic)
+        expected = expected_results(inputs, grad_out, K, softmax=False)
+        grad_rpb = actual[3]
+        assert grad_rpb.dtype == torch.float32 and torch.isfinite(grad_rpb).all()
+        assert grad_rpb.abs().max() > torch.finfo(torch.float16).max  # a float16 copy would have been inf
+        assert max_rel_err(grad_rpb, expected[3]) <= TOLERANCE[torch.float32] * 10
+        assert_results_close(actual[:1] + [None] * 3, expected[:1] + [None] * 3, dtype)  # the forward is unchanged

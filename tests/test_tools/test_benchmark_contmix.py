@@ -33,3 +33,24 @@ def test_contmix_cost_at_the_default_case():
     assert both['multiply_adds'] == 3 * forward['multiply_adds']  # 545 M
     assert both['exps'] == 2 * forward['exps']  # the softmax is recomputed in backward
     assert both['bytes'] == 67200 * (3 * 169 + 5 * 16) * 4  # 158 MB
+
+
+def test_cuda_traffic_model_at_the_default_case(tmp_path):
+    """The CUDA kernels' traffic model: the forward moves exactly the minimum; the present backward recomputes the
+    forward's sums in its stats pass and re-reads the logits in each pass (about 2x its minimum); no pass of any
+    case or dtype is modelled below the op's minimum. --traffic-only writes the table without timing."""
+    from mmoverlock.ops.contmix_baselines import contmix_cuda_traffic
+    case = (2, 8, 50, 84, 16, 13)
+    P, T, C = 2 * 8 * 50 * 84, 169, 16
+    model = contmix_cuda_traffic(case)
+    assert model['forward_min'] == P * (T + 2 * C) * 4 == sum(model['forward'].values())
+    assert model['backward_min'] == P * (2 * T + 3 * C) * 4
+    # stats: logits, values, grad_out in, 2 floats out; grad_value: grad_out, logits, stats in, grad_value out;
+    # grad_weights: grad_out, values, logits, stats in, grad_weights out.
+    assert model['backward'] == {'stats': P * (T + 2 * C) * 4 + P * 8, 'grad_value': P * (T + 2 * C) * 4 + P * 8,
+                                 'grad_weights': P * (2 * T + 2 * C) * 4 + P * 8}
+    run_tool(['tools/analysis_tools/benchmark_contmix.py', '--traffic-only', '--out', tmp_path / 'traffic'],
+             cwd=tmp_path)
+    rows = json.loads((tmp_path / 'traffic' / 'traffic.json').read_text())['rows']
+    assert rows and all(r['forward_ratio'] >= 1 and r['backward_ratio'] >= 1 for r in rows)
+    assert '| B2·G8·50×84·C16·K13 | 4 | no | 54.0 | 54.0 | 1.00 |' in (tmp_path / 'traffic' / 'traffic.md').read_text()

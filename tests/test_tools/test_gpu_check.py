@@ -31,20 +31,62 @@ def wheel_dir(tmp_path):
     return fetched
 
 
-def test_gpu_check_dry_run(tmp_path):
+def dry_run(tmp_path, *options, **env):
+    """Run ``gpu_check.sh --dry-run [options]`` into tmp_path/out; (return code, log text, out folder)."""
     out = tmp_path / 'out'
     # the rehearsal of a machine without a GPU, also where this suite runs on one
-    env = dict(os.environ, WHEEL_DIR=wheel_dir(tmp_path), PYTHON=sys.executable, **CPU_ONLY)
-    proc = subprocess.run(['bash', SCRIPT, '--dry-run', str(out)], env=env, capture_output=True, text=True,
+    env = dict(os.environ, PYTHON=sys.executable, **CPU_ONLY, **env)
+    proc = subprocess.run(['bash', SCRIPT, '--dry-run', *options, str(out)], env=env, capture_output=True, text=True,
                           timeout=600)
     log = (out / 'gpu_check.log').read_text() if (out / 'gpu_check.log').exists() else proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+    return proc.returncode, log, out
+
+
+def test_gpu_check_dry_run(tmp_path):
+    rc, log, out = dry_run(tmp_path, WHEEL_DIR=wheel_dir(tmp_path))
+    assert rc == 0, log[-6000:]
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['ok'] and summary['mode'] == 'dry'
-    assert [s['name'] for s in summary['steps']] == [
+    assert summary['ok'] and summary['mode'] == 'dry' and not summary['quick']
+    steps = summary['steps']
+    assert [s['name'] for s in steps] == [
         'wheels', 'build', 'imports', 'op_tests', 'model_tests', 'contmix_bench', 'backbone']
     assert summary['backbone']['loss_finite']
     assert (out / 'summary.md').read_text().startswith('# gpu_check (dry): passed')
-    # The collected GPU tests are listed in the log: the op tests and the backbone tests on CUDA.
+    # The collected GPU tests are listed in the log: the op tests, the library checks and the backbone on CUDA.
     assert 'test_contmix_cuda.py::test_cuda_matches_reference' in log
+    assert 'test_cuda_binary.py::test_library_embeds_the_requested_architectures' in log
     assert 'test_overlock_cuda.py::test_cuda_float64_matches_authors' in log
+    assert 'test_overlock_cuda.py::test_cuda_float16_grad_scaler_recovers' in log
+    # The step limits add up to the 8-minute deadline (doubled for the rehearsal on a CPU machine).
+    assert sum(step_limits(log).values()) == 2 * 480, step_limits(log)
+
+
+def step_limits(log):
+    """{step: its limit in seconds} as the log announces them (``===== NAME (limit Ns): ...``)."""
+    import re
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r'^===== (\w+) \(limit (\d+)s\)', log, re.M)}
+
+
+def test_gpu_check_quick_dry_run(tmp_path):
+    """``--quick``: build, the CUDA op tests and one benchmark case, with limits adding up to 4 minutes."""
+    rc, log, out = dry_run(tmp_path, '--quick', WHEEL_DIR=wheel_dir(tmp_path))
+    assert rc == 0, log[-6000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['ok'] and summary['quick']
+    assert [s['name'] for s in summary['steps']] == ['wheels', 'build', 'imports', 'op_tests', 'contmix_bench']
+    assert (out / 'summary.md').read_text().startswith('# gpu_check (dry, quick): passed')
+    assert 'test_contmix_cuda.py::test_cuda_matches_reference' in log
+    assert 'test_cuda_binary.py::test_hot_kernels_make_no_per_tap_64bit_divisions' in log
+    assert 'test_overlock_cuda.py' not in log
+    limits = step_limits(log)
+    assert sum(limits.values()) == 2 * 240 and limits['build'] == 2 * 130, limits
+
+
+def test_gpu_check_names_missing_wheels(tmp_path):
+    """Without the wheels and without a reachable registry the wheels step fails, naming each missing pin and the
+    command that fetches them."""
+    rc, log, _ = dry_run(tmp_path, '--quick', WHEEL_DIR=str(tmp_path / 'no_wheels'), TIME_LIMIT_S='25',
+                         PIP_INDEX_URL='http://127.0.0.1:9/simple', PIP_CONFIG_FILE=os.devnull, PIP_RETRIES='0',
+                         PIP_TIMEOUT='1')
+    assert rc != 0
+    assert 'still missing: mmengine==0.10.7' in log and 'tools/gpu_check.sh --fetch-wheels' in log, log[-3000:]

@@ -12,13 +12,16 @@ run (STREAM-like: bytes read + written). Memory: peak extra memory of one call a
 measurement runs in a fresh subprocess (``contmix_peak_memory.py``), on CUDA from ``torch.cuda.max_memory_allocated``.
 
 Writes ``results.json``, ``results.md`` (with the command that produced it) and, with matplotlib, ``results.png``
-under ``--out`` (default ``benchmarks/contmix/<device>``).
+under ``--out`` (default ``benchmarks/contmix/<device>``). ``--traffic-only`` writes ``traffic.json`` and
+``traffic.md`` instead, without timing anything: the bytes each pass of the CUDA kernels moves by their traffic
+model (``contmix_cuda_traffic``) next to the op's minimum, per case and dtype size.
 
 Examples::
 
     python tools/analysis_tools/benchmark_contmix.py                    # CPU, default case list
     python tools/analysis_tools/benchmark_contmix.py --device cuda
     python tools/analysis_tools/benchmark_contmix.py --cases "2,8,50,84,16,13" --methods fused-cpu,unfused
+    python tools/analysis_tools/benchmark_contmix.py --traffic-only --out benchmarks/contmix/cuda-traffic
 """
 import argparse
 import datetime
@@ -36,7 +39,7 @@ import time
 import torch
 
 from mmoverlock.ops import available_backends
-from mmoverlock.ops.contmix_baselines import contmix_cost, contmix_method, random_inputs
+from mmoverlock.ops.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
 
 DEFAULT_CASE = (2, 8, 50, 84, 16, 13)  # stage 3 of an 800x1333 detection image (B, G, H, W, C, K)
 PEAK_MEMORY_TOOL = osp.join(osp.dirname(osp.abspath(__file__)), 'contmix_peak_memory.py')
@@ -183,6 +186,29 @@ def write_markdown(path, command, info, results, summary, memory_method):
         f.write('\n'.join(lines) + '\n')
 
 
+def write_traffic(out_dir, command, cases):
+    """The CUDA kernels' traffic model for every case, float32 and float16, as traffic.json and traffic.md."""
+    rows = [dict(case=list(case), element_size=e, deterministic=det, **contmix_cuda_traffic(case, e, det))
+            for case in cases for e in (4, 2) for det in (False, True)]
+    with open(osp.join(out_dir, 'traffic.json'), 'w') as f:
+        json.dump(dict(command=command, rows=rows), f, indent=1)
+    lines = ['# ContMix CUDA kernels: modelled traffic', '', f'Produced by `{command}` (a model, nothing timed).', '',
+             '- MB each pass moves to/from global memory (each element a pass reads fetched once, each output '
+             'written once; bias tables neglected), against the minimum of `contmix_cost` (inputs read once, '
+             'outputs written once), with bias and softmax', '',
+             '| case | bytes/elt | deterministic | forward MB | min MB | ratio | stats MB | grad_value MB | '
+             'grad_weights MB | backward MB | min MB | ratio |', '| --- | ---: | --- |' + ' ---: |' * 9]
+    for r in rows:
+        fwd, bwd = r['forward'], r['backward']
+        lines.append(f"| {case_label(r['case'])} | {r['element_size']} | {'yes' if r['deterministic'] else 'no'} | "
+                     f"{sum(fwd.values()) / 1e6:.1f} | {r['forward_min'] / 1e6:.1f} | {r['forward_ratio']:.2f} | "
+                     f"{bwd['stats'] / 1e6:.1f} | {bwd['grad_value'] / 1e6:.1f} | {bwd['grad_weights'] / 1e6:.1f} | "
+                     f"{sum(bwd.values()) / 1e6:.1f} | {r['backward_min'] / 1e6:.1f} | {r['backward_ratio']:.2f} |")
+    with open(osp.join(out_dir, 'traffic.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return rows
+
+
 def write_plot(path, results, device):
     try:
         import matplotlib
@@ -250,7 +276,17 @@ def main():
     parser.add_argument('--budget', type=float, default=3.0, help='seconds of repeated runs per measurement')
     parser.add_argument('--no-memory', action='store_true', help='time only')
     parser.add_argument('--out', default=None, help='results folder (default: benchmarks/contmix/<device>)')
+    parser.add_argument('--traffic-only', action='store_true',
+                        help='write the CUDA kernels\' traffic model for the cases (traffic.json/.md) and exit')
     args = parser.parse_args()
+    if args.traffic_only:
+        out_dir = args.out or osp.join('benchmarks', 'contmix', 'cuda-traffic')
+        os.makedirs(out_dir, exist_ok=True)
+        command = ' '.join(['python', 'tools/analysis_tools/benchmark_contmix.py'] +
+                           [shlex.quote(a) for a in sys.argv[1:]])
+        write_traffic(out_dir, command, args.cases or default_cases('cuda'))
+        print(f'wrote {out_dir}/traffic.json, traffic.md')
+        return
 
     device = args.device
     cases = args.cases or default_cases(device)

@@ -45,8 +45,10 @@ void check_inputs(const at::Tensor& weights, const at::Tensor& value, const std:
                     rpb->size(2) == 2 * K - 1,
                 "contmix: rpb must have shape [G, 2K-1, 2K-1] = [", value.size(1), ", ", 2 * K - 1, ", ",
                 2 * K - 1, "], got ", rpb->sizes());
-    TORCH_CHECK(rpb->scalar_type() == value.scalar_type(), "contmix: rpb (", rpb->scalar_type(),
-                ") must have the dtype of value (", value.scalar_type(), ")");
+    const auto acc = at::toOpMathType(value.scalar_type());
+    TORCH_CHECK(rpb->scalar_type() == value.scalar_type() || rpb->scalar_type() == acc, "contmix: rpb (",
+                rpb->scalar_type(), ") must have the dtype of value (", value.scalar_type(),
+                ") or its accumulation dtype (", acc, ")");
     TORCH_CHECK(rpb->device() == value.device(), "contmix: rpb must be on the device of value");
   }
 }
@@ -78,12 +80,14 @@ BackwardBuffers allocate_backward(const at::Tensor& weights, const at::Tensor& v
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(BackwardBuffers& buffers, const at::Tensor& rpb,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(BackwardBuffers& buffers,
+                                                               const std::optional<at::Tensor>& rpb,
                                                                const at::Tensor& value) {
   if (buffers.grad_logits.defined() && !buffers.grad_logits.is_same(buffers.grad_weights)) {
     buffers.grad_weights.copy_(buffers.grad_logits);
   }
-  at::Tensor grad_rpb = rpb.defined() ? buffers.grad_rpb.to(rpb.scalar_type()) : at::empty({0}, value.options());
+  // Straight from the accumulator into rpb's dtype: no copy when rpb has the accumulation dtype.
+  at::Tensor grad_rpb = rpb.has_value() ? buffers.grad_rpb.to(rpb->scalar_type()) : at::empty({0}, value.options());
   return {buffers.grad_weights, buffers.grad_value, grad_rpb};
 }
 
@@ -100,7 +104,7 @@ at::Tensor contmix_forward(const at::Tensor& weights, const at::Tensor& value, c
                            int64_t kernel_size, bool softmax) {
   check_inputs(weights, value, rpb, kernel_size);
   const at::OptionalDeviceGuard guard(at::device_of(value));
-  const at::Tensor w = weights.contiguous(), v = value.contiguous(), b = optional_contiguous(rpb);
+  const at::Tensor w = weights.contiguous(), v = value.contiguous(), b = kernel_bias(rpb, v);
   at::Tensor out = at::empty(v.sizes(), v.options());
   if (v.is_cuda()) {
 #ifdef MMOVERLOCK_WITH_CUDA
@@ -122,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contmix_backward(const at::Tensor
   check_grad_out(grad_out, value);
   const at::OptionalDeviceGuard guard(at::device_of(value));
   const at::Tensor go = grad_out.contiguous(), w = weights.contiguous(), v = value.contiguous(),
-                   b = optional_contiguous(rpb);
+                   b = kernel_bias(rpb, v);
   const bool two_pass = v.is_cuda();
   // Under torch.use_deterministic_algorithms(True) the CUDA backward gathers grad_rpb in a fixed order.
   const bool deterministic = at::globalContext().deterministicAlgorithms();
@@ -136,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contmix_backward(const at::Tensor
   } else {
     backward_cpu(go, w, v, b, kernel_size, softmax, r.grad_weights, r.grad_value, r.grad_rpb);
   }
-  return finish_backward(r, b, v);
+  return finish_backward(r, rpb, v);
 }
 
 }  // namespace

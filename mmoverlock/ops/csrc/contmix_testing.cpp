@@ -42,16 +42,17 @@ at::Tensor bodies_forward(const at::Tensor& weights, const at::Tensor& value, co
                           int64_t kernel_size, bool softmax) {
   check_inputs(weights, value, rpb, kernel_size);
   check_cpu(value);
-  const at::Tensor w = weights.contiguous(), v = value.contiguous(), b = optional_contiguous(rpb);
+  const at::Tensor w = weights.contiguous(), v = value.contiguous(), b = kernel_bias(rpb, v);
   at::Tensor out = at::empty(v.sizes(), v.options());
   const Shape s = make_shape(v, kernel_size, softmax);
   if (s.npix == 0 || s.C == 0) return out;
+  check_plane_indices(s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "contmix_bodies_forward", [&] {
     with_channels_per_lane(s.C, [&](auto cpt) {
       constexpr int CPT = decltype(cpt)::value;
       for (int64_t pix = 0; pix < s.npix; ++pix) {
         forward_pixel<scalar_t, CPT, false>(SoloTeam{}, s, pix, true, w.const_data_ptr<scalar_t>(),
-                                            v.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(b), nullptr,
+                                            v.const_data_ptr<scalar_t>(), optional_ptr<at::opmath_type<scalar_t>>(b), nullptr,
                                             out.mutable_data_ptr<scalar_t>(), nullptr);
       }
     });
@@ -68,16 +69,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bodies_backward(const at::Tensor&
   check_grad_out(grad_out, value);
   check_cpu(value);
   const at::Tensor go = grad_out.contiguous(), w = weights.contiguous(), v = value.contiguous(),
-                   b = optional_contiguous(rpb);
+                   b = kernel_bias(rpb, v);
   BackwardBuffers r = allocate_backward(w, v, b, softmax, /*two_pass=*/true, deterministic);
   const Shape s = make_shape(v, kernel_size, softmax);
-  if (s.npix == 0) return finish_backward(r, b, v);
+  if (s.npix == 0) return finish_backward(r, rpb, v);
+  check_plane_indices(s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "contmix_bodies_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* vp = v.const_data_ptr<scalar_t>();
-    const scalar_t* bp = optional_ptr<scalar_t>(b);
+    const acc_t* bp = optional_ptr<acc_t>(b);
     acc_t* st = softmax ? r.stats.mutable_data_ptr<acc_t>() : nullptr;
     with_channels_per_lane(std::max<int64_t>(s.C, 1), [&](auto cpt) {
       constexpr int CPT = decltype(cpt)::value;
@@ -92,27 +94,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bodies_backward(const at::Tensor&
           grad_value_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, bp, st, gv);
         }
       }
-    });
-    if (bp == nullptr || !deterministic) {
-      scalar_t* gw = r.grad_weights.mutable_data_ptr<scalar_t>();
-      acc_t* grpb = bp != nullptr ? r.grad_rpb.mutable_data_ptr<acc_t>() : nullptr;
-      for (int64_t pix = 0; pix < s.npix; ++pix) {
-        const int64_t g = (pix / (s.H * s.W)) % s.G;
-        grad_weights_pixel(SoloTeam{}, s, pix, gop, wp, vp, bp, st, gw,
-                           PlainBiasSink<acc_t>{grpb != nullptr ? grpb + g * s.R * s.R : nullptr});
+      if (bp == nullptr || !deterministic) {
+        scalar_t* gw = r.grad_weights.mutable_data_ptr<scalar_t>();
+        acc_t* grpb = bp != nullptr ? r.grad_rpb.mutable_data_ptr<acc_t>() : nullptr;
+        for (int64_t pix = 0; pix < s.npix; ++pix) {
+          const int64_t g = (pix / (s.H * s.W)) % s.G;
+          grad_weights_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, vp, bp, st, gw,
+                                            PlainBiasSink<acc_t>{grpb != nullptr ? grpb + g * s.R * s.R : nullptr});
+        }
+      } else {
+        acc_t* logits = r.grad_logits.mutable_data_ptr<acc_t>();
+        for (int64_t pix = 0; pix < s.npix; ++pix) {
+          grad_weights_pixel<scalar_t, CPT>(SoloTeam{}, s, pix, true, gop, wp, vp, bp, st, logits, NoBiasSink{});
+        }
       }
-      return;
-    }
+    });
+    if (bp == nullptr || !deterministic) return;
     acc_t* logits = r.grad_logits.mutable_data_ptr<acc_t>();
-    for (int64_t pix = 0; pix < s.npix; ++pix) {
-      grad_weights_pixel(SoloTeam{}, s, pix, gop, wp, vp, bp, st, logits, NoBiasSink{});
-    }
     acc_t* grpb = r.grad_rpb.mutable_data_ptr<acc_t>();
     for (int64_t index = 0; index < s.G * s.R * s.R; ++index) {
       grpb[index] = bias_grad_entry<acc_t>(SoloTeam{}, s, index / (s.R * s.R), index % (s.R * s.R), logits);
     }
   });
-  return finish_backward(r, b, v);
+  return finish_backward(r, rpb, v);
 }
 
 }  // namespace

@@ -23,13 +23,14 @@ struct BackwardBuffers {
 };
 BackwardBuffers allocate_backward(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb,
                                   bool softmax, bool two_pass, bool deterministic);
-// The op's results: grad_logits copied into grad_weights where they differ, grad_rpb in rpb's dtype (an empty tensor
-// without rpb).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(BackwardBuffers& buffers, const at::Tensor& rpb,
+// The op's results: grad_logits copied into grad_weights where they differ, grad_rpb in the dtype of the rpb the
+// caller passed (an empty tensor without rpb).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(BackwardBuffers& buffers,
+                                                               const std::optional<at::Tensor>& rpb,
                                                                const at::Tensor& value);
 
 // out[B,G,H,W,C] = sum_t P[..., t] * value[neighbour t], P = softmax?(weights + gathered rpb).
-// `rpb` may be an undefined tensor (no bias).
+// `rpb` may be an undefined tensor (no bias); every launcher takes it in the accumulation dtype (kernel_bias).
 void forward_cpu(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb, int64_t kernel_size,
                  bool softmax, at::Tensor& out);
 

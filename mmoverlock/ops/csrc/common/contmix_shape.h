@@ -2,9 +2,12 @@
 // contmix_common.h, so that kernels compiled without ATen's headers can take it too).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 
 #include "contmix_common.h"
@@ -20,15 +23,24 @@ inline Shape make_shape(const at::Tensor& value, int64_t K, bool softmax) {
   return s;
 }
 
+// The shared bodies (contmix_bodies.h) index inside one plane in int32: H * W * max(C, K*K) must fit.
+inline void check_plane_indices(const Shape& s) {
+  const int64_t extent = s.H * s.W * std::max(s.C, s.T);
+  TORCH_CHECK(extent <= std::numeric_limits<int32_t>::max(), "contmix: one [H, W] plane is too large for the CUDA ",
+              "kernels' 32-bit in-plane indexing (H * W * max(C, K*K) = ", extent,
+              ", at most 2^31 - 1); use backend='torch' or split the input");
+}
+
 // Data of an optional (possibly undefined) input, or null: the kernels test the bias pointer for "no rpb".
 template <typename scalar_t>
 const scalar_t* optional_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
-// A contiguous copy (or view) of an optional input, or an undefined tensor.
-inline at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
+// The bias table as the kernels read it: contiguous, in the accumulation dtype of value (a float32 table of a
+// float16 model is used as it is, with no rounding to float16), or an undefined tensor without rpb.
+inline at::Tensor kernel_bias(const std::optional<at::Tensor>& rpb, const at::Tensor& value) {
+  return rpb.has_value() ? rpb->to(at::toOpMathType(value.scalar_type())).contiguous() : at::Tensor();
 }
 
 }  // namespace contmix

@@ -6,7 +6,8 @@
 // cooperates through warp shuffles (WarpTeam).
 //   forward / stats: a team per output pixel, lanes over channels.
 //   grad_value:      a team per value pixel, gathered over its inverse neighbourhood (no atomics).
-//   grad_weights:    a team per output pixel, lanes over taps; grad_rpb is reduced per block in shared memory and
+//   grad_weights:    a team per output pixel, lanes over channels, reducing each tap's dot product and taking
+//                    turns at the taps' exps and stores; grad_rpb is reduced per block in shared memory and
 //                    added to global memory once per block. Under torch.use_deterministic_algorithms(True) the
 //                    logit gradients are kept in the accumulation type instead and grad_rpb is gathered per table
 //                    entry in a fixed order (bias_grad_kernel): bitwise reproducible.
@@ -71,7 +72,7 @@ __device__ __forceinline__ int64_t team_index(int team_size) {
 template <typename scalar_t, int CPT, bool kStats>
 __global__ void __launch_bounds__(kBlock)
     forward_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ w,
-                   const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                   const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
                    const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ out,
                    at::opmath_type<scalar_t>* __restrict__ stats) {
   const int64_t pix = team_index(team_size);
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kBlock)
 template <typename scalar_t, int CPT>
 __global__ void __launch_bounds__(kBlock)
     grad_value_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ grad_out,
-                      const scalar_t* __restrict__ w, const scalar_t* __restrict__ rpb,
+                      const scalar_t* __restrict__ w, const at::opmath_type<scalar_t>* __restrict__ rpb,
                       const at::opmath_type<scalar_t>* __restrict__ stats, scalar_t* __restrict__ grad_value) {
   const int64_t pix = team_index(team_size);
   const bool valid = pix < s.npix;
@@ -97,14 +98,15 @@ struct SharedBiasSink {
   __device__ void operator()(int64_t offset, acc_t grad) const { atomicAdd(table + offset, grad); }
 };
 
-// grad_weights (or, deterministic, the logit gradients in the accumulation type). Every block covers pixels of one
-// plane (blocks_per_plane blocks per plane), so with rpb (kSharedRpb) its contributions to grad_rpb go to one bias
-// table, summed in shared memory first.
-template <typename scalar_t, typename grad_t, bool kSharedRpb>
+// grad_weights (or, deterministic, the logit gradients in the accumulation type), a team per pixel with lanes over
+// channels. Every block covers pixels of one plane (blocks_per_plane blocks per plane), so with rpb (kSharedRpb) its
+// contributions to grad_rpb go to one bias table, summed in shared memory first. The body's team reductions need
+// every lane: pixels past the plane's end stand in as its last pixel and store nothing.
+template <typename scalar_t, int CPT, typename grad_t, bool kSharedRpb>
 __global__ void __launch_bounds__(kBlock)
     grad_weights_kernel(const Shape s, const int team_size, const int64_t blocks_per_plane,
                         const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ w,
-                        const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                        const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
                         const at::opmath_type<scalar_t>* __restrict__ stats, grad_t* __restrict__ grad_logits,
                         at::opmath_type<scalar_t>* __restrict__ grad_rpb) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -116,14 +118,14 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();
   }
   const int64_t local = (blockIdx.x - plane * blocks_per_plane) * (kBlock / team_size) + threadIdx.x / team_size;
-  if (local < s.H * s.W) {  // no collectives in this body: idle teams may leave
-    const int64_t pix = plane * s.H * s.W + local;
-    if constexpr (kSharedRpb) {
-      grad_weights_pixel(this_team(team_size), s, pix, grad_out, w, v, rpb, stats, grad_logits,
-                         SharedBiasSink<acc_t>{rpb_acc});
-    } else {
-      grad_weights_pixel(this_team(team_size), s, pix, grad_out, w, v, rpb, stats, grad_logits, NoBiasSink{});
-    }
+  const bool valid = local < s.H * s.W;
+  const int64_t pix = plane * s.H * s.W + (valid ? local : s.H * s.W - 1);
+  if constexpr (kSharedRpb) {
+    grad_weights_pixel<scalar_t, CPT>(this_team(team_size), s, pix, valid, grad_out, w, v, rpb, stats, grad_logits,
+                                      SharedBiasSink<acc_t>{rpb_acc});
+  } else {
+    grad_weights_pixel<scalar_t, CPT>(this_team(team_size), s, pix, valid, grad_out, w, v, rpb, stats, grad_logits,
+                                      NoBiasSink{});
   }
   if constexpr (kSharedRpb) {
     __syncthreads();
@@ -178,6 +180,7 @@ void forward_cuda(const at::Tensor& weights, const at::Tensor& value, const at::
   check_kernel_size(kernel_size);
   const Shape s = make_shape(value, kernel_size, softmax);
   if (s.npix == 0 || s.C == 0) return;
+  check_plane_indices(s);
   const c10::cuda::CUDAGuard guard(value.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_forward_cuda", [&] {
@@ -185,7 +188,7 @@ void forward_cuda(const at::Tensor& weights, const at::Tensor& value, const at::
       constexpr int CPT = decltype(cpt)::value;
       const int team = channel_team(s.C, CPT);
       forward_kernel<scalar_t, CPT, false><<<checked_grid(blocks_for(s.npix, team), "forward"), kBlock, 0, stream>>>(
-          s, team, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(rpb),
+          s, team, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), optional_ptr<at::opmath_type<scalar_t>>(rpb),
           nullptr, out.mutable_data_ptr<scalar_t>(), nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -198,6 +201,7 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const 
   check_kernel_size(kernel_size);
   const Shape s = make_shape(value, kernel_size, softmax);
   if (s.npix == 0) return;
+  check_plane_indices(s);
   const c10::cuda::CUDAGuard guard(value.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_backward_cuda", [&] {
@@ -205,8 +209,9 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const 
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* w = weights.const_data_ptr<scalar_t>();
     const scalar_t* v = value.const_data_ptr<scalar_t>();
-    const scalar_t* b = optional_ptr<scalar_t>(rpb);
+    const acc_t* b = optional_ptr<acc_t>(rpb);
     acc_t* st = softmax ? buffers.stats.mutable_data_ptr<acc_t>() : nullptr;
+    const bool gather_rpb = b != nullptr && deterministic;
     with_channels_per_lane(std::max<int64_t>(s.C, 1), [&](auto cpt) {
       constexpr int CPT = decltype(cpt)::value;
       const int team = channel_team(std::max<int64_t>(s.C, 1), CPT);
@@ -220,27 +225,26 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const 
             s, team, go, w, b, st, buffers.grad_value.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-    });
-    // One plane per block (blocks_per_plane consecutive blocks), so B * G has no grid limit of its own.
-    const int team = next_pow2(s.T);
-    const int64_t blocks_per_plane = blocks_for(s.H * s.W, team);
-    const unsigned blocks = checked_grid(blocks_per_plane * s.B * s.G, "grad_weights");
-    if (b == nullptr || !deterministic) {
-      const size_t shared = b != nullptr ? static_cast<size_t>(s.R * s.R) * sizeof(acc_t) : 0;
-      const auto kernel = b != nullptr ? grad_weights_kernel<scalar_t, scalar_t, true>
-                                       : grad_weights_kernel<scalar_t, scalar_t, false>;
-      kernel<<<blocks, kBlock, shared, stream>>>(s, team, blocks_per_plane, go, w, v, b, st,
-                                                buffers.grad_weights.mutable_data_ptr<scalar_t>(),
-                                                b != nullptr ? buffers.grad_rpb.mutable_data_ptr<acc_t>() : nullptr);
+      // One plane per block (blocks_per_plane consecutive blocks), so B * G has no grid limit of its own.
+      const int64_t blocks_per_plane = blocks_for(s.H * s.W, team);
+      const unsigned blocks = checked_grid(blocks_per_plane * s.B * s.G, "grad_weights");
+      if (!gather_rpb) {
+        const size_t shared = b != nullptr ? static_cast<size_t>(s.R * s.R) * sizeof(acc_t) : 0;
+        const auto kernel = b != nullptr ? grad_weights_kernel<scalar_t, CPT, scalar_t, true>
+                                         : grad_weights_kernel<scalar_t, CPT, scalar_t, false>;
+        kernel<<<blocks, kBlock, shared, stream>>>(s, team, blocks_per_plane, go, w, v, b, st,
+                                                  buffers.grad_weights.mutable_data_ptr<scalar_t>(),
+                                                  b != nullptr ? buffers.grad_rpb.mutable_data_ptr<acc_t>() : nullptr);
+      } else {
+        // Deterministic grad_rpb: the logit gradients in the accumulation type (grad_logits is grad_weights itself
+        // when that has the accumulation type), gathered per table entry in a fixed order below.
+        grad_weights_kernel<scalar_t, CPT, acc_t, false><<<blocks, kBlock, 0, stream>>>(
+            s, team, blocks_per_plane, go, w, v, b, st, buffers.grad_logits.mutable_data_ptr<acc_t>(), nullptr);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    // Deterministic grad_rpb: the logit gradients in the accumulation type (grad_logits is grad_weights itself when
-    // that has the accumulation type), then a fixed-order gather per table entry.
+    });
+    if (!gather_rpb) return;
     acc_t* logits = buffers.grad_logits.mutable_data_ptr<acc_t>();
-    grad_weights_kernel<scalar_t, acc_t, false><<<blocks, kBlock, 0, stream>>>(s, team, blocks_per_plane, go, w, v, b,
-                                                                              st, logits, nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     bias_grad_kernel<acc_t><<<checked_grid(blocks_for(s.G * s.R * s.R, 32), "grad_rpb"), kBlock, 0, stream>>>(
         s, logits, buffers.grad_rpb.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
