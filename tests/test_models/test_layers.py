@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmoverlock.models.dwconv import depthwise_conv2d
+from mmoverlock.ops.depthwise import depthwise_conv2d
 from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, ResDWConv
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
