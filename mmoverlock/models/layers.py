@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, dilated_to_dense, gelu_res_dwconv,
-                             recomputed_branch_sum)
+from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, gelu_res_dwconv, recomputed_branch_sum,
+                             sum_branch_kernels)
 from ..ops.tracing import is_tracing
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
@@ -120,9 +120,9 @@ class FusingSequential(nn.Sequential):
 
     * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
       (see ``ResDWConv.forward_after_gelu``);
-    * a plain ``Conv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that uses its running
-      statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the current parameters
-      on every call (nothing cached, gradients reach both layers).
+    * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
+      uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the
+      current parameters on every call (nothing cached, gradients reach both layers).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,8 @@ class FusingSequential(nn.Sequential):
                 x = following.forward_after_gelu(x, layer.approximate)
             elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
                 x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
+            elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
+                x = depthwise_conv2d(x, *fuse_conv_bn(layer, following), layer.padding[0], layer.dilation[0])
             elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
                 kernel, bias = fold_bn(*layer.kernel_and_bias(), following)
                 x = depthwise_conv2d(x, kernel, bias, layer.kernel_size // 2)
@@ -217,16 +219,8 @@ class DilatedReparamBlock(nn.Module):
         Differentiable in every parameter, so the eval-mode forward can use it and still give each branch its
         gradient; it costs a few kernel-sized additions, far less than one branch's conv.
         """
-        kernel, bias = fuse_conv_bn(self.lk_origin, self.origin_bn)
-        big = self.kernel_size
-        for k, r in self.branches:
-            branch_kernel, branch_bias = fuse_conv_bn(getattr(self, f'dil_conv_k{k}_{r}'),
-                                                      getattr(self, f'dil_bn_k{k}_{r}'))
-            dense = dilated_to_dense(branch_kernel, r)
-            pad = big // 2 - dense.shape[-1] // 2
-            kernel = kernel + F.pad(dense, [pad] * 4)
-            bias = bias + branch_bias
-        return kernel, bias
+        kernels, biases = zip(*(fuse_conv_bn(conv, bn) for conv, bn in zip(self._convs(), self._batch_norms())))
+        return sum_branch_kernels(kernels, [conv.dilation[0] for conv in self._convs()]), sum(biases[1:], biases[0])
 
     def _convs(self) -> List[DepthwiseConv2d]:
         return [self.lk_origin] + [getattr(self, f'dil_conv_k{k}_{r}') for k, r in self.branches]

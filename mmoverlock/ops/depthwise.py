@@ -1,32 +1,35 @@
-"""Depthwise convolution with a fast CPU backward, for OverLoCK's large (up to 19 x 19) depthwise kernels.
+"""Stride-1 depthwise convolution on the compiled ``mmoverlock::depthwise_*`` operators, and the training steps
+built on it.
 
-On the CPU, oneDNN computes the weight gradient of a large depthwise kernel on a slow path (a 17 x 17 kernel over
-a 64 x 128 x 128 map: about 0.7 s, against 20 ms for the forward conv). That gradient is itself a depthwise
-correlation, ``grad_w[c, a, e] = sum_{n,i,j} grad_out[n, c, i, j] * x_pad[n, c, i + r*a, j + r*e]``, i.e. a
-depthwise conv of the padded input with ``grad_out`` as the kernel and the dilation ``r`` as the stride, which
-oneDNN's forward path runs about 30 times faster. Dilated kernels that oneDNN's direct depthwise kernels do not
-cover (a span above ``DENSE_DILATED_SPAN``) run as the equivalent dense kernel with zeros between the taps, which is
-exact and several times faster there.
-
-Everything else (CUDA, tracing/export, CPU autocast, small kernels, no gradient needed) goes to ``F.conv2d`` unchanged.
+``depthwise_conv2d`` is ``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)``. On CPU tensors (and CUDA ones
+when the extension was built with nvcc) it runs the compiled op: per-ISA CPU kernels (baseline, AVX2, AVX-512, the
+instruction set ContMix's kernels use, ``MMOVERLOCK_CPU_CAPABILITY``) vectorised over channels for channels-last maps
+and over columns for NCHW ones, for any odd kernel size and any dilation, with its own input and weight gradients.
+So its speed does not depend on which path a vendor library picks on a given CPU. float16/bfloat16 inputs (and
+autocast) compute in float32 and return the half dtype, as ContMix's CPU kernels do. ``F.conv2d`` remains the
+fallback (no extension, other devices, paddings outside ``[0, dilation * (k - 1)]``) and the path that tracing and
+export record.
 
 Two training-memory steps built on it keep only their inputs for the backward and recompute the rest there:
 ``gelu_res_dwconv`` (``u + dwconv(u)`` with ``u = gelu(z)``) and ``recomputed_branch_sum`` (the batch-normalised sum
 of parallel depthwise branches, i.e. a DilatedReparamBlock in training).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 
+from .contmix import available_backends
 from .tracing import is_tracing
 
-#: Depthwise kernels of at least this size take the custom weight gradient (below it oneDNN's own is faster).
-FAST_GRAD_MIN_KERNEL = 5
-#: Dilated depthwise kernels whose span ``r * (k - 1) + 1`` exceeds this run as dense kernels on the CPU.
-DENSE_DILATED_SPAN = 13
+#: Devices whose depthwise convs run the compiled op (those the extension was built for).
+_OP_DEVICES = tuple(d for d in ('cpu', 'cuda') if d in available_backends()
+                    and hasattr(torch.ops.mmoverlock, 'depthwise_forward'))
+#: Dtypes the op computes in float32 (its CPU kernels are float32/float64), returning the input dtype.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -40,38 +43,57 @@ def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
     return dense
 
 
-class _DepthwiseConv2d(torch.autograd.Function):
-    """Stride-1 depthwise conv whose weight gradient is computed as a forward depthwise conv (see module doc)."""
+def _output_size(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> Tuple[int, int]:
+    span = dilation * (weight.shape[-1] - 1)
+    return x.shape[2] + 2 * padding - span, x.shape[3] + 2 * padding - span
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, dilation: int):
+
+if _OP_DEVICES:
+
+    @torch.library.register_fake('mmoverlock::depthwise_forward')
+    def _forward_fake(x, weight, bias, padding, dilation):
+        torch._check(x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1],
+                     lambda: 'depthwise: input [N, C, H, W] and weight [C, 1, K, K] expected')
+        return torch.empty((x.shape[0], x.shape[1], *_output_size(x, weight, padding, dilation)), dtype=x.dtype,
+                           device=x.device, memory_format=suggest_memory_format(x))
+
+    @torch.library.register_fake('mmoverlock::depthwise_backward')
+    def _backward_fake(grad_out, x, weight, padding, dilation, output_mask):
+        grad_x = torch.empty_like(x, memory_format=suggest_memory_format(x)) if output_mask[0] else x.new_empty(0)
+        grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else x.new_empty(0)
+        return grad_x, grad_w
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, padding, dilation = inputs
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
-        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        p, r = ctx.padding, ctx.dilation
-        batch, channels, height, width = x.shape
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(grad_out, x, weight, None, [1, 1], [p, p], [r, r], False,
-                                                         [0, 0], channels, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            # Channels (c, n) of the padded input, correlated per channel c with grad_out's maps (c, n), summed over n.
-            x_pad = F.pad(x, [p] * 4).transpose(0, 1).reshape(1, channels * batch, height + 2 * p, width + 2 * p)
-            kernel = grad_out.transpose(0, 1)  # [C, N, H', W']: one group of N input maps per channel
-            grad_w = F.conv2d(x_pad, kernel, None, r, 0, 1, channels).view(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        needs = ctx.needs_input_grad
+        grad_x, grad_w = torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, ctx.padding, ctx.dilation,
+                                                                 [needs[0], needs[1]])
+        grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and needs[2] else None
+        return grad_x if needs[0] else None, grad_w if needs[1] else None, grad_b, None, None
+
+    torch.library.register_autograd('mmoverlock::depthwise_forward', _backward, setup_context=_setup_context)
+
+
+def _runs_op(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> bool:
+    """Whether the compiled op takes this call (else ``F.conv2d``, which also raises the errors of bad input)."""
+    if x.device.type not in _OP_DEVICES or is_tracing() or x.dim() != 4 or weight.dim() != 4:
+        return False
+    k = weight.shape[-1]
+    return (weight.shape[0] == x.shape[1] and weight.shape[1] == 1 and weight.shape[2] == k and k % 2 == 1
+            and dilation >= 1 and 0 <= padding <= dilation * (k - 1) and min(_output_size(x, weight, padding,
+                                                                                          dilation)) >= 1
+            and x.dtype in (torch.float32, torch.float64) + _HALF_DTYPES and weight.dtype == x.dtype
+            and (x.device.type == 'cuda' or x.dtype not in _HALF_DTYPES))
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
                      dilation: int = 1) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` with the CPU fast paths of this module.
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` on the compiled op where it applies.
 
     Args:
         x (Tensor): Input [N, C, H, W] (any memory format; the output follows it).
@@ -81,29 +103,39 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         dilation (int): Dilation. Defaults to 1.
 
     Returns:
-        Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)].
+        Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)], in the dtype ``F.conv2d`` would return (under autocast:
+        the autocast dtype, computed in float32 on the CPU).
     """
-    if x.device.type != 'cpu' or is_tracing():
-        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
-    k = weight.shape[-1]
-    if dilation > 1 and dilation * (k - 1) + 1 > DENSE_DILATED_SPAN:
-        weight, k, dilation = dilated_to_dense(weight, dilation), dilation * (k - 1) + 1, 1
-    autocast = torch.is_autocast_enabled('cpu')
-    if k >= FAST_GRAD_MIN_KERNEL and (autocast or x.dtype in (torch.float16, torch.bfloat16)):
-        # oneDNN runs half-precision depthwise convs this large on a slow path (one bfloat16 17 x 17 conv over a
-        # 16 x 24 x 32 map took over a minute, against milliseconds in float32): compute them in float32 and return
-        # the dtype the conv would have returned. Autocast stays off inside, so the backward sees one dtype too.
-        dtype = torch.get_autocast_dtype('cpu') if autocast else x.dtype
-        with torch.autocast('cpu', enabled=False):
-            out = depthwise_conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding,
-                                   dilation)
-        return out.to(dtype)
-    if autocast:  # small kernels: the plain conv gets autocast's casts (the custom backward would mix dtypes)
-        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if not needs_grad or k < FAST_GRAD_MIN_KERNEL:
-        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
-    return _DepthwiseConv2d.apply(x, weight, bias, padding, dilation)
+    device = x.device.type
+    if device == 'cpu' and not is_tracing():
+        autocast = torch.is_autocast_enabled('cpu')
+        half = x.dtype in _HALF_DTYPES or (autocast and x.dtype == torch.float32)
+        if half:
+            # The CPU kernels are float32/float64: compute in float32, return the dtype the conv would return.
+            # Autocast stays off inside, so the backward sees one dtype too.
+            dtype = torch.get_autocast_dtype('cpu') if autocast else x.dtype
+            cast = (lambda t: t if t is None else t.float())
+            if _runs_op(cast(x), cast(weight), padding, dilation):
+                with torch.autocast('cpu', enabled=False):
+                    out = torch.ops.mmoverlock.depthwise_forward(x.float(), weight.float(), cast(bias), padding,
+                                                                 dilation)
+                return out.to(dtype)
+    if not torch.is_autocast_enabled(device) and _runs_op(x, weight, padding, dilation):
+        return torch.ops.mmoverlock.depthwise_forward(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+
+def depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int,
+                              dilation: int, output_mask: Sequence[bool]) -> Tuple[torch.Tensor, ...]:
+    """Input, weight and bias gradients of ``depthwise_conv2d`` (``None`` where ``output_mask`` is false)."""
+    if _runs_op(x, weight, padding, dilation) and grad_out.dtype == x.dtype:
+        grad_x, grad_w = torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, padding, dilation,
+                                                                 [output_mask[0], output_mask[1]])
+        grad_b = grad_out.sum((0, 2, 3)) if output_mask[2] else None
+        return grad_x if output_mask[0] else None, grad_w if output_mask[1] else None, grad_b
+    channels = x.shape[1]
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, [channels], [1, 1], [padding, padding],
+                                               [dilation, dilation], False, [0, 0], channels, list(output_mask))
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -124,12 +156,11 @@ def gelu_res_dwconv(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                     approximate: str = 'none') -> torch.Tensor:
     """``u + dwconv(u)`` with ``u = gelu(z)``; when a gradient is wanted, keeps only ``z`` for the backward.
 
-    Small kernels only take the recomputing step (larger ones take ``depthwise_conv2d``'s own weight gradient), and
-    under autocast or tracing the plain composition runs (autograd's own casts keep the backward's dtypes apart).
+    Under autocast, for half dtypes or while tracing the plain composition runs (autograd's own casts keep the
+    backward's dtypes apart).
     """
     wants_grad = torch.is_grad_enabled() and (z.requires_grad or weight.requires_grad)
-    plain = is_tracing() or torch.is_autocast_enabled(z.device.type) or weight.shape[-1] >= FAST_GRAD_MIN_KERNEL
-    if not wants_grad or plain:
+    if not wants_grad or is_tracing() or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES:
         u = F.gelu(z, approximate=approximate)
         return depthwise_conv2d(u, weight, bias, padding).add_(u)
     return _GeluResDWConv.apply(z, weight, bias, padding, approximate)
@@ -140,7 +171,7 @@ class _GeluResDWConv(torch.autograd.Function):
 
     Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
     the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
-    very kernels autograd would (``convolution_backward``, ``gelu_backward``), so the gradients are the same.
+    very kernels autograd would (``depthwise_conv2d``'s, ``gelu_backward``), so the gradients are the same.
     """
 
     @staticmethod
@@ -148,18 +179,15 @@ class _GeluResDWConv(torch.autograd.Function):
         ctx.save_for_backward(z, weight)
         ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
         u = F.gelu(z, approximate=approximate)
-        return F.conv2d(u, weight, bias, 1, padding, 1, u.shape[1]).add_(u)
+        return depthwise_conv2d(u, weight, bias, padding).add_(u)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         z, weight = ctx.saved_tensors
         u = F.gelu(z, approximate=ctx.approximate)
-        p, channels = ctx.padding, z.shape[1]
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grad_u, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, u, weight, [channels] if ctx.has_bias else None, [1, 1], [p, p], [1, 1], False, [0, 0],
-            channels, mask)
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, weight, ctx.padding, 1, mask)
         grad_z = None
         if ctx.needs_input_grad[0]:
             grad_z = torch.ops.aten.gelu_backward(grad_u + grad_out, z, approximate=ctx.approximate)
@@ -251,3 +279,20 @@ class _RecomputedBranchSum(torch.autograd.Function):
         grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
         grads = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
         return (grads[0], None, None, *grads[1:])
+
+
+def sum_branch_kernels(kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+                       scales: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """The one depthwise kernel of parallel branches: ``sum_i scale_i[c] * kernel_i`` with each (dilated) kernel
+    spread and centred in the first kernel's K x K (every span at most K). ``scales`` default to one."""
+    size = kernels[0].shape[-1]
+    out = None
+    for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+        dense = dilated_to_dense(kernel, r)
+        if scales is not None:
+            dense = dense * scales[i].view(-1, 1, 1, 1)
+        pad = (size - dense.shape[-1]) // 2
+        dense = F.pad(dense, [pad] * 4)
+        out = dense if out is None else out + dense
+    return out
+

@@ -49,6 +49,11 @@ def branch_sum(block, x, conv2d=F.conv2d):
     return out
 
 
+def depthwise_as_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """``depthwise_conv2d`` with ``F.conv2d``'s signature: the plain sum with the block's own conv (same rounding)."""
+    return depthwise_conv2d(x, weight, bias, padding, dilation)
+
+
 def random_block(kernel_size, channels):
     torch.manual_seed(1)
     block = DilatedReparamBlock(channels, kernel_size).double()
@@ -150,7 +155,7 @@ def test_training_block_keeps_only_its_input_and_updates_statistics_once(momentu
         out, kept = saved_maps(blocks[0], inp, min_numel=x.numel())
         assert [t.data_ptr() for t in kept] == [inp.data_ptr()]
         out.sum().backward()
-        branch_sum(blocks[1], x.clone()).sum().backward()
+        branch_sum(blocks[1], x.clone(), depthwise_as_conv2d).sum().backward()
         for bn, ref in zip(blocks[0]._batch_norms(), blocks[1]._batch_norms()):
             assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
             assert torch.equal(bn.running_mean, ref.running_mean)
@@ -240,10 +245,6 @@ def test_training_forms_under_cpu_autocast_match_the_plain_chain():
     """Under bfloat16 autocast the recomputed branches (autocast restored in the backward) and the fused GELU step
     give the plain formulation's numbers exactly (each depthwise conv computed by ``depthwise_conv2d``, which runs
     the large kernels in float32 there)."""
-
-    def depthwise(x, weight, bias, stride, padding, dilation, groups):
-        return depthwise_conv2d(x, weight, bias, padding, dilation)
-
     torch.manual_seed(0)
     blocks = [random_block(13, 8).float().train() for _ in range(2)]
     mlps = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GELU(), ResDWConv(8)) for _ in range(2)]
@@ -253,7 +254,7 @@ def test_training_forms_under_cpu_autocast_match_the_plain_chain():
     for block, mlp, fused in ((blocks[0], mlps[0], True), (blocks[1], mlps[1], False)):
         inp = x.clone().requires_grad_(True)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp, depthwise))
+            out = FusingSequential(*mlp)(block(inp)) if fused else mlp(branch_sum(block, inp, depthwise_as_conv2d))
         out.float().square().sum().backward()
         results.append([out.detach(), inp.grad] + [p.grad for p in (*block.parameters(), *mlp.parameters())])
     assert results[0][0].dtype == torch.bfloat16
