@@ -209,6 +209,10 @@ def recomputed_branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dila
                           eps: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The sum of batch-normalised depthwise branches (batch statistics), keeping only ``x`` for the backward.
 
+    With the compiled op (float32/float64, no autocast) this is ``_FoldedBranchSum``: each branch's batch statistics,
+    then the whole sum as one conv with the BN-folded kernel, and an analytic backward of the same cost class.
+    Otherwise ``_RecomputedBranchSum`` runs the plain formulation and differentiates its recomputation.
+
     Args:
         x (Tensor): Input [N, C, H, W], either memory format.
         kernels (Sequence[Tensor]): One depthwise kernel [C, 1, k_i, k_i] per branch (odd ``k_i``).
@@ -225,6 +229,8 @@ def recomputed_branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dila
         raise ValueError(f'recomputed_branch_sum: kernels, dilations, bn_weights, bn_biases and eps must have one '
                          f'entry per branch, got {n}, {len(dilations)}, {len(bn_weights)}, {len(bn_biases)}, '
                          f'{len(eps)}')
+    if _folds(x, kernels, dilations, bn_weights):
+        return _FoldedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
     return _RecomputedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
 
 
@@ -281,6 +287,19 @@ class _RecomputedBranchSum(torch.autograd.Function):
         return (grads[0], None, None, *grads[1:])
 
 
+def _folds(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+           bn_weights: Sequence[torch.Tensor]) -> bool:
+    """Whether ``_FoldedBranchSum`` takes the call: the op runs every branch, the first kernel's span holds every
+    other one, one dtype, no autocast, more than one value per channel (else BatchNorm's own error is raised)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        return False
+    span = kernels[0].shape[-1]
+    return all(_runs_op(x, k, r * (k.shape[-1] - 1) // 2, r) and r * (k.shape[-1] - 1) + 1 <= span
+               and w.dtype == x.dtype for k, r, w in zip(kernels, dilations, bn_weights))
+
+
 def sum_branch_kernels(kernels: Sequence[torch.Tensor], dilations: Sequence[int],
                        scales: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """The one depthwise kernel of parallel branches: ``sum_i scale_i[c] * kernel_i`` with each (dilated) kernel
@@ -296,3 +315,77 @@ def sum_branch_kernels(kernels: Sequence[torch.Tensor], dilations: Sequence[int]
         out = dense if out is None else out + dense
     return out
 
+
+class _FoldedBranchSum(torch.autograd.Function):
+    """``recomputed_branch_sum`` in two passes over the input, keeping only ``x`` (and per-channel statistics).
+
+    In training a BatchNorm is the per-channel affine map ``s_i * (y_i - mean_i) + beta_i`` with
+    ``s_i = gamma_i / sqrt(var_i + eps_i)`` once its batch statistics are known, so the sum of the normalised
+    branches is one K x K depthwise conv of ``x`` with the folded kernel ``sum_i s_i * k_i`` (each branch spread into
+    the large kernel's span) and bias ``sum_i beta_i - s_i * mean_i``. The forward computes each branch's statistics
+    (one branch map alive at a time), then that one conv; no branch output or normalised map is kept or summed.
+
+    Backward, with ``g`` = grad_out, ``g' = g - mean(g)`` per channel and ``M = N*H*W``, BatchNorm's gradient is
+    ``dL/dy_i = s_i * g' - e_i * (y_i - mean_i)`` with ``dgamma_i = <g', y_i - mean_i> / sigma_i``,
+    ``e_i = s_i * dgamma_i / (M * sigma_i)`` and ``dbeta_i = sum(g)``. Each branch output is recomputed once, one
+    branch at a time, turned into ``dL/dy_i`` in place and handed to the op's backward (input and weight gradient
+    together): no second pass through autograd, no BatchNorm forward or backward kernels. Same values as the plain
+    formulation up to rounding (sums grouped differently).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dilations, eps, *params):
+        n = len(dilations)
+        kernels, weights, biases = params[:n], params[n:2 * n], params[2 * n:]
+        op = torch.ops.mmoverlock
+        means, stds, stats = [], [], []
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        for kernel, r, e in zip(kernels, dilations, eps):
+            y = op.depthwise_forward(x, kernel, None, r * (kernel.shape[-1] - 1) // 2, r)
+            # Two passes (mean, then the centred squares): exact enough in float32, and far faster than var_mean
+            # over a channels-last map.
+            mean = y.sum((0, 2, 3)) / count
+            var = y.sub_(mean.view(1, -1, 1, 1)).square_().sum((0, 2, 3)) / count
+            del y
+            means.append(mean)
+            stds.append((var + e).sqrt())
+            stats.append(torch.stack([mean, var * (count / (count - 1))]))
+        scales = [w / std for w, std in zip(weights, stds)]
+        bias = sum(b - mean * scale for b, mean, scale in zip(biases, means, scales))
+        folded = sum_branch_kernels(kernels, dilations, scales)
+        out = op.depthwise_forward(x, folded, bias, kernels[0].shape[-1] // 2, 1)
+        ctx.save_for_backward(x, *kernels, *weights, *means, *stds)
+        ctx.dilations = dilations
+        stats = torch.stack(stats)
+        ctx.mark_non_differentiable(stats)
+        return out, stats
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_stats):
+        dilations = ctx.dilations
+        n = len(dilations)
+        x, *rest = ctx.saved_tensors
+        kernels, weights, means, stds = (rest[i * n:(i + 1) * n] for i in range(4))
+        needs_x, needs = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
+        op = torch.ops.mmoverlock
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        grad_sum = grad_out.sum((0, 2, 3))
+        centred = grad_out - (grad_sum / count).view(1, -1, 1, 1)
+        grad_x, grad_k, grad_w = None, [], []
+        for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+            padding = r * (kernel.shape[-1] - 1) // 2
+            y = op.depthwise_forward(x, kernel, None, padding, r).sub_(means[i].view(1, -1, 1, 1))
+            grad_gamma = (centred * y).sum((0, 2, 3)) / stds[i]
+            scale = weights[i] / stds[i]
+            coef = scale * grad_gamma / (count * stds[i])
+            # dL/dy_i = scale * g' - coef * (y_i - mean_i), in place of y_i.
+            grad_y = y.mul_(-coef.view(1, -1, 1, 1)).addcmul_(centred, scale.view(1, -1, 1, 1))
+            gx_i, gk_i = op.depthwise_backward(grad_y, x, kernel, padding, r, [needs_x, needs[i]])
+            del y, grad_y
+            if needs_x:
+                grad_x = gx_i if grad_x is None else grad_x.add_(gx_i)
+            grad_k.append(gk_i if needs[i] else None)
+            grad_w.append(grad_gamma if needs[n + i] else None)
+        grad_b = [grad_sum if needs[2 * n + i] else None for i in range(n)]
+        return (grad_x, None, None, *grad_k, *grad_w, *grad_b)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from mmoverlock.ops.contmix import available_backends
-from mmoverlock.ops.depthwise import depthwise_conv2d
+from mmoverlock.ops import depthwise
+from mmoverlock.ops.depthwise import depthwise_conv2d, recomputed_branch_sum
 
 HAS_OP = 'cpu' in available_backends() and hasattr(torch.ops.mmoverlock, 'depthwise_forward')
 requires_op = pytest.mark.skipif(not HAS_OP, reason='mmoverlock._ext is not built (pip install -e .)')
@@ -212,3 +213,44 @@ def test_unsupported_environment_capability_names_the_variable(monkeypatch):
     with pytest.raises(RuntimeError, match=CPU_CAPABILITY_ENV):
         torch.ops.mmoverlock.depthwise_forward(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3), None, 1, 1)
 
+
+# The large kernel and the dilated branches of DilatedReparamBlocks (UniRepLKNet's table), by large kernel size.
+BRANCHES = {17: ((17, 1), (5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)), 7: ((7, 1), (5, 1), (3, 1), (3, 2), (3, 3))}
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('size', sorted(BRANCHES))
+def test_folded_branch_sum_matches_batch_norm_of_each_branch(size, layout):
+    """The one-conv training form of a DilatedReparamBlock (statistics, folded kernel, analytic BatchNorm backward)
+    against F.conv2d + F.batch_norm per branch, in float64: output, statistics and every gradient."""
+    branches = BRANCHES[size]
+    gen = torch.Generator().manual_seed(size)
+    c = 6
+    x = torch.randn(2, c, 19, 23, generator=gen, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    kernels = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) for k, _ in branches]
+    gammas = [torch.rand(c, generator=gen, dtype=torch.float64) + 0.5 for _ in branches]
+    betas = [torch.randn(c, generator=gen, dtype=torch.float64) for _ in branches]
+    dilations = [r for _, r in branches]
+    eps = [1e-5] * len(branches)
+    assert depthwise._folds(x, kernels, dilations, gammas)  # the folded form runs, not the recomputing fallback
+
+    def leaves():
+        return [t.clone().requires_grad_() for t in [x, *kernels, *gammas, *betas]]
+
+    n = len(branches)
+    ours_in, ref_in = leaves(), leaves()
+    out, stats = recomputed_branch_sum(ours_in[0], ours_in[1:1 + n], dilations, ours_in[1 + n:1 + 2 * n],
+                                       ours_in[1 + 2 * n:], eps)
+    convs = [F.conv2d(ref_in[0], ref_in[1 + i], None, 1, r * (k - 1) // 2, r, c) for i, (k, r) in enumerate(branches)]
+    ref = sum(F.batch_norm(y, None, None, ref_in[1 + n + i], ref_in[1 + 2 * n + i], True, 0., 1e-5)
+              for i, y in enumerate(convs))
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(out, ours_in, grad_out)
+    expected = torch.autograd.grad(ref, ref_in, grad_out)
+    _close(out, ref.detach(), torch.float64)
+    for actual, want in zip(ours, expected):
+        _close(actual, want, torch.float64)
+    for i, y in enumerate(convs):
+        _close(stats[i, 0], y.detach().mean((0, 2, 3)), torch.float64)
+        _close(stats[i, 1], y.detach().var((0, 2, 3)), torch.float64)
