@@ -5,7 +5,8 @@ records each call's input [1, C, H, W], kernel size and dilation during one trai
 (a 512 x 512 image by default; a DilatedReparamBlock contributes its large kernel and every dilated branch), with
 how often each shape occurs per forward pass.
 
-For each shape, in interleaved rounds (one call of each method per round, medians reported): the op
+For each shape, in interleaved rounds (one call of each method per round; the fastest round is tabled, the
+medians are in the JSON): the op
 (``mmoverlock::depthwise_*``) and ``F.conv2d`` (oneDNN), each in NCHW and channels-last, forward alone and
 forward + backward (input and weight gradients). Achieved GFLOP/s (2 per multiply-add of the dense taps) sit next
 to an FMA peak measured in the same run with a float32 matmul.
@@ -49,8 +50,8 @@ def parse_args():
     return parser.parse_args()
 
 
-def median_ms(fns, iters, warmup=1):
-    """Median milliseconds per call of each function, timed in interleaved rounds (one call of each per round)."""
+def round_times_ms(fns, iters, warmup=1):
+    """Milliseconds of each call of each function, timed in interleaved rounds (one call of each per round)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -59,8 +60,8 @@ def median_ms(fns, iters, warmup=1):
         for fn, record in zip(fns, times):
             start = time.perf_counter()
             fn()
-            record.append(time.perf_counter() - start)
-    return [1e3 * statistics.median(t) for t in times]
+            record.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def depthwise_shapes(arch, size):
@@ -97,7 +98,7 @@ def fma_peak_gflops(iters):
     import torch
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
-    ms = min(median_ms([lambda: torch.mm(a, b)], iters, warmup=2)[0], median_ms([lambda: torch.mm(a, b)], iters)[0])
+    ms = min(round_times_ms([lambda: torch.mm(a, b)], 2 * iters, warmup=2)[0])
     return 2 * n**3 / ms / 1e6
 
 
@@ -130,7 +131,7 @@ def measure(shape, iters):
 
         forward.append(fwd)
         train.append(fwd_bwd)
-    return dict(zip(METHODS, median_ms(forward, iters))), dict(zip(METHODS, median_ms(train, iters)))
+    return dict(zip(METHODS, round_times_ms(forward, iters))), dict(zip(METHODS, round_times_ms(train, iters)))
 
 
 def cpu_model():
@@ -154,9 +155,12 @@ def run_setting(args, setting):
     for shape, calls in sorted(counts.items(), key=lambda kv: (-kv[0][1], kv[0][3], kv[0][4])):
         C, H, W, K, r = shape
         gflop = 2 * C * H * W * K * K / 1e9
-        fwd, train = measure(shape, args.iters)
+        fwd_times, train_times = measure(shape, args.iters)
+        fwd = {m: min(t) for m, t in fwd_times.items()}
+        train = {m: min(t) for m, t in train_times.items()}
+        medians = [{m: statistics.median(t) for m, t in times.items()} for times in (fwd_times, train_times)]
         rows.append(dict(C=C, H=H, W=W, K=K, dilation=r, calls=calls, gflop_fwd=gflop, forward_ms=fwd,
-                         fwd_bwd_ms=train))
+                         fwd_bwd_ms=train, forward_median_ms=medians[0], fwd_bwd_median_ms=medians[1]))
         print(f'[{setting}] C={C} {H}x{W} K={K} r={r}: fwd ' +
               ' '.join(f'{m} {t:.2f}' for m, t in fwd.items()) + ' | fwd+bwd ' +
               ' '.join(f'{m} {t:.2f}' for m, t in train.items()), flush=True)
@@ -180,7 +184,8 @@ def markdown(meta, rows):
              + ', '.join(f'{k}={v}' for k, v in meta['env'].items() if v) + f"; {meta['threads']} thread(s); "
              f"torch {meta['torch']}; load average {', '.join(f'{x:.1f}' for x in meta['load_average'])}.", '',
              f"FMA peak (float32 1024² matmul, this run): **{meta['fma_peak_gflops']:.0f} GFLOP/s**. "
-             f"Medians of {meta['iters']} interleaved rounds, ms per call; speed-up = oneDNN's faster layout ÷ "
+             f"Fastest of {meta['iters']} interleaved rounds (the JSON has the medians too: on a shared machine a "
+             "median carries the other jobs' preemptions), ms per call; speed-up = oneDNN's faster layout ÷ "
              'our faster layout; GFLOP/s counts 2 per multiply-add of the K×K taps.', '',
              f"Command: `{meta['command']}`", '',
              '| C | H×W | K | r | calls | fwd ours nchw / nhwc | fwd oneDNN nchw / nhwc | fwd GFLOP/s ours (best) '

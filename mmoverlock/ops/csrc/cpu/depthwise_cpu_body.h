@@ -55,28 +55,30 @@ inline void nhwc_column(const Shape& s, const scalar_t* xn, const scalar_t* wt, 
 }
 
 // JB interior output columns [j, j + JB) of row i (every tap inside the map), channels [c0, c0 + NV * lanes).
-template <typename V, int NV, int JB, typename scalar_t>
+// KS > 0 fixes the kernel size and dilation 1 at compile time: the loops unroll and the input vector of column
+// j + jj + e, the same address for every (jj, e) with one sum, is loaded once and feeds several FMAs.
+template <typename V, int NV, int JB, int KS, typename scalar_t>
 inline void nhwc_block(const Shape& s, const scalar_t* xn, const scalar_t* wt, const scalar_t* bias, scalar_t* orow,
                        int64_t i, int64_t j, int64_t c0, int64_t a0, int64_t a1) {
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  const int64_t K = KS > 0 ? KS : s.K, dil = KS > 0 ? 1 : s.dil, C = s.C;
   V acc[JB][NV];
   for (int v = 0; v < NV; ++v) {
     const V b = bias != nullptr ? load<V>(bias + c0 + v * L) : V{};
     for (int jj = 0; jj < JB; ++jj) acc[jj][v] = b;
   }
-  const int64_t step = s.dil * s.C;
   for (int64_t a = a0; a < a1; ++a) {
-    const scalar_t* xr = xn + (i - s.pad + s.dil * a) * s.W * s.C + (j - s.pad) * s.C + c0;
-    const scalar_t* wr = wt + a * s.K * s.C + c0;
-    for (int64_t e = 0; e < s.K; ++e, xr += step) {
+    const scalar_t* xr = xn + (i - s.pad + dil * a) * s.W * C + (j - s.pad) * C + c0;
+    const scalar_t* wr = wt + a * K * C + c0;
+    for (int64_t e = 0; e < K; ++e) {
       V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load<V>(wr + e * s.C + v * L);
+      for (int v = 0; v < NV; ++v) w[v] = load<V>(wr + e * C + v * L);
       for (int jj = 0; jj < JB; ++jj)
-        for (int v = 0; v < NV; ++v) acc[jj][v] += w[v] * load<V>(xr + jj * s.C + v * L);
+        for (int v = 0; v < NV; ++v) acc[jj][v] += w[v] * load<V>(xr + (jj + dil * e) * C + v * L);
     }
   }
   for (int jj = 0; jj < JB; ++jj)
-    for (int v = 0; v < NV; ++v) store(orow + (j + jj) * s.C + c0 + v * L, acc[jj][v]);
+    for (int v = 0; v < NV; ++v) store(orow + (j + jj) * C + c0 + v * L, acc[jj][v]);
 }
 
 // One output row, channels [c0, c0 + NV * lanes(V)): border columns one by one, interior ones in blocks.
@@ -87,7 +89,18 @@ inline void nhwc_row(const Shape& s, const scalar_t* xn, const scalar_t* wt, con
   const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // interior columns [lo, hi)
   int64_t j = 0;
   for (; j < lo; ++j) nhwc_column<V, NV>(s, xn, wt, bias, orow, i, j, c0, a0, a1);
-  for (; j + JB <= hi; j += JB) nhwc_block<V, NV, JB>(s, xn, wt, bias, orow, i, j, c0, a0, a1);
+  // Interior columns in blocks of JB, then JB/2, ..., 1; the dense kernel sizes of most of OverLoCK's depthwise
+  // convs take blocks compiled for their size.
+  const int ks = s.dil == 1 && (s.K == 3 || s.K == 5 || s.K == 7) ? int(s.K) : 0;
+  for_blocks<JB>(hi, j, [&](auto jb, int64_t j0) {
+    constexpr int B = decltype(jb)::value;
+    switch (ks) {
+      case 3: nhwc_block<V, NV, B, 3>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
+      case 5: nhwc_block<V, NV, B, 5>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
+      case 7: nhwc_block<V, NV, B, 7>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
+      default: nhwc_block<V, NV, B, 0>(s, xn, wt, bias, orow, i, j0, c0, a0, a1);
+    }
+  });
   for (; j < s.Wo; ++j) nhwc_column<V, NV>(s, xn, wt, bias, orow, i, j, c0, a0, a1);
 }
 
