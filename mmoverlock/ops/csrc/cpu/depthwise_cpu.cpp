@@ -43,8 +43,10 @@ const Kernels& kernels() {
 using cpu_dispatch::grain;
 using cpu_dispatch::table;
 
-// Row chunks of the channels-last weight gradient: a constant, so the sum's order never depends on the threads.
+// Row chunks of the channels-last weight gradient: at most kWeightChunks, at least kPixelsPerChunk output pixels
+// each, a function of the shape only, so the sum's order never depends on the threads.
 constexpr int64_t kWeightChunks = 32;
+constexpr int64_t kPixelsPerChunk = 128;
 
 }  // namespace
 }  // namespace cpu
@@ -89,7 +91,11 @@ void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tenso
       });
       return;
     }
-    const int64_t rows = s.N * s.Ho, chunks = std::min(rows, cpu::kWeightChunks);
+    // A fixed number of row chunks (from the shape alone), fewer on small maps, where zeroing and adding the
+    // partial kernels would cost more than the products.
+    const int64_t rows = s.N * s.Ho;
+    const int64_t most = std::min(rows, cpu::kWeightChunks);
+    const int64_t chunks = std::clamp<int64_t>(rows * s.Wo / cpu::kPixelsPerChunk, 1, most);
     at::Tensor partial = at::zeros({chunks, taps, s.C}, input.options());
     scalar_t* p = partial.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {

@@ -235,6 +235,12 @@ inline void nhwc_tap_block(const Shape& s, const scalar_t* go_row, const scalar_
 template <typename V, int NV, typename scalar_t>
 inline void nhwc_grad_row(const Shape& s, const scalar_t* go_row, const scalar_t* xr, scalar_t* partial, int64_t a,
                           int64_t c0) {
+  if constexpr (3 * NV <= kAccumulators) {
+    if (s.K == 3) {  // the 3 taps of a row in one pass over grad_out (instead of blocks of 2 and 1)
+      nhwc_tap_block<V, NV, 3>(s, go_row, xr, partial, a, 0, c0);
+      return;
+    }
+  }
   int64_t e = 0;
   for_blocks<kAccumulators / NV>(s.K, e, [&](auto eb, int64_t e0) {
     nhwc_tap_block<V, NV, decltype(eb)::value>(s, go_row, xr, partial, a, e0, c0);
