@@ -11,6 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..ops import accumulation_dtype, contmix_aggregate
+from ..ops.depthwise import DepthwiseConv2d
 from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
                      is_channels_last)
 
@@ -105,7 +106,7 @@ class ContMixBlock(nn.Module):
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
         self.fusion = FusingSequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
+            DepthwiseConv2d(out_dim, 3),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1),

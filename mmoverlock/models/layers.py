@@ -11,9 +11,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from .dwconv import FAST_GRAD_MIN_KERNEL, DepthwiseConv2d, depthwise_conv2d, dilated_to_dense, is_tracing
+from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, gelu_res_dwconv, recomputed_branch_sum,
+                             sum_branch_kernels)
+from ..ops.tracing import is_tracing
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
@@ -110,44 +111,8 @@ class ResDWConv(DepthwiseConv2d):
         return super().forward(x).add_(x)
 
     def forward_after_gelu(self, z: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
-        """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``_GeluResDWConv``)."""
-        wants_grad = torch.is_grad_enabled() and (z.requires_grad or self.weight.requires_grad)
-        plain = is_tracing() or torch.is_autocast_enabled(z.device.type) or self.kernel_size[0] >= FAST_GRAD_MIN_KERNEL
-        if not wants_grad or plain:  # (under autocast, autograd's own casts keep the backward's dtypes apart)
-            return self(F.gelu(z, approximate=approximate))
-        return _GeluResDWConv.apply(z, self.weight, self.bias, self.padding[0], approximate)
-
-
-class _GeluResDWConv(torch.autograd.Function):
-    """``u + dwconv(u)`` with ``u = gelu(z)``, keeping ``z`` alone for the backward.
-
-    Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
-    the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
-    very kernels autograd would (``convolution_backward``, ``gelu_backward``), so the gradients are the same.
-    Small kernels only: larger ones take ``depthwise_conv2d``'s own weight gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, z, weight, bias, padding: int, approximate: str):
-        ctx.save_for_backward(z, weight)
-        ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
-        u = F.gelu(z, approximate=approximate)
-        return F.conv2d(u, weight, bias, 1, padding, 1, u.shape[1]).add_(u)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        z, weight = ctx.saved_tensors
-        u = F.gelu(z, approximate=ctx.approximate)
-        p, channels = ctx.padding, z.shape[1]
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grad_u, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, u, weight, [channels] if ctx.has_bias else None, [1, 1], [p, p], [1, 1], False, [0, 0],
-            channels, mask)
-        grad_z = None
-        if ctx.needs_input_grad[0]:
-            grad_z = torch.ops.aten.gelu_backward(grad_u + grad_out, z, approximate=ctx.approximate)
-        return grad_z, grad_w, grad_b, None, None
+        """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``gelu_res_dwconv``)."""
+        return gelu_res_dwconv(z, self.weight, self.bias, self.padding[0], approximate)
 
 
 class FusingSequential(nn.Sequential):
@@ -155,9 +120,9 @@ class FusingSequential(nn.Sequential):
 
     * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
       (see ``ResDWConv.forward_after_gelu``);
-    * a plain ``Conv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that uses its running
-      statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the current parameters
-      on every call (nothing cached, gradients reach both layers).
+    * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
+      uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the
+      current parameters on every call (nothing cached, gradients reach both layers).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +134,8 @@ class FusingSequential(nn.Sequential):
                 x = following.forward_after_gelu(x, layer.approximate)
             elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
                 x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
+            elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
+                x = depthwise_conv2d(x, *fuse_conv_bn(layer, following), layer.padding[0], layer.dilation[0])
             elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
                 kernel, bias = fold_bn(*layer.kernel_and_bias(), following)
                 x = depthwise_conv2d(x, kernel, bias, layer.kernel_size // 2)
@@ -252,16 +219,8 @@ class DilatedReparamBlock(nn.Module):
         Differentiable in every parameter, so the eval-mode forward can use it and still give each branch its
         gradient; it costs a few kernel-sized additions, far less than one branch's conv.
         """
-        kernel, bias = fuse_conv_bn(self.lk_origin, self.origin_bn)
-        big = self.kernel_size
-        for k, r in self.branches:
-            branch_kernel, branch_bias = fuse_conv_bn(getattr(self, f'dil_conv_k{k}_{r}'),
-                                                      getattr(self, f'dil_bn_k{k}_{r}'))
-            dense = dilated_to_dense(branch_kernel, r)
-            pad = big // 2 - dense.shape[-1] // 2
-            kernel = kernel + F.pad(dense, [pad] * 4)
-            bias = bias + branch_bias
-        return kernel, bias
+        kernels, biases = zip(*(fuse_conv_bn(conv, bn) for conv, bn in zip(self._convs(), self._batch_norms())))
+        return sum_branch_kernels(kernels, [conv.dilation[0] for conv in self._convs()]), sum(biases[1:], biases[0])
 
     def _convs(self) -> List[DepthwiseConv2d]:
         return [self.lk_origin] + [getattr(self, f'dil_conv_k{k}_{r}') for k, r in self.branches]
@@ -269,14 +228,10 @@ class DilatedReparamBlock(nn.Module):
     def branch_sum(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
                    norm: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``sum_i norm(i, conv_i(x))`` over the large conv (i = 0) and the dilated branches, with given kernels."""
-        out = None
-        for i, (conv, weight) in enumerate(zip(self._convs(), weights)):
-            y = norm(i, depthwise_conv2d(x, weight, None, conv.padding[0], conv.dilation[0]))
-            out = y if out is None else out + y
-        return out
+        return branch_sum(x, weights, [conv.dilation[0] for conv in self._convs()], norm)
 
     def _recomputable(self, x: torch.Tensor) -> bool:
-        """Whether the training form can save its input alone (``_RecomputedBranchSum``): every BN is a plain
+        """Whether the training form can save its input alone (``recomputed_branch_sum``): every BN is a plain
         ``BatchNorm2d`` using batch statistics (a subclass such as SyncBatchNorm may do more than the recomputation
         repeats), a gradient is wanted, and nothing traces the call."""
         return (torch.is_grad_enabled() and not is_tracing()
@@ -290,8 +245,13 @@ class DilatedReparamBlock(nn.Module):
             return depthwise_conv2d(x, *self.folded(), self.kernel_size // 2)
         bns = self._batch_norms()
         if self._recomputable(x):
-            params = [conv.weight for conv in self._convs()] + [p for bn in bns for p in (bn.weight, bn.bias)]
-            return _RecomputedBranchSum.apply(self, x, *params)
+            convs = self._convs()
+            out, stats = recomputed_branch_sum(x, [conv.weight for conv in convs], [conv.dilation[0] for conv in convs],
+                                               [bn.weight for bn in bns], [bn.bias for bn in bns],
+                                               [bn.eps for bn in bns])
+            for bn, (mean, var) in zip(bns, stats):
+                _update_running_stats(bn, mean, var)
+            return out
         return self.branch_sum(x, [conv.weight for conv in self._convs()], lambda i, y: bns[i](y))
 
     @torch.no_grad()
@@ -310,47 +270,16 @@ class DilatedReparamBlock(nn.Module):
             delattr(self, f'dil_bn_k{k}_{r}')
 
 
-class _RecomputedBranchSum(torch.autograd.Function):
-    """The training form of a ``DilatedReparamBlock`` that keeps only its input for the backward.
-
-    Autograd would keep every branch's conv output (each BN's input) until the backward: as many maps as the block
-    has branches, about a sixth of OverLoCK's training memory. Here the forward runs without recording (the BN
-    modules themselves normalise and update their running statistics, once) and the backward recomputes the branch
-    sum with the same kernels, normalising by batch statistics without touching the running ones, then
-    differentiates that: the same operations in the same order, so outputs and gradients equal the plain form's.
-    Costs one extra forward of the block per training step. Inputs: the block, ``x``, then the conv kernels
-    (``_convs`` order) and each BN's weight and bias (``_batch_norms`` order).
-    """
-
-    @staticmethod
-    def forward(ctx, block: 'DilatedReparamBlock', x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.block = block
-        ctx.save_for_backward(x, *params)
-        device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        bns = block._batch_norms()
-        with torch.no_grad():
-            return block.branch_sum(x, params[:len(bns)], lambda i, y: bns[i](y))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        block = ctx.block
-        saved = ctx.saved_tensors
-        leaves = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(saved, ctx.needs_input_grad[1:])]
-        bns = block._batch_norms()
-        convs, affine = leaves[1:1 + len(bns)], leaves[1 + len(bns):]
-
-        def batch_norm(i: int, y: torch.Tensor) -> torch.Tensor:  # batch statistics, running ones untouched
-            return F.batch_norm(y, None, None, affine[2 * i], affine[2 * i + 1], True, 0., bns[i].eps)
-
-        device, enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device, dtype, enabled):
-            out = block.branch_sum(leaves[0], convs, batch_norm)
-        wanted = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
-        return (None, ) + tuple(next(grads) if t is not None and t.requires_grad else None for t in leaves)
+@torch.no_grad()
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """What a training-mode ``BatchNorm2d`` call does to its buffers, given the batch mean and unbiased variance."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        return
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    # The very expression (and rounding) of ATen's update: momentum * batch + (1 - momentum) * running.
+    bn.running_mean.copy_(mean * factor + bn.running_mean * (1 - factor))
+    bn.running_var.copy_(var * factor + bn.running_var * (1 - factor))
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .tracing import is_tracing
+
 __all__ = ['available_backends', 'contmix_aggregate', 'BACKEND_ENV']
 
 #: Environment variable that forces a backend (``cpu``, ``cuda`` or ``torch``) for every call without ``backend=``.
@@ -331,12 +333,6 @@ def _contmix_torch_backward(grad_out: Tensor, weights: Tensor, value: Tensor, rp
     return grad_logits.to(weights.dtype), grad_value.to(value.dtype), grad_rpb
 
 
-def _is_recording() -> bool:
-    """True while ``torch.export`` (torch >= 2.5 says so) or ``torch.jit.trace`` records the graph."""
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return torch.jit.is_tracing() or (is_exporting is not None and is_exporting())
-
-
 class _ContMixTorch(torch.autograd.Function):
     """Pure-torch ContMix for training: saves only the inputs, recomputes the softmax in backward."""
 
@@ -493,7 +489,7 @@ def contmix_aggregate(weights: Tensor,
     _check_dtypes_devices(weights, value, rpb)
     name = _resolve_backend(backend, value, kernel_size)
     if name == 'torch':
-        if _is_recording():
+        if is_tracing(compiling=False):
             return _contmix_torch_traceable(weights, value, rpb, kernel_size, bool(softmax))
         return _ContMixTorch.apply(weights, value, rpb, kernel_size, bool(softmax))
     if name == 'cpu' and value.dtype in _CPU_CAST_DTYPES:

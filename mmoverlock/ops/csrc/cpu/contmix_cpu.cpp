@@ -22,6 +22,7 @@
 
 #include "contmix_common.h"
 #include "contmix_cpu_isa.h"
+#include "cpu_dispatch.h"
 #include "contmix_kernels.h"
 #include "contmix_shape.h"
 
@@ -95,22 +96,8 @@ const Kernels& kernels(int64_t kernel_size) {
   return *cap->kernels;
 }
 
-// Tasks per thread chunk such that a chunk does at least ~2^16 multiply-adds: small problems then run inline instead
-// of waking the thread pool, whose start-up costs milliseconds when the cores are busy.
-int64_t grain(int64_t work_per_task) {
-  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_task));
-}
-
-template <typename scalar_t>
-const KernelTable<scalar_t>& table(const Kernels& k);
-template <>
-const KernelTable<float>& table<float>(const Kernels& k) {
-  return k.f32;
-}
-template <>
-const KernelTable<double>& table<double>(const Kernels& k) {
-  return k.f64;
-}
+using cpu_dispatch::grain;
+using cpu_dispatch::table;
 
 // Rows per backward band: enough tasks for the threads, but at least 2K rows so that recomputing the softmax of the
 // output rows whose windows straddle a band edge stays cheap. Only the split depends on the thread count.

@@ -37,23 +37,7 @@ struct Simd<double> {
   static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(double);
 };
 
-// Unaligned loads and stores (a memcpy of a whole vector compiles to one move).
-template <typename V, typename scalar_t>
-inline V load(const scalar_t* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V, typename scalar_t>
-inline void store(scalar_t* p, V v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
-
-template <typename V, typename scalar_t>
-inline V splat(scalar_t x) {
-  return x - V{};  // a broadcast (x - 0 is x for every x, unlike x + 0); for V = scalar_t this is x itself
-}
+#include "cpu_vector_ops.h"  // load, store, splat, hsum, round_up, imin, imax
 
 // Lane numbers 0, 1, ..., L - 1: compared with a count, they mask the lanes past the end of a row of taps.
 template <typename scalar_t>
@@ -68,18 +52,7 @@ inline V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
-// Horizontal sum and maximum, by halving over the lanes of a local copy (a tree, not a chain; the vector itself is
-// never addressed, so loops that accumulate it keep it in a register).
-template <typename scalar_t, typename V>
-inline scalar_t hsum(V v) {
-  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
-  scalar_t x[L];
-  store(x, v);
-  for (int64_t w = L / 2; w >= 1; w /= 2)
-    for (int64_t l = 0; l < w; ++l) x[l] += x[l + w];
-  return x[0];
-}
-
+// Horizontal maximum, by halving over the lanes of a local copy (as hsum).
 template <typename scalar_t, typename V>
 inline scalar_t hmax(V v) {
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
@@ -89,10 +62,6 @@ inline scalar_t hmax(V v) {
     for (int64_t l = 0; l < w; ++l) x[l] = x[l] > x[l + w] ? x[l] : x[l + w];
   return x[0];
 }
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // exp(x) for x <= 0 in branch-free float arithmetic (Cephes' expf polynomial, about 1 ulp), on a vector or a scalar.
 // Inputs below -87 flush to about 2^-126, harmless for softmax weights; NaN stays NaN (the clamp keeps it).

@@ -1,0 +1,34 @@
+// Host side of the depthwise operators, shared by every dispatch key (depthwise.cpp: schema and CPU; the CUDA file;
+// the test driver of the CUDA bodies): input checks, the call's Shape and the layout choice.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "depthwise_common.h"
+
+namespace mmoverlock {
+namespace depthwise {
+
+// TORCH_CHECKs naming the argument: 4-D input, [C, 1, K, K] odd square weight, bias [C], dtypes, devices, padding in
+// [0, dilation * (K - 1)], dilation >= 1, a non-empty output.
+void check_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                   int64_t padding, int64_t dilation);
+void check_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, int64_t padding,
+                    int64_t dilation);
+
+Shape make_shape(const at::Tensor& input, const at::Tensor& weight, int64_t padding, int64_t dilation);
+
+// Whether the op computes in channels-last (the input's suggested memory format) rather than NCHW.
+bool use_channels_last(const at::Tensor& input);
+inline at::MemoryFormat format_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The input gradient's problem: the correlation of grad_out with the flipped kernel, padding r * (K - 1) - p.
+at::Tensor flipped_weight(const at::Tensor& weight);
+inline int64_t grad_input_padding(const Shape& s) { return s.dil * (s.K - 1) - s.pad; }
+
+}  // namespace depthwise
+}  // namespace mmoverlock

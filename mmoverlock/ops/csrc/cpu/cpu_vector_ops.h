@@ -1,0 +1,37 @@
+// Vector and index helpers of the per-ISA CPU kernel bodies (contmix_cpu_body.h, depthwise_cpu_body.h), over
+// GCC/Clang vector types of any width (or a plain scalar). Included *inside* a body's anonymous namespace, after the wrapper switched
+// the compiler's target, so there is no include guard and nothing is included here.
+
+// Unaligned loads and stores (a memcpy of a whole vector compiles to one move).
+template <typename V, typename scalar_t>
+inline V load(const scalar_t* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename scalar_t>
+inline void store(scalar_t* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+template <typename V, typename scalar_t>
+inline V splat(scalar_t x) {
+  return x - V{};  // a broadcast (x - 0 is x for every x, unlike x + 0); for V = scalar_t this is x itself
+}
+
+// Horizontal sum by halving over the lanes of a local copy (a tree, not a chain; the vector itself is never
+// addressed, so loops that accumulate it keep it in a register).
+template <typename scalar_t, typename V>
+inline scalar_t hsum(V v) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  scalar_t x[L];
+  store(x, v);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) x[l] += x[l + w];
+  return x[0];
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }

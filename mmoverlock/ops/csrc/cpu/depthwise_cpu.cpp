@@ -1,0 +1,120 @@
+// CPU launchers of the depthwise convolution (float32 and float64): the kernels of the instruction set ContMix's
+// selection names (the best this CPU supports, or MMOVERLOCK_CPU_CAPABILITY), run on threads with at::parallel_for.
+//
+// Each task owns the memory it writes, and every sum is taken in an order that depends neither on the number of
+// threads nor on the split: the forward (and so the input gradient) is one task per output row (channels-last) or
+// plane (NCHW); the channels-last weight gradient sums a fixed number of row chunks into partial kernels that are
+// then added in chunk order, the NCHW one is one task per channel summing the batch in order.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "contmix_cpu_isa.h"
+#include "cpu_dispatch.h"
+#include "depthwise_cpu_isa.h"
+#include "depthwise_op.h"
+
+namespace mmoverlock {
+namespace depthwise {
+namespace cpu {
+namespace {
+
+// The kernels of the instruction set ContMix's CPU kernels use now (one selection, one environment variable).
+const Kernels& kernels() {
+  const char* error = nullptr;
+  const char* name = contmix::cpu::selected_capability(&error);
+  TORCH_CHECK(name != nullptr, "depthwise: environment variable MMOVERLOCK_CPU_CAPABILITY='",
+              std::getenv("MMOVERLOCK_CPU_CAPABILITY"), "' ", error);
+#if defined(MMOVERLOCK_DEPTHWISE_X86)
+  if (std::strcmp(name, "avx512") == 0) return avx512::kernels;
+  if (std::strcmp(name, "avx2") == 0) return avx2::kernels;
+#endif
+  return default_isa::kernels;
+}
+
+using cpu_dispatch::grain;
+using cpu_dispatch::table;
+
+// Row chunks of the channels-last weight gradient: at most kWeightChunks, at least kPixelsPerChunk output pixels
+// each, a function of the shape only, so the sum's order never depends on the threads.
+constexpr int64_t kWeightChunks = 32;
+constexpr int64_t kPixelsPerChunk = 128;
+
+}  // namespace
+}  // namespace cpu
+
+void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                 bool channels_last, at::Tensor& out) {
+  const cpu::Kernels& isa = cpu::kernels();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_forward_cpu", [&] {
+    const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    if (channels_last) {
+      const at::Tensor wt = weight.reshape({s.C, s.K * s.K}).t().contiguous();  // tap-major [K*K, C]
+      const scalar_t* w = wt.const_data_ptr<scalar_t>();
+      at::parallel_for(0, s.N * s.Ho, cpu::grain(s.Wo * s.C * s.K * s.K), [&](int64_t begin, int64_t end) {
+        k.forward_nhwc(s, x, w, b, o, begin, end);
+      });
+    } else {
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      at::parallel_for(0, s.N * s.C, cpu::grain(s.Ho * s.Wo * s.K * s.K), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch(k.nchw_scratch(s));
+        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data());
+      });
+    }
+  });
+}
+
+void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
+                     at::Tensor& grad_weight) {
+  const cpu::Kernels& isa = cpu::kernels();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_grad_weight_cpu", [&] {
+    const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
+    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+    const int64_t taps = s.K * s.K;
+    if (!channels_last) {
+      at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch(k.nchw_scratch(s));
+        k.grad_weight_nchw(s, go, x, gw, begin, end, scratch.data());
+      });
+      return;
+    }
+    // A fixed number of row chunks (from the shape alone), fewer on small maps, where zeroing and adding the
+    // partial kernels would cost more than the products.
+    const int64_t rows = s.N * s.Ho;
+    const int64_t most = std::min(rows, cpu::kWeightChunks);
+    const int64_t chunks = std::clamp<int64_t>(rows * s.Wo / cpu::kPixelsPerChunk, 1, most);
+    at::Tensor partial = at::zeros({chunks, taps, s.C}, input.options());
+    scalar_t* p = partial.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        k.grad_weight_nhwc(s, go, x, p + chunk * taps * s.C, chunk * rows / chunks, (chunk + 1) * rows / chunks);
+      }
+    });
+    // grad_w[c, t] = sum over chunks, in chunk order.
+    at::parallel_for(0, s.C, cpu::grain(chunks * taps), [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (int64_t t = 0; t < taps; ++t) {
+          scalar_t sum = 0;
+          for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += p[(chunk * taps + t) * s.C + c];
+          gw[c * taps + t] = sum;
+        }
+      }
+    });
+  });
+}
+
+}  // namespace depthwise
+}  // namespace mmoverlock

@@ -1,0 +1,46 @@
+// The interface between the depthwise CPU dispatcher (depthwise_cpu.cpp) and the kernel bodies compiled once per
+// instruction set (depthwise_cpu_{default,avx2,avx512}.cpp, each including depthwise_cpu_body.h). As for ContMix,
+// only plain data and function pointers cross it; the dispatcher owns threads and allocation.
+#pragma once
+
+#include <cstdint>
+
+#include "depthwise_common.h"
+
+namespace mmoverlock {
+namespace depthwise {
+namespace cpu {
+
+template <typename scalar_t>
+struct KernelTable {
+  // Channels-last: out rows [begin, end) of the N*Ho rows. `wt` is the kernel tap-major [K*K, C]; bias may be null.
+  void (*forward_nhwc)(const Shape& s, const scalar_t* x, const scalar_t* wt, const scalar_t* bias, scalar_t* out,
+                       int64_t begin, int64_t end);
+  // NCHW: out planes [begin, end) of the N*C planes; `w` is [C, K*K]. Scratch: nchw_scratch(s) elements.
+  void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
+                       int64_t begin, int64_t end, scalar_t* scratch);
+  // Channels-last: adds sum over output rows [begin, end) of grad_out * x into `partial` [K*K, C].
+  void (*grad_weight_nhwc)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
+                           int64_t begin, int64_t end);
+  // NCHW: grad_w [C, K*K] of channels [begin, end), each summed over the batch in order.
+  void (*grad_weight_nchw)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* grad_w,
+                           int64_t begin, int64_t end, scalar_t* scratch);
+  int64_t (*nchw_scratch)(const Shape& s);
+};
+
+struct Kernels {
+  const char* name;
+  KernelTable<float> f32;
+  KernelTable<double> f64;
+};
+
+namespace default_isa { extern const Kernels kernels; }
+#if defined(__x86_64__) || defined(__i386__)
+#define MMOVERLOCK_DEPTHWISE_X86 1
+namespace avx2 { extern const Kernels kernels; }
+namespace avx512 { extern const Kernels kernels; }
+#endif
+
+}  // namespace cpu
+}  // namespace depthwise
+}  // namespace mmoverlock

@@ -1,0 +1,391 @@
+"""Stride-1 depthwise convolution on the compiled ``mmoverlock::depthwise_*`` operators, and the training steps
+built on it.
+
+``depthwise_conv2d`` is ``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)``. On CPU tensors (and CUDA ones
+when the extension was built with nvcc) it runs the compiled op: per-ISA CPU kernels (baseline, AVX2, AVX-512, the
+instruction set ContMix's kernels use, ``MMOVERLOCK_CPU_CAPABILITY``) vectorised over channels for channels-last maps
+and over columns for NCHW ones, for any odd kernel size and any dilation, with its own input and weight gradients.
+So its speed does not depend on which path a vendor library picks on a given CPU. float16/bfloat16 inputs (and
+autocast) compute in float32 and return the half dtype, as ContMix's CPU kernels do. ``F.conv2d`` remains the
+fallback (no extension, other devices, paddings outside ``[0, dilation * (k - 1)]``) and the path that tracing and
+export record.
+
+Two training-memory steps built on it keep only their inputs for the backward and recompute the rest there:
+``gelu_res_dwconv`` (``u + dwconv(u)`` with ``u = gelu(z)``) and ``recomputed_branch_sum`` (the batch-normalised sum
+of parallel depthwise branches, i.e. a DilatedReparamBlock in training).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._prims_common import suggest_memory_format
+from torch.autograd.function import once_differentiable
+
+from .contmix import available_backends
+from .tracing import is_tracing
+
+#: Devices whose depthwise convs run the compiled op (those the extension was built for).
+_OP_DEVICES = tuple(d for d in ('cpu', 'cuda') if d in available_backends()
+                    and hasattr(torch.ops.mmoverlock, 'depthwise_forward'))
+#: Dtypes the op computes in float32 (its CPU kernels are float32/float64), returning the input dtype.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Spread a depthwise ``k x k`` kernel with the given dilation into the dense ``(d(k-1)+1)^2`` kernel it equals."""
+    if dilation == 1:
+        return kernel
+    k = kernel.shape[-1]
+    size = dilation * (k - 1) + 1
+    dense = kernel.new_zeros(kernel.shape[0], kernel.shape[1], size, size)
+    dense[:, :, ::dilation, ::dilation] = kernel
+    return dense
+
+
+def _output_size(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> Tuple[int, int]:
+    span = dilation * (weight.shape[-1] - 1)
+    return x.shape[2] + 2 * padding - span, x.shape[3] + 2 * padding - span
+
+
+if _OP_DEVICES:
+
+    @torch.library.register_fake('mmoverlock::depthwise_forward')
+    def _forward_fake(x, weight, bias, padding, dilation):
+        torch._check(x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1],
+                     lambda: 'depthwise: input [N, C, H, W] and weight [C, 1, K, K] expected')
+        return torch.empty((x.shape[0], x.shape[1], *_output_size(x, weight, padding, dilation)), dtype=x.dtype,
+                           device=x.device, memory_format=suggest_memory_format(x))
+
+    @torch.library.register_fake('mmoverlock::depthwise_backward')
+    def _backward_fake(grad_out, x, weight, padding, dilation, output_mask):
+        grad_x = torch.empty_like(x, memory_format=suggest_memory_format(x)) if output_mask[0] else x.new_empty(0)
+        grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else x.new_empty(0)
+        return grad_x, grad_w
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, padding, dilation = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+
+    def _backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x, grad_w = torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, ctx.padding, ctx.dilation,
+                                                                 [needs[0], needs[1]])
+        grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and needs[2] else None
+        return grad_x if needs[0] else None, grad_w if needs[1] else None, grad_b, None, None
+
+    torch.library.register_autograd('mmoverlock::depthwise_forward', _backward, setup_context=_setup_context)
+
+
+def _runs_op(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> bool:
+    """Whether the compiled op takes this call (else ``F.conv2d``, which also raises the errors of bad input)."""
+    if x.device.type not in _OP_DEVICES or is_tracing() or x.dim() != 4 or weight.dim() != 4:
+        return False
+    k = weight.shape[-1]
+    return (weight.shape[0] == x.shape[1] and weight.shape[1] == 1 and weight.shape[2] == k and k % 2 == 1
+            and dilation >= 1 and 0 <= padding <= dilation * (k - 1) and min(_output_size(x, weight, padding,
+                                                                                          dilation)) >= 1
+            and x.dtype in (torch.float32, torch.float64) + _HALF_DTYPES and weight.dtype == x.dtype
+            and (x.device.type == 'cuda' or x.dtype not in _HALF_DTYPES))
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
+                     dilation: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` on the compiled op where it applies.
+
+    Args:
+        x (Tensor): Input [N, C, H, W] (any memory format; the output follows it).
+        weight (Tensor): Depthwise kernel [C, 1, k, k].
+        bias (Tensor, optional): [C]. Defaults to ``None``.
+        padding (int): Zero padding on every side. Defaults to 0.
+        dilation (int): Dilation. Defaults to 1.
+
+    Returns:
+        Tensor: [N, C, H + 2p - d(k-1), W + 2p - d(k-1)], in the dtype ``F.conv2d`` would return (under autocast:
+        the autocast dtype, computed in float32 on the CPU).
+    """
+    device = x.device.type
+    if device == 'cpu' and not is_tracing():
+        autocast = torch.is_autocast_enabled('cpu')
+        half = x.dtype in _HALF_DTYPES or (autocast and x.dtype == torch.float32)
+        if half:
+            # The CPU kernels are float32/float64: compute in float32, return the dtype the conv would return.
+            # Autocast stays off inside, so the backward sees one dtype too.
+            dtype = torch.get_autocast_dtype('cpu') if autocast else x.dtype
+            cast = (lambda t: t if t is None else t.float())
+            if _runs_op(cast(x), cast(weight), padding, dilation):
+                with torch.autocast('cpu', enabled=False):
+                    out = torch.ops.mmoverlock.depthwise_forward(x.float(), weight.float(), cast(bias), padding,
+                                                                 dilation)
+                return out.to(dtype)
+    if not torch.is_autocast_enabled(device) and _runs_op(x, weight, padding, dilation):
+        return torch.ops.mmoverlock.depthwise_forward(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+
+def depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int,
+                              dilation: int, output_mask: Sequence[bool]) -> Tuple[torch.Tensor, ...]:
+    """Input, weight and bias gradients of ``depthwise_conv2d`` (``None`` where ``output_mask`` is false)."""
+    if _runs_op(x, weight, padding, dilation) and grad_out.dtype == x.dtype:
+        grad_x, grad_w = torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, padding, dilation,
+                                                                 [output_mask[0], output_mask[1]])
+        grad_b = grad_out.sum((0, 2, 3)) if output_mask[2] else None
+        return grad_x if output_mask[0] else None, grad_w if output_mask[1] else None, grad_b
+    channels = x.shape[1]
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, [channels], [1, 1], [padding, padding],
+                                               [dilation, dilation], False, [0, 0], channels, list(output_mask))
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A stride-1 depthwise ``nn.Conv2d`` (same parameters and state-dict keys) that runs ``depthwise_conv2d``."""
+
+    def __init__(self, num_channels: int, kernel_size: int, padding: Optional[int] = None, dilation: int = 1,
+                 bias: bool = True):
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        super().__init__(num_channels, num_channels, kernel_size, padding=padding, dilation=dilation,
+                         groups=num_channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0], self.dilation[0])
+
+
+def gelu_res_dwconv(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
+                    approximate: str = 'none') -> torch.Tensor:
+    """``u + dwconv(u)`` with ``u = gelu(z)``; when a gradient is wanted, keeps only ``z`` for the backward.
+
+    Under autocast, for half dtypes or while tracing the plain composition runs (autograd's own casts keep the
+    backward's dtypes apart).
+    """
+    wants_grad = torch.is_grad_enabled() and (z.requires_grad or weight.requires_grad)
+    if not wants_grad or is_tracing() or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES:
+        u = F.gelu(z, approximate=approximate)
+        return depthwise_conv2d(u, weight, bias, padding).add_(u)
+    return _GeluResDWConv.apply(z, weight, bias, padding, approximate)
+
+
+class _GeluResDWConv(torch.autograd.Function):
+    """``u + dwconv(u)`` with ``u = gelu(z)``, keeping ``z`` alone for the backward.
+
+    Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
+    the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
+    very kernels autograd would (``depthwise_conv2d``'s, ``gelu_backward``), so the gradients are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, padding: int, approximate: str):
+        ctx.save_for_backward(z, weight)
+        ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
+        u = F.gelu(z, approximate=approximate)
+        return depthwise_conv2d(u, weight, bias, padding).add_(u)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        z, weight = ctx.saved_tensors
+        u = F.gelu(z, approximate=ctx.approximate)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, weight, ctx.padding, 1, mask)
+        grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.ops.aten.gelu_backward(grad_u + grad_out, z, approximate=ctx.approximate)
+        return grad_z, grad_w, grad_b, None, None
+
+
+def branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+               norm) -> torch.Tensor:
+    """``sum_i norm(i, dwconv_i(x))`` over depthwise branches with "same" zero padding ``r_i * (k_i - 1) / 2``."""
+    out = None
+    for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+        y = norm(i, depthwise_conv2d(x, kernel, None, r * (kernel.shape[-1] - 1) // 2, r))
+        out = y if out is None else out + y
+    return out
+
+
+def recomputed_branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+                          bn_weights: Sequence[torch.Tensor], bn_biases: Sequence[torch.Tensor],
+                          eps: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The sum of batch-normalised depthwise branches (batch statistics), keeping only ``x`` for the backward.
+
+    With the compiled op (float32/float64, no autocast) this is ``_FoldedBranchSum``: each branch's batch statistics,
+    then the whole sum as one conv with the BN-folded kernel, and an analytic backward of the same cost class.
+    Otherwise ``_RecomputedBranchSum`` runs the plain formulation and differentiates its recomputation.
+
+    Args:
+        x (Tensor): Input [N, C, H, W], either memory format.
+        kernels (Sequence[Tensor]): One depthwise kernel [C, 1, k_i, k_i] per branch (odd ``k_i``).
+        dilations (Sequence[int]): Each branch's dilation; its padding is ``r_i * (k_i - 1) / 2``.
+        bn_weights, bn_biases (Sequence[Tensor]): Each branch's BN affine parameters [C].
+        eps (Sequence[float]): Each branch's BN epsilon.
+
+    Returns:
+        tuple[Tensor, Tensor]: The sum [N, C, H, W] and the batch statistics [branches, 2, C] (mean, unbiased
+        variance) of each branch's conv output, for the caller to update its running statistics (no gradient).
+    """
+    n = len(kernels)
+    if not (len(dilations) == len(bn_weights) == len(bn_biases) == len(eps) == n):
+        raise ValueError(f'recomputed_branch_sum: kernels, dilations, bn_weights, bn_biases and eps must have one '
+                         f'entry per branch, got {n}, {len(dilations)}, {len(bn_weights)}, {len(bn_biases)}, '
+                         f'{len(eps)}')
+    if _folds(x, kernels, dilations, bn_weights):
+        return _FoldedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
+    return _RecomputedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
+
+
+class _RecomputedBranchSum(torch.autograd.Function):
+    """``recomputed_branch_sum``: the forward runs without recording, the backward recomputes and differentiates.
+
+    Autograd would keep every branch's conv output (each BN's input) until the backward: as many maps as there are
+    branches, about a sixth of OverLoCK's training memory. The backward recomputes the branch sum with the same
+    kernels and batch statistics, then differentiates that: the same operations in the same order, so outputs and
+    gradients equal the plain form's. Costs one extra forward per training step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dilations, eps, *params):
+        ctx.save_for_backward(x, *params)
+        ctx.dilations, ctx.eps = dilations, eps
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        n = len(dilations)
+        kernels, weights, biases = params[:n], params[n:2 * n], params[2 * n:]
+        stats = []
+
+        def batch_norm(i: int, y: torch.Tensor) -> torch.Tensor:
+            # Fresh buffers with momentum 1 come back holding this batch's mean and unbiased variance.
+            mean = y.new_zeros(y.shape[1], dtype=weights[i].dtype)
+            var = y.new_ones(y.shape[1], dtype=weights[i].dtype)
+            out = F.batch_norm(y, mean, var, weights[i], biases[i], True, 1.0, eps[i])
+            stats.append(torch.stack([mean, var]))
+            return out
+
+        with torch.no_grad():
+            out = branch_sum(x, kernels, dilations, batch_norm)
+        stats = torch.stack(stats)
+        ctx.mark_non_differentiable(stats)
+        return out, stats
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_stats):
+        leaves = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(ctx.saved_tensors, (ctx.needs_input_grad[0], ) + ctx.needs_input_grad[3:])]
+        n = len(ctx.dilations)
+        kernels, weights, biases = leaves[1:1 + n], leaves[1 + n:1 + 2 * n], leaves[1 + 2 * n:]
+
+        def batch_norm(i: int, y: torch.Tensor) -> torch.Tensor:  # batch statistics, no running ones
+            return F.batch_norm(y, None, None, weights[i], biases[i], True, 0., ctx.eps[i])
+
+        device, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled):
+            out = branch_sum(leaves[0], kernels, ctx.dilations, batch_norm)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+        grads = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
+        return (grads[0], None, None, *grads[1:])
+
+
+def _folds(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+           bn_weights: Sequence[torch.Tensor]) -> bool:
+    """Whether ``_FoldedBranchSum`` takes the call: the op runs every branch, the first kernel's span holds every
+    other one, one dtype, no autocast, more than one value per channel (else BatchNorm's own error is raised)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        return False
+    span = kernels[0].shape[-1]
+    return all(_runs_op(x, k, r * (k.shape[-1] - 1) // 2, r) and r * (k.shape[-1] - 1) + 1 <= span
+               and w.dtype == x.dtype for k, r, w in zip(kernels, dilations, bn_weights))
+
+
+def sum_branch_kernels(kernels: Sequence[torch.Tensor], dilations: Sequence[int],
+                       scales: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """The one depthwise kernel of parallel branches: ``sum_i scale_i[c] * kernel_i`` with each (dilated) kernel
+    spread and centred in the first kernel's K x K (every span at most K). ``scales`` default to one."""
+    size = kernels[0].shape[-1]
+    out = None
+    for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+        dense = dilated_to_dense(kernel, r)
+        if scales is not None:
+            dense = dense * scales[i].view(-1, 1, 1, 1)
+        pad = (size - dense.shape[-1]) // 2
+        dense = F.pad(dense, [pad] * 4)
+        out = dense if out is None else out + dense
+    return out
+
+
+class _FoldedBranchSum(torch.autograd.Function):
+    """``recomputed_branch_sum`` in two passes over the input, keeping only ``x`` (and per-channel statistics).
+
+    In training a BatchNorm is the per-channel affine map ``s_i * (y_i - mean_i) + beta_i`` with
+    ``s_i = gamma_i / sqrt(var_i + eps_i)`` once its batch statistics are known, so the sum of the normalised
+    branches is one K x K depthwise conv of ``x`` with the folded kernel ``sum_i s_i * k_i`` (each branch spread into
+    the large kernel's span) and bias ``sum_i beta_i - s_i * mean_i``. The forward computes each branch's statistics
+    (one branch map alive at a time), then that one conv; no branch output or normalised map is kept or summed.
+
+    Backward, with ``g`` = grad_out, ``g' = g - mean(g)`` per channel and ``M = N*H*W``, BatchNorm's gradient is
+    ``dL/dy_i = s_i * g' - e_i * (y_i - mean_i)`` with ``dgamma_i = <g', y_i - mean_i> / sigma_i``,
+    ``e_i = s_i * dgamma_i / (M * sigma_i)`` and ``dbeta_i = sum(g)``. Each branch output is recomputed once, one
+    branch at a time, turned into ``dL/dy_i`` in place and handed to the op's backward (input and weight gradient
+    together): no second pass through autograd, no BatchNorm forward or backward kernels. Same values as the plain
+    formulation up to rounding (sums grouped differently).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dilations, eps, *params):
+        n = len(dilations)
+        kernels, weights, biases = params[:n], params[n:2 * n], params[2 * n:]
+        op = torch.ops.mmoverlock
+        means, stds, stats = [], [], []
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        for kernel, r, e in zip(kernels, dilations, eps):
+            y = op.depthwise_forward(x, kernel, None, r * (kernel.shape[-1] - 1) // 2, r)
+            # Two passes (mean, then the centred squares): exact enough in float32, and far faster than var_mean
+            # over a channels-last map.
+            mean = y.sum((0, 2, 3)) / count
+            var = y.sub_(mean.view(1, -1, 1, 1)).square_().sum((0, 2, 3)) / count
+            del y
+            means.append(mean)
+            stds.append((var + e).sqrt())
+            stats.append(torch.stack([mean, var * (count / (count - 1))]))
+        scales = [w / std for w, std in zip(weights, stds)]
+        bias = sum(b - mean * scale for b, mean, scale in zip(biases, means, scales))
+        folded = sum_branch_kernels(kernels, dilations, scales)
+        out = op.depthwise_forward(x, folded, bias, kernels[0].shape[-1] // 2, 1)
+        ctx.save_for_backward(x, *kernels, *weights, *means, *stds)
+        ctx.dilations = dilations
+        stats = torch.stack(stats)
+        ctx.mark_non_differentiable(stats)
+        return out, stats
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_stats):
+        dilations = ctx.dilations
+        n = len(dilations)
+        x, *rest = ctx.saved_tensors
+        kernels, weights, means, stds = (rest[i * n:(i + 1) * n] for i in range(4))
+        needs_x, needs = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
+        op = torch.ops.mmoverlock
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        grad_sum = grad_out.sum((0, 2, 3))
+        centred = grad_out - (grad_sum / count).view(1, -1, 1, 1)
+        grad_x, grad_k, grad_w = None, [], []
+        for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+            padding = r * (kernel.shape[-1] - 1) // 2
+            y = op.depthwise_forward(x, kernel, None, padding, r).sub_(means[i].view(1, -1, 1, 1))
+            grad_gamma = (centred * y).sum((0, 2, 3)) / stds[i]
+            scale = weights[i] / stds[i]
+            coef = scale * grad_gamma / (count * stds[i])
+            # dL/dy_i = scale * g' - coef * (y_i - mean_i), in place of y_i.
+            grad_y = y.mul_(-coef.view(1, -1, 1, 1)).addcmul_(centred, scale.view(1, -1, 1, 1))
+            gx_i, gk_i = op.depthwise_backward(grad_y, x, kernel, padding, r, [needs_x, needs[i]])
+            del y, grad_y
+            if needs_x:
+                grad_x = gx_i if grad_x is None else grad_x.add_(gx_i)
+            grad_k.append(gk_i if needs[i] else None)
+            grad_w.append(grad_gamma if needs[n + i] else None)
+        grad_b = [grad_sum if needs[2 * n + i] else None for i in range(n)]
+        return (grad_x, None, None, *grad_k, *grad_w, *grad_b)

@@ -1,0 +1,256 @@
+"""Tests of the compiled depthwise convolution (``torch.ops.mmoverlock.depthwise_*`` via
+``mmoverlock.ops.depthwise.depthwise_conv2d``) against ``F.conv2d`` in float64.
+
+Every CPU instruction set this CPU runs, both memory formats, float32 and float64, kernel sizes 1 to 19 (OverLoCK's
+largest) with the dilations of its DilatedReparamBlocks, channel counts that leave vector tails, maps smaller than
+the kernel's span; gradcheck and opcheck; the CUDA kernels' bodies through their CPU driver; bad inputs.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmoverlock.ops.contmix import available_backends
+from mmoverlock.ops import depthwise
+from mmoverlock.ops.depthwise import depthwise_conv2d, recomputed_branch_sum
+
+HAS_OP = 'cpu' in available_backends() and hasattr(torch.ops.mmoverlock, 'depthwise_forward')
+requires_op = pytest.mark.skipif(not HAS_OP, reason='mmoverlock._ext is not built (pip install -e .)')
+HAS_BODIES = HAS_OP and hasattr(torch.ops.mmoverlock_testing, 'depthwise_bodies_forward')
+
+CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
+FORMATS = {'nchw': torch.contiguous_format, 'nhwc': torch.channels_last}
+
+# (N, C, H, W, K, dilation)
+SHAPES = [
+    (2, 5, 9, 11, 3, 1),     # C below one vector
+    (1, 37, 13, 10, 5, 1),   # C with a vector and a scalar tail
+    (2, 64, 12, 17, 7, 1),
+    (1, 16, 23, 20, 19, 1),  # OverLoCK's largest kernel
+    (1, 24, 21, 19, 9, 2),
+    (2, 19, 16, 18, 3, 7),   # a dilated span (15) near the map size
+    (1, 8, 6, 7, 3, 5),      # span 11 larger than the map: border taps only
+    (1, 3, 4, 5, 1, 1),
+]
+
+
+def _cpu_capabilities():
+    if not HAS_OP:
+        return ()
+    import mmoverlock._ext as ext
+    return ext.cpu_capabilities()
+
+
+CPU_CAPABILITIES = [
+    pytest.param(name, marks=pytest.mark.skipif(name not in _cpu_capabilities(), reason=f'this CPU lacks {name}'))
+    for name in ('default', 'avx2', 'avx512')
+]
+
+
+def _inputs(shape, dtype, layout, seed=0, bias=True):
+    n, c, h, w, k, r = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    weight = torch.randn(c, 1, k, k, generator=gen, dtype=dtype)
+    b = torch.randn(c, generator=gen, dtype=dtype) if bias else None
+    return x, weight, b, r * (k - 1) // 2, r
+
+
+def _reference(x, weight, bias, padding, dilation, grad_out):
+    """Output and input/weight/bias gradients of F.conv2d in float64."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    out = F.conv2d(leaves[0], leaves[1], leaves[2], 1, padding, dilation, x.shape[1])
+    out.backward(grad_out.double())
+    return out.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def _close(actual, expected, dtype):
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    scale = expected.abs().max().clamp_min(1.0)
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=tol * scale.item())
+
+
+@requires_op
+@pytest.mark.parametrize('capability', CPU_CAPABILITIES)
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_matches_float64_conv_on_every_isa(shape, dtype, layout, capability, monkeypatch):
+    monkeypatch.setenv(CPU_CAPABILITY_ENV, capability)
+    x, weight, bias, p, r = _inputs(shape, dtype, layout)
+    x.requires_grad_()
+    weight.requires_grad_()
+    bias.requires_grad_()
+    out = depthwise_conv2d(x, weight, bias, p, r)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    out.backward(grad_out)
+    ref, (gx, gw, gb) = _reference(x, weight, bias, p, r, grad_out)
+    _close(out, ref, dtype)
+    _close(x.grad, gx, dtype)
+    _close(weight.grad, gw, dtype)
+    _close(bias.grad, gb, dtype)
+    assert x.grad.is_contiguous(memory_format=FORMATS[layout])
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_other_paddings_and_the_op_is_used(layout, monkeypatch):
+    """Any padding in [0, r(K-1)] runs the op (F.conv2d patched to fail proves it), with the conv's numbers."""
+    x, weight, bias, _, r = _inputs((2, 11, 10, 9, 5, 2), torch.float64, layout)
+    expected = {p: F.conv2d(x, weight, bias, 1, p, r, 11) for p in (0, 3, 8)}
+    monkeypatch.setattr(F, 'conv2d', lambda *a, **k: pytest.fail('fell back to F.conv2d'))
+    for p, ref in expected.items():
+        _close(depthwise_conv2d(x, weight, bias, p, r), ref, torch.float64)
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_gradcheck(layout):
+    x, weight, bias, p, r = _inputs((1, 5, 7, 6, 3, 2), torch.float64, layout)
+    inputs = [t.requires_grad_() for t in (x, weight, bias)]
+    assert torch.autograd.gradcheck(lambda a, w, b: depthwise_conv2d(a, w, b, p, r), inputs)
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('bias', [True, False])
+def test_opcheck(layout, bias):
+    x, weight, b, p, r = _inputs((2, 6, 8, 7, 5, 1), torch.float32, layout, bias=bias)
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward,
+                          (x.requires_grad_(), weight.requires_grad_(), b, p, r))
+    grad_out = torch.randn(2, 6, 8, 7).contiguous(memory_format=FORMATS[layout])
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_backward, (grad_out, x.detach(), weight.detach(), p, r,
+                                                                    [True, True]))
+
+
+@requires_op
+def test_weight_gradient_does_not_depend_on_threads():
+    """The weight gradient is summed in a fixed order: bitwise the same on 1 and 2 threads, both layouts."""
+    threads = torch.get_num_threads()
+    for layout in FORMATS:
+        x, weight, _, p, r = _inputs((3, 32, 20, 21, 7, 1), torch.float32, layout)
+        grad_out = torch.randn(3, 32, 20, 21).contiguous(memory_format=FORMATS[layout])
+        results = []
+        try:
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                results.append(torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, p, r, [True, True]))
+        finally:
+            torch.set_num_threads(threads)
+        assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@requires_op
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(dtype):
+    x, weight, bias, p, r = _inputs((1, 16, 9, 9, 7, 1), dtype, 'nhwc')
+    out = depthwise_conv2d(x, weight, bias, p, r)
+    assert out.dtype == dtype
+    expected = F.conv2d(x.float(), weight.float(), bias.float(), 1, p, r, 16).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@requires_op
+def test_autocast_returns_the_autocast_dtype_with_float32_gradients():
+    x, weight, bias, p, r = _inputs((1, 8, 9, 9, 5, 1), torch.float32, 'nhwc')
+    weight.requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = depthwise_conv2d(x, weight, bias, p, r)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not HAS_BODIES, reason='mmoverlock._ext is not built')
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('shape', [SHAPES[1], SHAPES[5], SHAPES[6], (1, 4, 21, 20, 19, 1)], ids=str)
+def test_cuda_bodies_match_float64_conv(shape, dtype, layout):
+    """The CUDA kernels' arithmetic, run on the CPU by the test driver, against float64."""
+    x, weight, bias, p, r = _inputs(shape, dtype, layout)
+    testing = torch.ops.mmoverlock_testing
+    out = testing.depthwise_bodies_forward(x, weight, bias, p, r)
+    grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    grad_x, grad_w = testing.depthwise_bodies_backward(grad_out, x, weight, p, r)
+    ref, (gx, gw, _) = _reference(x, weight, bias, p, r, grad_out)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    for actual, expected in ((out, ref), (grad_x, gx), (grad_w, gw)):
+        assert actual.dtype == dtype
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual.double(), expected, rtol=0, atol=tol * scale)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+
+
+@requires_op
+@pytest.mark.parametrize('args, message', [
+    (dict(x=(1, 4, 8, 8), w=(4, 1, 4, 4)), 'K odd'),
+    (dict(x=(1, 4, 8, 8), w=(3, 1, 3, 3)), 'weight must be \\[C, 1, K, K\\] with C = 4'),
+    (dict(x=(4, 8, 8), w=(4, 1, 3, 3)), 'input must be 4-D'),
+    (dict(x=(1, 4, 8, 8), w=(4, 1, 3, 3), padding=3), 'padding must be in \\[0, dilation \\* \\(K - 1\\)\\]'),
+    (dict(x=(1, 4, 8, 8), w=(4, 1, 3, 3), dilation=0), 'dilation must be at least 1'),
+    (dict(x=(1, 4, 2, 8), w=(4, 1, 5, 5), padding=0), 'the output would be empty'),
+    (dict(x=(1, 4, 8, 8), w=(4, 1, 3, 3), bias=(3, )), 'bias must be \\[C\\]'),
+    (dict(x=(1, 4, 8, 8), w=(4, 1, 3, 3), wdtype=torch.float64), 'must have the dtype of input'),
+])
+def test_bad_inputs_raise_naming_the_argument(args, message):
+    x = torch.randn(*args['x'])
+    weight = torch.randn(*args['w'], dtype=args.get('wdtype', torch.float32))
+    bias = torch.randn(*args['bias']) if 'bias' in args else None
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mmoverlock.depthwise_forward(x, weight, bias, args.get('padding', 1), args.get('dilation', 1))
+
+
+@requires_op
+def test_bad_grad_out_raises():
+    x, weight = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    with pytest.raises(RuntimeError, match='grad_out must be'):
+        torch.ops.mmoverlock.depthwise_backward(torch.randn(1, 4, 7, 8), x, weight, 1, 1, [True, True])
+
+
+@requires_op
+def test_unsupported_environment_capability_names_the_variable(monkeypatch):
+    monkeypatch.setenv(CPU_CAPABILITY_ENV, 'sse9')
+    with pytest.raises(RuntimeError, match=CPU_CAPABILITY_ENV):
+        torch.ops.mmoverlock.depthwise_forward(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3), None, 1, 1)
+
+
+# The large kernel and the dilated branches of DilatedReparamBlocks (UniRepLKNet's table), by large kernel size.
+BRANCHES = {17: ((17, 1), (5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)), 7: ((7, 1), (5, 1), (3, 1), (3, 2), (3, 3))}
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('size', sorted(BRANCHES))
+def test_folded_branch_sum_matches_batch_norm_of_each_branch(size, layout):
+    """The one-conv training form of a DilatedReparamBlock (statistics, folded kernel, analytic BatchNorm backward)
+    against F.conv2d + F.batch_norm per branch, in float64: output, statistics and every gradient."""
+    branches = BRANCHES[size]
+    gen = torch.Generator().manual_seed(size)
+    c = 6
+    x = torch.randn(2, c, 19, 23, generator=gen, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    kernels = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) for k, _ in branches]
+    gammas = [torch.rand(c, generator=gen, dtype=torch.float64) + 0.5 for _ in branches]
+    betas = [torch.randn(c, generator=gen, dtype=torch.float64) for _ in branches]
+    dilations = [r for _, r in branches]
+    eps = [1e-5] * len(branches)
+    assert depthwise._folds(x, kernels, dilations, gammas)  # the folded form runs, not the recomputing fallback
+
+    def leaves():
+        return [t.clone().requires_grad_() for t in [x, *kernels, *gammas, *betas]]
+
+    n = len(branches)
+    ours_in, ref_in = leaves(), leaves()
+    out, stats = recomputed_branch_sum(ours_in[0], ours_in[1:1 + n], dilations, ours_in[1 + n:1 + 2 * n],
+                                       ours_in[1 + 2 * n:], eps)
+    convs = [F.conv2d(ref_in[0], ref_in[1 + i], None, 1, r * (k - 1) // 2, r, c) for i, (k, r) in enumerate(branches)]
+    ref = sum(F.batch_norm(y, None, None, ref_in[1 + n + i], ref_in[1 + 2 * n + i], True, 0., 1e-5)
+              for i, y in enumerate(convs))
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(out, ours_in, grad_out)
+    expected = torch.autograd.grad(ref, ref_in, grad_out)
+    _close(out, ref.detach(), torch.float64)
+    for actual, want in zip(ours, expected):
+        _close(actual, want, torch.float64)
+    for i, y in enumerate(convs):
+        _close(stats[i, 0], y.detach().mean((0, 2, 3)), torch.float64)
+        _close(stats[i, 1], y.detach().var((0, 2, 3)), torch.float64)
