@@ -112,7 +112,9 @@ class ResDWConv(DepthwiseConv2d):
     def forward_after_gelu(self, z: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
         """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``_GeluResDWConv``)."""
         wants_grad = torch.is_grad_enabled() and (z.requires_grad or self.weight.requires_grad)
-        plain = is_tracing() or torch.is_autocast_enabled(z.device.type) or self.kernel_size[0] >= FAST_GRAD_MIN_KERNEL
+        # (autocast has no state for devices such as 'meta', where timm builds and runs models to check shapes)
+        plain = is_tracing() or z.device.type not in ('cpu', 'cuda') or torch.is_autocast_enabled(z.device.type) \
+            or self.kernel_size[0] >= FAST_GRAD_MIN_KERNEL
         if not wants_grad or plain:  # (under autocast, autograd's own casts keep the backward's dtypes apart)
             return self(F.gelu(z, approximate=approximate))
         return _GeluResDWConv.apply(z, self.weight, self.bias, self.padding[0], approximate)

@@ -406,7 +406,8 @@ def _autocast(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> Tuple[Te
     """Under autocast, bring all inputs to one dtype: the autocast dtype on CUDA (the kernels accumulate in
     float32), float32 elsewhere (the CPU kernels are float32/float64)."""
     device_type = value.device.type
-    if not torch.is_autocast_enabled(device_type):
+    # (autocast keeps no state for some device types, 'meta' among them: nothing to cast there)
+    if device_type == 'meta' or not torch.is_autocast_enabled(device_type):
         return weights, value, rpb
     dtype = torch.get_autocast_dtype(device_type) if device_type == 'cuda' else torch.float32
     cast = (lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t)
@@ -430,7 +431,8 @@ def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optiona
                 return 'torch'
             _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
             return 'cuda'
-        if value.device.type == 'cpu' and 'cpu' in _BUILT:
+        # 'meta' tensors (shapes only, as timm's model checks use them) meet the op's registered fake kernel.
+        if value.device.type in ('cpu', 'meta') and 'cpu' in _BUILT:
             return 'cpu'
         return 'torch'
     source = 'backend' if backend is not None else f'environment variable {BACKEND_ENV}'
