@@ -16,8 +16,9 @@ weights, kept when loading ``pretrained=True``) and makes training mode return `
 ``loss_fn(logits, y) + 0.4 * loss_fn(aux_logits, y)`` (:class:`~mmoverlock.models.aux_loss.AuxiliaryLoss`).
 
 Tracing and scripting: ``torch.fx`` (torchvision's ``create_feature_extractor``, timm's ``FeatureGraphNet``) traces
-the model with timm's no-trace lists (see :mod:`mmoverlock.models.tracing`); ``torch.jit.script`` does not (see
-``docs``: the fused ops are custom autograd functions, as timm's own non-scriptable models).
+the model with timm's no-trace lists (see :mod:`mmoverlock.models.tracing`), as do ``torch.jit.trace`` and
+``torch.export``; ``torch.jit.script`` is refused with the reason (``SCRIPTING_UNSUPPORTED``), and timm's TorchScript
+tests are left out for these models, as timm's ``EXCLUDE_JIT_FILTERS`` does for its own non-scriptable ones.
 
 ``import mmoverlock`` registers the four names in timm's registry (mmengine and mmcv are not needed for this)::
 
@@ -51,6 +52,12 @@ CROP_PCT = dict(xt=0.925, t=0.95, s=0.95, b=0.975)
 MODEL_NAMES = tuple(f'overlock_{variant}' for variant in CROP_PCT)
 #: ``global_pool`` choices: timm's pooling types whose output width is the input's, or ``''`` for none.
 POOL_TYPES = ('avg', 'max', 'avgmax', '')
+#: Why ``torch.jit.script`` is refused, and what works instead.
+SCRIPTING_UNSUPPORTED = (
+    'OverLoCKClassifier: torch.jit.script cannot compile OverLoCK: its re-parameterisable blocks reach their dilated '
+    'branches by generated names (the released checkpoints\' keys, such as dil_conv_k5_1), and its memory-saving '
+    'layers are custom autograd functions. Use torch.jit.trace, torch.export / torch.onnx.export, torch.compile, or '
+    'torch.fx with timm\'s no-trace lists (timm.layers.get_notrace_modules / get_notrace_functions)')
 #: Modules after each map that ``prune_intermediate_layers`` removes when the features end at that map.
 _AFTER_MAP = (
     ('patch_embed2', 'blocks2'),
@@ -288,6 +295,11 @@ class OverLoCKClassifier(OverLoCKTrunk):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.with_cp = enable
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this first: refuse with the reason and the alternatives, instead of failing
+        deep inside a layer."""
+        raise RuntimeError(SCRIPTING_UNSUPPORTED)
 
 
 def checkpoint_filter_fn(checkpoint: dict, model: OverLoCKClassifier) -> Dict[str, torch.Tensor]:

@@ -270,3 +270,38 @@ def test_reset_classifier_keeps_device_dtype_and_mode():
     for conv in (model.head[4], model.aux_head[2]):
         assert conv.weight.device.type == 'meta' and conv.weight.dtype == torch.float64 and not conv.training
         assert conv.out_channels == 7
+
+
+def test_traced_and_fx_forms_match_and_scripting_is_refused_clearly():
+    """``torch.jit.trace`` and ``torch.fx`` (with timm's no-trace lists) give the eager logits; ``torch.jit.script``
+    fails with the reason and the alternatives."""
+    torch.manual_seed(0)
+    model = timm.create_model('overlock_xt', num_classes=10, **SHALLOW).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        expected = model(x)
+        traced = torch.jit.trace(model, x)
+        extractor = timm.models.create_feature_extractor(model, ['head.4'])
+        assert torch.allclose(traced(x), expected, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(extractor(x)['head.4'].flatten(1), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match='torch.jit.script cannot compile OverLoCK.*torch.jit.trace'):
+        torch.jit.script(model)
+
+
+def test_the_authors_loss_through_timms_training_task():
+    """The documented recipe: ``timm.task.ClassificationTask`` with ``AuxiliaryLoss`` trains both heads."""
+    from timm.task import ClassificationTask
+
+    torch.manual_seed(0)
+    model = timm.create_model('overlock_xt', num_classes=10, aux_head=True, **SHALLOW).train()
+    task = ClassificationTask(model, criterion=AuxiliaryLoss(torch.nn.CrossEntropyLoss()), verbose=False)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    result = task(x, y)
+    main, aux = result['output']
+    assert torch.equal(result['loss'], F.cross_entropy(main, y) + 0.4 * F.cross_entropy(aux, y))
+    result['loss'].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(TypeError, match='AuxiliaryLoss: output must be logits or a'):
+        AuxiliaryLoss(F.cross_entropy)({'main': main}, y)
+    with pytest.raises(ValueError, match='aux_ratio must be a number >= 0'):
+        AuxiliaryLoss(F.cross_entropy, aux_ratio=-1)
