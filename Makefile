@@ -11,9 +11,14 @@ setup:
 smoke-train: setup
 	$(PY) tools/misc/smoke_train.py
 
-# The test suite (CPU; CUDA tests skip with a reason where no GPU is present).
+# The test suite (CPU; CUDA tests skip with a reason where no GPU is present), then timm's own model tests
+# (tests/test_models.py of the timm sdist, unpacked into .venv by tools/setup_env.sh) on the overlock_* models that
+# `-p mmoverlock` registers. Deselected: the tests that download pretrained weights, and the TorchScript ones, as
+# timm's EXCLUDE_JIT_FILTERS does for its own non-scriptable models (the timm section of the docs says why).
+TIMM_SELECTION := overlock and not pretrained and not torchscript
 test: setup
 	$(PY) -m pytest tests -q -ra --durations=15
+	$(PY) -m pytest .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra -k "$(TIMM_SELECTION)"
 
 clean:
 	rm -rf build *.egg-info mmoverlock/_ext*.so work_dirs outputs

@@ -4,16 +4,27 @@
 :mod:`mmoverlock.engine`) in MMEngine's registries, applies the compatibility fixes that the OpenMMLab 2.0 stack needs
 on current torch (see :mod:`mmoverlock.compat`), and makes mmengine load checkpoints weights-only and remote ones over
 https only (:mod:`mmoverlock.checkpoint_io`). ``mmoverlock.ops`` depends on torch alone, so the ContMix op also
-imports on a machine without OpenMMLab; there this package import skips the registrations.
+imports on a machine without OpenMMLab; there this package import registers only the timm classifiers (where timm is
+installed), which need neither mmengine nor mmcv.
 """
-import importlib.util
-
 from .version import __version__
 
-if importlib.util.find_spec('mmengine') is not None:
+try:
+    import mmengine  # noqa: F401
+except ImportError:
+    mmengine = None
+try:
+    import timm  # noqa: F401
+except ImportError:
+    timm = None
+
+if mmengine is not None:
     from . import compat  # noqa: F401  (applies the fixes on import)
     from . import checkpoint_io  # noqa: F401  (weights-only, https-only checkpoint loading for mmengine)
-    from . import models  # noqa: F401  (registers OverLoCK)
+    from . import models  # noqa: F401  (registers OverLoCK, and the timm classifiers)
     from . import engine  # noqa: F401  (registers CPUDistributedDataParallel)
+elif timm is not None:
+    from . import models  # noqa: F401  (registers the timm classifiers: they need torch and timm only)
+del mmengine, timm
 
 __all__ = ['__version__']

@@ -102,6 +102,27 @@ else
   printf '%s' "$STAMP_TEXT" > "$STAMP"
 fi
 
+# timm's own model tests (tests/test_models.py of the pinned timm's sdist on the package registry; the wheel does not
+# ship them), unpacked once into the environment for `make test`, which runs them on overlock_*. Nothing is fetched
+# at test time; the sdist is cached under $CACHE/sdists.
+TIMM_VERSION="$(sed -n 's/^timm==\([^[:space:]#]*\).*/\1/p' "$REQ/mminstall.txt")"
+[[ -n $TIMM_VERSION ]] || { echo "no timm==VERSION line in $REQ/mminstall.txt" >&2; exit 1; }
+TIMM_TESTS="$VENV/timm-tests"
+if [[ "$(cat "$TIMM_TESTS/VERSION" 2>/dev/null)" != "$TIMM_VERSION" ]]; then
+  log "unpacking timm $TIMM_VERSION's model tests into $TIMM_TESTS"
+  SDISTS="$CACHE/sdists"
+  mkdir -p "$SDISTS"
+  if [[ ! -f "$SDISTS/timm-$TIMM_VERSION.tar.gz" ]]; then
+    quiet_pip download -q --no-deps --no-binary :all: "timm==$TIMM_VERSION" -d "$SDISTS"
+  fi
+  rm -rf "$TIMM_TESTS" && mkdir -p "$TIMM_TESTS"
+  # pyproject.toml carries timm's pytest markers; tests/ is a package (its __init__.py) with a conftest.
+  tar -xzf "$SDISTS/timm-$TIMM_VERSION.tar.gz" -C "$TIMM_TESTS" --strip-components=1 \
+    "timm-$TIMM_VERSION/pyproject.toml" "timm-$TIMM_VERSION/tests/__init__.py" \
+    "timm-$TIMM_VERSION/tests/conftest.py" "timm-$TIMM_VERSION/tests/test_models.py"
+  printf '%s' "$TIMM_VERSION" > "$TIMM_TESTS/VERSION"
+fi
+
 # Rebuild the extension only when its sources, setup.py or requirements/ (the install's metadata: setup.py's extras)
 # changed; a CUDA build takes minutes on 2 cores.
 EXT_HASH="$(cd "$ROOT" && cat setup.py requirements/*.txt $(find mmoverlock/ops/csrc -type f | sort) | sha256sum | \

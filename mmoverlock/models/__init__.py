@@ -1,12 +1,24 @@
-"""OverLoCK models for OpenMMLab 2.0 and timm (importing this module registers the backbone in MMEngine's registry
-and the classifiers ``overlock_xt`` / ``_t`` / ``_s`` / ``_b`` in timm's)."""
+"""OverLoCK models for OpenMMLab 2.0 and timm.
+
+Importing this package registers the classifiers ``overlock_xt`` / ``_t`` / ``_s`` / ``_b`` in timm's registry
+(torch and timm suffice) and, where mmengine is installed, the backbone ``OverLoCK`` in MMEngine's registry.
+"""
+from .aux_loss import AuxiliaryLoss
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
-from .checkpoint import load_overlock_checkpoint
 from .classifier import OverLoCKClassifier, classifier_from_checkpoint
-from .overlock import OverLoCK
-from .registry import MODELS
+from .trunk import OverLoCKTrunk
 
 __all__ = [
-    'OverLoCK', 'OverLoCKClassifier', 'classifier_from_checkpoint', 'RepConvBlock', 'ContMixBlock', 'ContextDownsample',
-    'load_overlock_checkpoint', 'MODELS'
+    'OverLoCKTrunk', 'OverLoCKClassifier', 'classifier_from_checkpoint', 'AuxiliaryLoss', 'RepConvBlock',
+    'ContMixBlock', 'ContextDownsample'
 ]
+
+try:
+    import mmengine  # noqa: F401
+except ImportError:  # timm use only: no mmengine backbone
+    pass
+else:
+    from .checkpoint import load_overlock_checkpoint
+    from .overlock import OverLoCK
+    from .registry import MODELS
+    __all__ += ['OverLoCK', 'load_overlock_checkpoint', 'MODELS']

@@ -9,10 +9,8 @@ segmentors.
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-from mmengine.logging import print_log
 from torch import nn
 
-from ..checkpoint_io import load_checkpoint_file
 
 #: Key fragment of the training-form re-parameterisable blocks; a deploy-form state dict has none.
 TRAINING_FORM_MARKER = '.origin_bn.'
@@ -137,6 +135,9 @@ def load_overlock_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     (:func:`~mmoverlock.checkpoint_io.load_checkpoint_file`: a pickle that would run code is refused; URLs must be
     https).
     """
+    from mmengine.logging import print_log  # the loader of the mmengine backbone (the rest here is torch-only)
+
+    from ..checkpoint_io import load_checkpoint_file
     checkpoint = load_checkpoint_file(filename, map_location=map_location)
     state_dict = extract_state_dict(checkpoint, prefix)
     if not state_dict:

@@ -408,7 +408,8 @@ def _autocast(weights: Tensor, value: Tensor, rpb: Optional[Tensor]) -> Tuple[Te
     elsewhere (the CPU kernels are float32/float64); rpb to that dtype's accumulation dtype, so a float32 bias is
     used and differentiated without a round trip through float16."""
     device_type = value.device.type
-    if not torch.is_autocast_enabled(device_type):
+    # (autocast keeps no state for some device types, 'meta' among them: nothing to cast there)
+    if device_type == 'meta' or not torch.is_autocast_enabled(device_type):
         return weights, value, rpb
     dtype = torch.get_autocast_dtype(device_type) if device_type == 'cuda' else torch.float32
     cast = (lambda t, to: t.to(to) if t is not None and t.is_floating_point() else t)
@@ -432,7 +433,8 @@ def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optiona
                 return 'torch'
             _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
             return 'cuda'
-        if value.device.type == 'cpu' and 'cpu' in _BUILT:
+        # 'meta' tensors (shapes only, as timm's model checks use them) meet the op's registered fake kernel.
+        if value.device.type in ('cpu', 'meta') and 'cpu' in _BUILT:
             return 'cpu'
         return 'torch'
     source = 'backend' if backend is not None else f'environment variable {BACKEND_ENV}'

@@ -120,7 +120,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                     out = torch.ops.mmoverlock.depthwise_forward(x.float(), weight.float(), cast(bias), padding,
                                                                  dilation)
                 return out.to(dtype)
-    if not torch.is_autocast_enabled(device) and _runs_op(x, weight, padding, dilation):
+    if _runs_op(x, weight, padding, dilation) and not torch.is_autocast_enabled(device):
         return torch.ops.mmoverlock.depthwise_forward(x, weight, bias, padding, dilation)
     return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
 
@@ -160,7 +160,9 @@ def gelu_res_dwconv(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     backward's dtypes apart).
     """
     wants_grad = torch.is_grad_enabled() and (z.requires_grad or weight.requires_grad)
-    if not wants_grad or is_tracing() or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES:
+    # (autocast has no state for devices such as 'meta', where timm builds and runs models to check shapes)
+    if (not wants_grad or is_tracing() or z.device.type not in ('cpu', 'cuda')
+            or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES):
         u = F.gelu(z, approximate=approximate)
         return depthwise_conv2d(u, weight, bias, padding).add_(u)
     return _GeluResDWConv.apply(z, weight, bias, padding, approximate)
