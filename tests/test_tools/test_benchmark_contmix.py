@@ -1,6 +1,8 @@
 """The ContMix benchmark times every method, measures memory in subprocesses and writes the roofline figures."""
 import json
 
+import pytest
+
 from _helpers import run_tool
 from mmoverlock.analysis.measure import current_isa_setting
 from mmoverlock.ops import available_backends
@@ -38,3 +40,8 @@ def test_contmix_cost_at_the_default_case():
     assert both['multiply_adds'] == 3 * forward['multiply_adds']  # 545 M
     assert both['exps'] == 2 * forward['exps']  # the softmax is recomputed in backward
     assert both['bytes'] == 67200 * (3 * 169 + 5 * 16) * 4  # 158 MB
+
+
+def test_isa_settings_need_the_cpu(tmp_path):
+    with pytest.raises(AssertionError, match='--isa sets the instruction sets of the CPU libraries'):
+        run_tool(['tools/analysis_tools/benchmark_contmix.py', '--device', 'cuda', '--isa', 'avx2'], cwd=tmp_path)
