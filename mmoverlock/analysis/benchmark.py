@@ -138,15 +138,15 @@ def benchmark_models(configs: Sequence[str], shape: Tuple[int, int], batch_size:
             if phase == 'train':
                 summary['step_s'] = summary['median_s']
             result['models'][label][phase] = summary
-    if memory:
-        if device.type == 'cuda':
-            for label, run in runs.items():
-                for phase in phases:
-                    result['models'][label][phase]['peak_memory_mib'] = peak_memory_mib(run.phase(phase),
-                                                                                        device)['peak_mib']
-        del runs  # the fresh processes below each build their own model
+    if memory and device.type == 'cuda':  # the allocator's own peak: in this process, after the timing
+        for label, run in runs.items():
+            for phase in phases:
+                result['models'][label][phase]['peak_memory_mib'] = peak_memory_mib(run.phase(phase),
+                                                                                    device)['peak_mib']
+    del runs  # on the CPU, each (config, phase) is measured in a fresh process that builds its own model
+    if memory and device.type == 'cpu':
         for label, config in zip(labels, configs):
-            for phase in phases if device.type == 'cpu' else ():
+            for phase in phases:
                 kwargs = dict(config=config, shape=[height, width], batch_size=batch_size, phase=phase,
                               cfg_options=cfg_options, deploy=deploy, device='cpu')
                 result['models'][label][phase]['peak_memory_mib'] = peak_memory_in_fresh_process(

@@ -34,7 +34,8 @@ import torch
 
 from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, describe_machine,
                                          interleaved_times, isa_output, machine_info, measure_per_isa,
-                                         peak_memory_in_fresh_process, peak_memory_mib, ratio, record, write_json)
+                                         peak_memory_in_fresh_process, peak_memory_mib, ratio, record, set_threads,
+                                         write_json)
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix_baselines import contmix_cost, contmix_method, random_inputs
 
@@ -195,6 +196,7 @@ def parse_args(argv=None):
     parser.add_argument('--methods', default=None, help='comma-separated (default: every backend + baselines)')
     parser.add_argument('--budget', type=float, default=3.0, help='seconds of repeated runs per measurement')
     parser.add_argument('--no-memory', action='store_true', help='time only')
+    parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
     parser.add_argument('--out', default=None, help='results folder (default: benchmarks/contmix/<device>)')
     add_isa_argument(parser)
     args = parser.parse_args(argv)
@@ -205,6 +207,7 @@ def parse_args(argv=None):
 
 def measure(args, command, setting=None):
     """Every case and method in this process; writes results.{json,md,png} and returns the payload."""
+    set_threads(args.threads)
     device = args.device
     cases = args.cases or default_cases(device)
     methods = args.methods.split(',') if args.methods else default_methods(device)

@@ -143,8 +143,8 @@ def measure_per_isa(settings: Optional[Sequence[str]], script: str, argv: Sequen
 
     results = run_isa_settings(settings, script, argv, measure, load)
     if len(results) > 1:
-        first = next(iter(results.values()))
-        write_isa_comparison(comparison_stem, title, first['command'], {s: records(r) for s, r in results.items()},
+        write_isa_comparison(comparison_stem, title, command_line(script, argv),
+                             {s: records(r) for s, r in results.items()},
                              {s: r['machine'] for s, r in results.items()}, baseline)
         print(f'wrote {comparison_stem}.json and {comparison_stem}.md')
     return results
