@@ -1,4 +1,6 @@
 """Loading an mmoverlock config and telling which OpenMMLab task it belongs to."""
+import importlib
+import os.path as osp
 from typing import Optional, Union
 
 from mmengine.config import Config
@@ -22,17 +24,35 @@ def task_of(cfg: Config) -> str:
     return scope
 
 
+def resolve_config_path(config: str) -> str:
+    """A config path, or ``'<package>::<path>'`` (as in ``_base_``) for a config an installed OpenMMLab package ships
+    under its ``.mim/configs``, e.g. ``'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'``.
+
+    Raises:
+        FileNotFoundError: If a ``::`` path names no file of the installed package.
+    """
+    package, sep, relative = config.partition('::')
+    if not sep:
+        return config
+    root = osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'configs')
+    path = osp.join(root, relative)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {config!r}: no file {relative!r} under {root}')
+    return path
+
+
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
     """Load ``config`` (a path, or a :class:`Config` that is copied), merge ``cfg_options`` and check its task.
 
     Args:
-        config (str | Config): Config file path or an already loaded config.
+        config (str | Config): Config file path (or ``'mmdet::...'``, see :func:`resolve_config_path`) or an
+            already loaded config.
         cfg_options (dict, optional): ``key=value`` overrides as ``--cfg-options`` gives them. Defaults to ``None``.
 
     Returns:
         Config: The config; :func:`task_of` accepts it.
     """
-    cfg = config.copy() if isinstance(config, Config) else Config.fromfile(config)
+    cfg = config.copy() if isinstance(config, Config) else Config.fromfile(resolve_config_path(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     task_of(cfg)

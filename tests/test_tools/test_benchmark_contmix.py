@@ -1,7 +1,10 @@
 """The ContMix benchmark times every method, measures memory in subprocesses and writes the roofline figures."""
 import json
 
+import pytest
+
 from _helpers import run_tool
+from mmoverlock.analysis.measure import current_isa_setting
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix_baselines import contmix_cost
 
@@ -14,11 +17,15 @@ def test_benchmark_contmix_writes_results(tmp_path):
     payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
     assert [r['method'] for r in payload['results']] == methods
     assert payload['machine']['copy_bandwidth_gbs'] > 0
+    assert payload['machine']['isa']['setting'] == current_isa_setting()
+    assert all(row['fwd_runs'] == row['fwd_bwd_runs'] == 1 for row in payload['results'])  # --budget 0: one run
     for row in payload['results']:
         assert row['fwd_ms'] > 0 and row['fwd_bwd_ms'] > 0
         assert row['fwd_peak_mib'] >= 0 and row['fwd_bwd_peak_mib'] > 0  # measured in a subprocess
         roof = row['fwd_bwd_roofline']
-        assert {k: roof[k] for k in ('multiply_adds', 'exps', 'bytes')} == contmix_cost(case, backward=True)
+        # 198 pixels x 9 taps: 3 x 198*9*4 multiply-adds, 2 x 198*9 exps, 198*(3*9 + 5*4)*4 bytes.
+        assert {k: roof[k] for k in ('multiply_adds', 'exps', 'bytes')} == dict(multiply_adds=21384, exps=3564,
+                                                                                 bytes=37224)
         assert roof['gflops'] > 0 and 0 < roof['copy_fraction']
     markdown = (tmp_path / 'out' / 'results.md').read_text()
     assert 'Produced by `python tools/analysis_tools/benchmark_contmix.py --device cpu' in markdown
@@ -54,3 +61,8 @@ def test_cuda_traffic_model_at_the_default_case(tmp_path):
     rows = json.loads((tmp_path / 'traffic' / 'traffic.json').read_text())['rows']
     assert rows and all(r['forward_ratio'] >= 1 and r['backward_ratio'] >= 1 for r in rows)
     assert '| B2·G8·50×84·C16·K13 | 4 | no | 54.0 | 54.0 | 1.00 |' in (tmp_path / 'traffic' / 'traffic.md').read_text()
+
+
+def test_isa_settings_need_the_cpu(tmp_path):
+    with pytest.raises(AssertionError, match='--isa sets the instruction sets of the CPU libraries'):
+        run_tool(['tools/analysis_tools/benchmark_contmix.py', '--device', 'cuda', '--isa', 'avx2'], cwd=tmp_path)

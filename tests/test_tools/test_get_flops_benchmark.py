@@ -1,12 +1,13 @@
-"""The FLOP counter counts the ContMix core and reports the backbone's own parameter count; get_flops and benchmark
-write their JSON."""
+"""The FLOP counter counts the ContMix core and reports the backbone's own parameter count; get_flops writes its JSON;
+benchmark compares configs side by side (an installed package's own included)."""
 import json
 import os.path as osp
 
 import pytest
 
 from _helpers import CONFIG_DIR, SMOKE_DET, SMOKE_SEG, run_tool
-from mmoverlock.analysis import config_complexity
+from mmoverlock.analysis import config_complexity, config_label
+from mmoverlock.apis import resolve_config_path
 from mmoverlock.models import OverLoCK
 
 MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')
@@ -46,11 +47,30 @@ def test_get_flops_cli(tmp_path):
     assert json.loads((tmp_path / 'flops.json').read_text())['contmix_flops'] > 0
 
 
-def test_benchmark_writes_json(tmp_path):
+def test_benchmark_compares_configs(tmp_path):
     path = tmp_path / 'bench.json'
-    run_tool(['tools/analysis_tools/benchmark.py', SMOKE_DET, '--shape', '96', '128', '--batch-size', '2', '--iters',
-              '1', '--warmup', '0', '--device', 'cpu', '--out', path], cwd=tmp_path)
+    run_tool(['tools/analysis_tools/benchmark.py', SMOKE_DET, SMOKE_SEG, '--shape', '96', '128', '--batch-size', '2',
+              '--iters', '1', '--warmup', '0', '--device', 'cpu', '--out', path], cwd=tmp_path)
     result = json.loads(path.read_text())
     assert result['device'] == 'cpu' and result['shape'] == [96, 128] and result['batch_size'] == 2
-    assert result['infer']['images_per_s'] > 0 and result['train']['step_s'] > 0
-    assert result['infer']['peak_memory_mib'] > 0 and result['train']['peak_memory_mib'] > 0
+    det, seg = (osp.splitext(osp.basename(c))[0] for c in (SMOKE_DET, SMOKE_SEG))
+    assert list(result['models']) == [det, seg] and result['baseline'] == det
+    for label in (det, seg):
+        entry = result['models'][label]
+        assert entry['infer']['images_per_s'] > 0 and entry['train']['step_s'] > 0
+        assert entry['infer']['peak_memory_mib'] > 0 and entry['train']['peak_memory_mib'] > 0
+    assert result['models'][det]['train']['time_ratio'] == 1.0
+    seg_train, det_train = result['models'][seg]['train'], result['models'][det]['train']
+    assert seg_train['time_ratio'] == seg_train['median_s'] / det_train['median_s']
+    assert seg_train['memory_ratio'] == seg_train['peak_memory_mib'] / det_train['peak_memory_mib']
+    markdown = (tmp_path / 'bench.md').read_text()
+    assert f'| {seg} |' in markdown and result['machine']['cpu'] in markdown
+
+
+def test_benchmark_resolves_package_configs():
+    path = resolve_config_path('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
+    assert osp.isfile(path)
+    assert path.endswith(osp.join('.mim', 'configs', 'swin', 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'))
+    assert config_label('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py') == 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco'
+    with pytest.raises(FileNotFoundError, match="no file 'swin/none.py'"):
+        resolve_config_path('mmdet::swin/none.py')

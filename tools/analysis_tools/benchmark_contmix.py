@@ -5,49 +5,47 @@ Methods (``mmoverlock.ops.contmix_baselines``; all compute the op with bias and 
 ``fused-cpu:<isa>`` (the CPU kernels with one instruction set, timed at the default case), ``unfused`` (bias and
 softmax in torch, then the aggregation kernel) and ``unfold`` (the authors' formulation).
 
-Timing: median of several runs after a warm-up, forward alone and forward + backward, in this process. For each
+Timing (:mod:`mmoverlock.analysis.measure`): per case the methods take turns (one call of each per round), as many
+rounds (1..7) as fit in ``--budget`` seconds at each method's warm-up speed, medians; forward alone and forward +
+backward, in this process. For each
 case the op's minimum work and traffic (``contmix_cost``: multiply-adds, exps, bytes) give the achieved GFLOP/s
 (2 per multiply-add) and GB/s, and the GB/s as a fraction of a large tensor copy's bandwidth measured in the same
-run (STREAM-like: bytes read + written). Memory: peak extra memory of one call above the inputs; on the CPU each
-measurement runs in a fresh subprocess (``contmix_peak_memory.py``), on CUDA from ``torch.cuda.max_memory_allocated``.
+run (STREAM-like: bytes read + written). Memory: the measuring module's one definition of peak memory (the inputs
+are not counted); on the CPU each measurement runs in a fresh subprocess (``contmix_peak_memory.py``).
 
 Writes ``results.json``, ``results.md`` (with the command that produced it) and, with matplotlib, ``results.png``
-under ``--out`` (default ``benchmarks/contmix/<device>``). ``--traffic-only`` writes ``traffic.json`` and
-``traffic.md`` instead, without timing anything: the bytes each pass of the CUDA kernels moves by their traffic
-model (``contmix_cuda_traffic``) next to the op's minimum, per case and dtype size.
+under ``--out`` (default ``benchmarks/contmix/<device>``); with ``--isa best avx2`` (CPU) one such folder per
+instruction-set setting under ``--out`` and ``isa_comparison.{json,md}`` beside them. ``--traffic-only`` writes
+``traffic.json`` and ``traffic.md`` instead, without timing anything: the bytes each pass of the CUDA kernels moves
+by their traffic model (``contmix_cuda_traffic``) next to the op's minimum, per case and dtype size.
 
 Examples::
 
     python tools/analysis_tools/benchmark_contmix.py                    # CPU, default case list
     python tools/analysis_tools/benchmark_contmix.py --device cuda
     python tools/analysis_tools/benchmark_contmix.py --cases "2,8,50,84,16,13" --methods fused-cpu,unfused
+    python tools/analysis_tools/benchmark_contmix.py --cases "2,8,50,84,16,13" --isa best avx2
     python tools/analysis_tools/benchmark_contmix.py --traffic-only --out benchmarks/contmix/cuda-traffic
 """
 import argparse
-import datetime
 import gc
 import json
 import os
 import os.path as osp
-import platform
-import shlex
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
+from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, describe_machine,
+                                         interleaved_times, isa_output, machine_info, measure_per_isa,
+                                         peak_memory_in_fresh_process, peak_memory_mib, ratio, record, set_threads,
+                                         write_json)
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
 
 DEFAULT_CASE = (2, 8, 50, 84, 16, 13)  # stage 3 of an 800x1333 detection image (B, G, H, W, C, K)
 PEAK_MEMORY_TOOL = osp.join(osp.dirname(osp.abspath(__file__)), 'contmix_peak_memory.py')
-
-
-def sync(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
+MAX_RUNS = 7  # timed runs per method and measurement at most
 
 
 def run_once(fn, inputs, K, backward):
@@ -56,57 +54,31 @@ def run_once(fn, inputs, K, backward):
     return torch.autograd.grad(out, inputs, torch.ones_like(out)) if backward else out
 
 
-def time_method(fn, inputs, K, device, backward, budget_s):
-    """Median wall time and median CPU time of this process (all threads) in ms, and the number of runs: one
-    warm-up, then as many runs (1..7) as fit in about budget_s. On a busy machine the CPU time is the steadier."""
-    sync(device)
-    start = time.perf_counter()
-    run_once(fn, inputs, K, backward)
-    sync(device)
-    first = time.perf_counter() - start
-    runs = max(1, min(7, int(budget_s / max(first, 1e-6))))
-    wall, cpu = [], []
-    for _ in range(runs):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        keep = run_once(fn, inputs, K, backward)
-        sync(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-        del keep
-    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu), runs
+def time_methods(fns, inputs, K, device, backward, budget_s):
+    """Per method: median wall time and median CPU time of this process (all threads) in ms, and the number of
+    runs; the methods take turns, each as many runs (1..7) as fit in about budget_s at its warm-up speed. On a busy
+    machine the CPU time is the steadier."""
+    calls = {method: (lambda fn=fn: run_once(fn, inputs, K, backward)) for method, fn in fns.items()}
+    timings = interleaved_times(calls, MAX_RUNS, warmup=1, device=device, budget_s=budget_s)
+    return {m: (1e3 * t.median_s, 1e3 * t.cpu_median_s, len(t.wall_s)) for m, t in timings.items()}
 
 
 def copy_bandwidth_gbs(device, mib=256):
     """STREAM-like copy bandwidth: bytes read + written per second by ``dst.copy_(src)`` of a ``mib`` buffer."""
     src = torch.ones(mib * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
-    times = []
-    for _ in range(6):
-        sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * src.numel() * 4 / min(times[1:]) / 1e9
+    best = interleaved_times({'copy': lambda: dst.copy_(src)}, rounds=5, warmup=1, device=device)['copy'].min_s
+    return 2 * src.numel() * 4 / best / 1e9
 
 
 def peak_extra_mib(case, method, device, backward, inputs):
     """Peak extra memory of one call, MiB: a fresh subprocess on the CPU, the CUDA allocator's peak on a GPU."""
     if device == 'cuda':
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        keep = run_once(contmix_method(method, device), inputs, case[5], backward)
-        torch.cuda.synchronize()
-        del keep
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, PEAK_MEMORY_TOOL, '--case', ','.join(map(str, case)), '--method', method,
-           '--threads', str(torch.get_num_threads())] + (['--backward'] if backward else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f'memory measurement of {method} {case} failed:\n{proc.stderr[-2000:]}')
-    return json.loads(proc.stdout.strip().splitlines()[-1])['peak_extra_mib']
+        fn = contmix_method(method, device)
+        return peak_memory_mib(lambda: run_once(fn, inputs, case[5], backward), device, warmup=1)['peak_mib']
+    kwargs = dict(case=list(case), method=method, backward=backward)
+    return peak_memory_in_fresh_process(f'{PEAK_MEMORY_TOOL}:contmix_call', kwargs,
+                                        threads=torch.get_num_threads())['peak_mib']
 
 
 def roofline(case, ms, backward, copy_gbs):
@@ -117,30 +89,6 @@ def roofline(case, ms, backward, copy_gbs):
 
 
 # -------------------------------------------------------------------------------------------------------- reports
-def machine_info(device):
-    info = {
-        'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'python': platform.python_version(),
-        'torch': torch.__version__,
-        'platform': platform.platform(),
-        'backends': available_backends(),
-        'device': device,
-    }
-    if device == 'cuda':
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    else:
-        model = platform.processor()
-        with open('/proc/cpuinfo') as f:
-            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), model)
-        info.update(cpu=model, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                    load_average_before=[round(x, 2) for x in os.getloadavg()])
-        if 'cpu' in available_backends():
-            import mmoverlock._ext as ext
-            info.update(cpu_capabilities=list(ext.cpu_capabilities()), cpu_capability=ext.cpu_capability())
-    return info
-
-
 def case_label(case):
     return 'B{}·G{}·{}×{}·C{}·K{}'.format(*case)
 
@@ -161,8 +109,8 @@ def summarise(results, device):
 
 
 def write_markdown(path, command, info, results, summary, memory_method):
-    lines = ['# ContMix core benchmark', '', f'Produced by `{command}`.', '']
-    lines += [f'- {k}: {v}' for k, v in info.items()]
+    lines = ['# ContMix core benchmark', '', f'Produced by `{command}`.', '', f'- machine: {describe_machine(info)}',
+             f"- backends: {', '.join(info['backends'])}; copy bandwidth {info['copy_bandwidth_gbs']} GB/s"]
     lines += [f'- memory: {memory_method}',
               '- all methods: rpb + softmax, float32, gradients of weights, value, rpb',
               '- roofline: MMAC = multiply-adds, Mexp = exps, MB = minimum bytes moved (inputs read once, outputs '
@@ -267,7 +215,7 @@ def default_methods(device):
     return [f'fused-{b}' for b in built] + ['fused-torch', 'unfused', 'unfold']
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--cases', type=parse_cases, default=None,
@@ -275,43 +223,46 @@ def main():
     parser.add_argument('--methods', default=None, help='comma-separated (default: every backend + baselines)')
     parser.add_argument('--budget', type=float, default=3.0, help='seconds of repeated runs per measurement')
     parser.add_argument('--no-memory', action='store_true', help='time only')
+    parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
     parser.add_argument('--out', default=None, help='results folder (default: benchmarks/contmix/<device>)')
     parser.add_argument('--traffic-only', action='store_true',
                         help='write the CUDA kernels\' traffic model for the cases (traffic.json/.md) and exit')
-    args = parser.parse_args()
-    if args.traffic_only:
-        out_dir = args.out or osp.join('benchmarks', 'contmix', 'cuda-traffic')
-        os.makedirs(out_dir, exist_ok=True)
-        command = ' '.join(['python', 'tools/analysis_tools/benchmark_contmix.py'] +
-                           [shlex.quote(a) for a in sys.argv[1:]])
-        write_traffic(out_dir, command, args.cases or default_cases('cuda'))
-        print(f'wrote {out_dir}/traffic.json, traffic.md')
-        return
+    add_isa_argument(parser)
+    args = parser.parse_args(argv)
+    if args.isa and args.device != 'cpu':
+        parser.error('--isa sets the instruction sets of the CPU libraries; it needs --device cpu')
+    return args
 
+
+def measure(args, command, setting=None):
+    """Every case and method in this process; writes results.{json,md,png} and returns the payload."""
+    set_threads(args.threads)
     device = args.device
     cases = args.cases or default_cases(device)
     methods = args.methods.split(',') if args.methods else default_methods(device)
-    out_dir = args.out or osp.join('benchmarks', 'contmix', device)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = isa_output(args.out or osp.join('benchmarks', 'contmix', device), setting)
     info = machine_info(device)
+    info['backends'] = available_backends()
     # The instruction-set variants of the CPU kernels, at the default case.
-    isa_methods = [f'fused-cpu:{isa}' for isa in info.get('cpu_capabilities', ())] if 'fused-cpu' in methods else []
+    supported = info['isa']['mmoverlock_supported'] or ()
+    isa_methods = [f'fused-cpu:{isa}' for isa in supported] if 'fused-cpu' in methods else []
     info['copy_bandwidth_gbs'] = round(copy_bandwidth_gbs(device), 2)
-    memory_method = ('torch.cuda.max_memory_allocated() minus memory_allocated() before the run' if device == 'cuda'
-                     else 'fresh subprocess per measurement (contmix_peak_memory.py: 64 KiB mmap threshold, VmHWM '
-                     'minus VmRSS before the run); timings come from this process, without that setting')
-    print(json.dumps(info, indent=1))
+    memory_method = PEAK_MEMORY_DEFINITION + ' (inputs not counted); timings come from this process'
+    print(describe_machine(info), flush=True)
 
     results = []
     for case in cases:
         K = case[5]
         inputs = random_inputs(case, device)
-        for method in methods + (isa_methods if case == DEFAULT_CASE else []):
-            fn = contmix_method(method, device)
-            fwd_ms, fwd_cpu_ms, fwd_runs = time_method(fn, inputs, K, device, False, args.budget)
-            fb_ms, fb_cpu_ms, fb_runs = time_method(fn, inputs, K, device, True, args.budget)
+        names = methods + (isa_methods if case == DEFAULT_CASE else [])
+        fns = {method: contmix_method(method, device) for method in names}
+        forward = time_methods(fns, inputs, K, device, False, args.budget)
+        both = time_methods(fns, inputs, K, device, True, args.budget)
+        for method in names:
+            (fwd_ms, fwd_cpu_ms, fwd_runs), (fb_ms, fb_cpu_ms, fb_runs) = forward[method], both[method]
             row = dict(case=list(case), method=method, fwd_ms=fwd_ms, fwd_bwd_ms=fb_ms, fwd_cpu_ms=fwd_cpu_ms,
-                       fwd_bwd_cpu_ms=fb_cpu_ms, fwd_runs=fwd_runs, fwd_bwd_runs=fb_runs, fwd_roofline=roofline(case, fwd_ms, False, info['copy_bandwidth_gbs']),
+                       fwd_bwd_cpu_ms=fb_cpu_ms, fwd_runs=fwd_runs, fwd_bwd_runs=fb_runs,
+                       fwd_roofline=roofline(case, fwd_ms, False, info['copy_bandwidth_gbs']),
                        fwd_bwd_roofline=roofline(case, fb_ms, True, info['copy_bandwidth_gbs']))
             if not args.no_memory and ':' not in method:
                 row['fwd_peak_mib'] = peak_extra_mib(case, method, device, False, inputs)
@@ -324,16 +275,42 @@ def main():
         gc.collect()
 
     summary = summarise(results, device)
-    if device == 'cpu':
-        info['load_average_after'] = [round(x, 2) for x in os.getloadavg()]
-    command = ' '.join(['python', 'tools/analysis_tools/benchmark_contmix.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     payload = dict(command=command, machine=info, memory_method=memory_method, results=results, summary=summary)
-    with open(osp.join(out_dir, 'results.json'), 'w') as f:
-        json.dump(payload, f, indent=1)
+    write_json(osp.join(out_dir, 'results.json'), payload)
     write_markdown(osp.join(out_dir, 'results.md'), command, info, results, summary, memory_method)
     plotted = write_plot(osp.join(out_dir, 'results.png'), results, device)
     print(json.dumps(summary, indent=1))
     print(f"wrote {out_dir}/results.json, results.md{', results.png' if plotted else ''}")
+    return payload
+
+
+def records(payload):
+    """Per case and method: forward and forward + backward ms, with the ratio to the fused method of the device."""
+    fused = f"fused-{payload['machine']['device']}"
+    base = {tuple(r['case']): r for r in payload['results'] if r['method'] == fused}
+    rows = []
+    for r in payload['results']:
+        ref = base.get(tuple(r['case']), {})
+        for key, metric in (('fwd_ms', 'forward ms'), ('fwd_bwd_ms', 'forward + backward ms')):
+            rows.append(record(f"{case_label(r['case'])} {r['method']}", metric, r[key], ratio(r[key], ref.get(key))))
+    return rows
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.traffic_only:
+        out_dir = args.out or osp.join('benchmarks', 'contmix', 'cuda-traffic')
+        os.makedirs(out_dir, exist_ok=True)
+        write_traffic(out_dir, command_line(__file__, argv), args.cases or default_cases('cuda'))
+        print(f'wrote {out_dir}/traffic.json, traffic.md')
+        return None
+    out = args.out or osp.join('benchmarks', 'contmix', args.device)
+    return measure_per_isa(args.isa, __file__, argv, lambda setting: measure(args, command_line(__file__, argv),
+                                                                             setting),
+                           lambda setting: osp.join(isa_output(out, setting), 'results.json'),
+                           osp.join(out, 'isa_comparison'), 'ContMix core benchmark', records,
+                           f'fused-{args.device} (the compiled op)')
 
 
 if __name__ == '__main__':

@@ -4,63 +4,53 @@ Models (all batch 1, random weights, as a user builds them by default):
 
 * ``overlock``: ``OverLoCK(arch='t', overview_fusion=True)`` (the detection form), eval form for inference;
 * ``overlock-deploy``: the same after ``switch_to_deploy()`` (inference only);
-* ``overlock-authors``: the same model with the authors' ContMix formulation: bias gathered and added, softmax in
-  torch, then the aggregation without softmax (what their NATTEN ``na2d_av`` path computes), on this package's op;
 * ``convnext`` / ``swin``: timm's ConvNeXt-T and Swin-T feature extractors (``features_only=True``).
 
-Every figure is also given as a ratio to ConvNeXt-T measured in the same run: timings are interleaved (one call of
-every model per round, median over rounds), so a load change hits all models alike. Peak memory is measured in a
-fresh subprocess per (model, size): peak RSS (``VmHWM``) during one training step minus the RSS before it; the
-timing runs never carry that harness. FLOPs come from mmengine's jit-trace counter (one multiply-add = one FLOP) with
-the ContMix core counted as ``B*G*H*W*C*K^2``. A torch.profiler run of ``overlock`` (eval) splits its time by module
-type (exclusive of child modules) and by operator.
+Every figure is also given as a ratio to ConvNeXt-T measured in the same process: timings are interleaved (one call
+of every model per round, median over rounds; :mod:`mmoverlock.analysis.measure`), so a load change hits all models
+alike. Peak memory follows the measuring module's one definition, each (model, size) in a fresh process. FLOPs come
+from mmengine's jit-trace counter (one multiply-add = one FLOP) with the ContMix core counted as ``B*G*H*W*C*K^2``. A
+torch.profiler run of ``overlock`` (eval) splits its time by module type (exclusive of child modules) and by operator.
+With ``--isa best avx2`` the whole comparison runs once per instruction-set setting (``avx2`` in a child process
+with AVX2 forced on mmoverlock, oneDNN, ATen and MKL), each in ``OUT_DIR/<setting>/``, and
+``OUT_DIR/isa_comparison.{md,json}`` puts the settings side by side.
 
 Usage:
     python tools/analysis_tools/compare_backbones.py [--sizes 224 512 800x1333] [--models ...] [--rounds 3]
-        [--threads 2] [--out-dir benchmarks/backbone/cpu]
+        [--threads 2] [--isa best avx2] [--out-dir benchmarks/backbone/cpu]
 """
 import argparse
-import json
-import os
 import os.path as osp
-import platform
-import statistics
-import subprocess
 import sys
-import time
-from collections import Counter, defaultdict
-from typing import Callable, Dict, List, Sequence, Tuple
+from collections import Counter
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
-MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
-TRAINABLE = ('overlock', 'overlock-authors', 'convnext', 'swin')
+from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, interleaved_times,
+                                         isa_output, machine_info, markdown_table, measure_per_isa,
+                                         peak_memory_in_fresh_process, ratio, record, report_header, set_threads,
+                                         time_call, with_ratio, write_json, write_markdown)
+
+MODELS = ('overlock', 'overlock-deploy', 'convnext', 'swin')
+TRAINABLE = ('overlock', 'convnext', 'swin')
 BASELINE = 'convnext'
 DEFAULT_SIZES = ('224', '512', '800x1333')
 TIMM_NAMES = dict(convnext='convnext_tiny', swin='swin_tiny_patch4_window7_224')
+METRICS = (('infer_s', 'inference s', '{:.3f}'), ('train_s', 'training step s', '{:.3f}'),
+           ('train_mem_mib', 'training peak MiB', '{:.0f}'), ('gflops', 'GFLOPs', '{:.2f}'))
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _authors_aggregate(logits: torch.Tensor, value: torch.Tensor, kernel_size: int, rpb: torch.Tensor):
-    """The authors' ContMix core: gather and add the bias, softmax in torch, then aggregate without softmax."""
-    from mmoverlock.ops.contmix_baselines import unfused_contmix
-    return unfused_contmix(logits, value, rpb, kernel_size)
-
-
 def build(name: str, height: int, width: int) -> nn.Module:
     """A model returning a tuple of feature maps for an image of the given size."""
     if name.startswith('overlock'):
         from mmoverlock.models import OverLoCK
-        from mmoverlock.models.blocks import ContMixBlock
         model = OverLoCK(arch='t', overview_fusion=True)
         model.init_weights()
         if name == 'overlock-deploy':
             model.switch_to_deploy()
-        elif name == 'overlock-authors':
-            for module in model.modules():
-                if isinstance(module, ContMixBlock):
-                    module._aggregate = _authors_aggregate  # instance attribute: only this model changes
         return model
     import timm
     kwargs = dict(img_size=(height, width)) if name == 'swin' else {}
@@ -92,47 +82,15 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def _seconds(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def phase_call(name: str, height: int, width: int, phase: str):
+    """A model's ``phase`` call at a size: what a fresh memory-measuring process runs."""
+    return getattr(Runner(name, height, width), phase)
 
 
-def interleaved_times(runners: Dict[str, Runner], phase: str, rounds: int) -> Dict[str, List[float]]:
-    """``rounds`` timed calls of ``phase`` per model after one warm-up call, the models taking turns."""
-    for runner in runners.values():
-        getattr(runner, phase)()
-    times = defaultdict(list)
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            times[name].append(_seconds(getattr(runner, phase)))
-    return dict(times)
-
-
-def _rss_kib(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'/proc/self/status has no {field}')
-
-
-def measure_memory_here(name: str, height: int, width: int, phase: str) -> dict:
-    """Peak RSS growth (MiB) of one ``phase`` call in this process, which must be fresh (see ``memory_mib``)."""
-    runner = Runner(name, height, width)
-    with open('/proc/self/clear_refs', 'w') as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        f.write('5')
-    before = _rss_kib('VmRSS')
-    getattr(runner, phase)()
-    return dict(peak_mib=(_rss_kib('VmHWM') - before) / 1024, baseline_mib=before / 1024)
-
-
-def memory_mib(name: str, height: int, width: int, phase: str, threads: int) -> dict:
-    """Run ``measure_memory_here`` in a fresh interpreter, so no allocation of another model or phase counts."""
-    cmd = [sys.executable, osp.abspath(__file__), '--memory-child', name, f'{height}x{width}', phase,
-           '--threads', str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def train_memory_mib(name: str, height: int, width: int, threads: int) -> float:
+    """Peak memory of one training step, in a fresh process (the measuring module's definition)."""
+    kwargs = dict(name=name, height=height, width=width, phase='train_step')
+    return peak_memory_in_fresh_process(f'{osp.abspath(__file__)}:phase_call', kwargs, threads=threads)['peak_mib']
 
 
 def flops(name: str, height: int, width: int) -> float:
@@ -161,7 +119,7 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12) -> di
     handles = [m.register_forward_pre_hook(enter) for m in runner.model.modules()]
     handles += [m.register_forward_hook(leave) for m in runner.model.modules()]
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        total = _seconds(getattr(runner, phase))
+        total = time_call(getattr(runner, phase)).wall_s[0]
     for handle in handles:
         handle.remove()
     per_module = Counter()
@@ -181,67 +139,53 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12) -> di
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-def _ratio(value, base):
-    return None if value is None or not base else value / base
-
-
 def summarise(results: dict) -> dict:
     """Medians and ratios to the baseline model, per size and metric."""
     table = {}
     for size, per_size in results['sizes'].items():
         rows = {}
-        base = {metric: per_size[metric].get(BASELINE) for metric in ('infer_s', 'train_s', 'train_mem_mib', 'gflops')}
         for name in results['models']:
             row = {}
-            for metric in base:
-                value = per_size[metric].get(name)
-                row[metric] = value
-                row[metric + '_ratio'] = _ratio(value, base[metric])
+            for metric, _, _ in METRICS:
+                row[metric] = per_size[metric].get(name)
+                row[metric + '_ratio'] = ratio(row[metric], per_size[metric].get(BASELINE))
             rows[name] = row
         table[size] = rows
     return table
 
 
-def _fmt(value, ratio, unit_fmt):
-    if value is None:
-        return '–'
-    return f'{unit_fmt.format(value)} ({ratio:.2f}×)' if ratio is not None else unit_fmt.format(value)
+def comparison_records(results: dict) -> list:
+    """Every (size, model, metric) figure with its ratio to ConvNeXt-T, for the comparison across settings."""
+    return [record(f'{name} {size}', title, row[metric], row[metric + '_ratio'])
+            for size, rows in results['summary'].items() for name, row in rows.items()
+            for metric, title, _ in METRICS if row[metric] is not None]
 
 
-def _load(loadavg: Sequence[float]) -> str:
-    return ' / '.join(f'{v:.2f}' for v in loadavg)
-
-
-def write_markdown(path: str, results: dict) -> None:
-    lines = ['# OverLoCK-T against ConvNeXt-T and Swin-T on the CPU', '',
-             f"Command: `{results['command']}`", '',
-             f"Machine: {results['machine']}, torch {results['torch']}, {results['threads']} threads, batch 1; "
-             f"load average (1, 5, 15 min) {_load(results['load_before'])} before and {_load(results['load_after'])} "
-             f"after the run. "
-             f"ContMix core: the compiled op of this checkout ({results['contmix_backend']}).", '',
-             f"Times are medians of {results['rounds']} interleaved calls (after one warm-up); ratios in brackets are to "
-             f"ConvNeXt-T in the same run. Training = one forward + backward of the sum of the feature-map means. "
-             f"Peak memory = peak RSS growth during one training step, in a fresh process. GFLOPs = multiply-adds "
-             f"of one inference (mmengine's counter, ContMix core included).", '']
+def write_report(path: str, results: dict) -> None:
+    notes = [f"Batch 1; times are medians of {results['rounds']} interleaved calls (after one warm-up); ratios in "
+             'brackets are to ConvNeXt-T in the same process. Training = one forward + backward of the sum of the '
+             f'feature-map means. Peak memory of one training step: {PEAK_MEMORY_DEFINITION}. GFLOPs = '
+             "multiply-adds of one inference (mmengine's counter, ContMix core included). ContMix core: the "
+             f"compiled op of this checkout ({results['contmix_backend']})."]
+    lines = report_header('OverLoCK-T against ConvNeXt-T and Swin-T on the CPU', results['command'],
+                          results['machine'], notes)
     for size, rows in results['summary'].items():
-        lines += [f'## {size}', '', '| model | inference s | training step s | training peak MiB | GFLOPs |',
-                  '|---|---|---|---|---|']
-        for name, row in rows.items():
-            lines.append(f"| {name} | {_fmt(row['infer_s'], row['infer_s_ratio'], '{:.3f}')} | "
-                         f"{_fmt(row['train_s'], row['train_s_ratio'], '{:.3f}')} | "
-                         f"{_fmt(row['train_mem_mib'], row['train_mem_mib_ratio'], '{:.0f}')} | "
-                         f"{_fmt(row['gflops'], row['gflops_ratio'], '{:.2f}')} |")
+        lines += [f'## {size}', '']
+        lines += markdown_table(['model'] + [title for _, title, _ in METRICS],
+                                [[name] + [with_ratio(row[m], row[m + '_ratio'], fmt) for m, _, fmt in METRICS]
+                                 for name, row in rows.items()])
         lines.append('')
     for prof in results.get('profiles', []):
         size = 'x'.join(map(str, prof['size']))
         lines += [f"## Profile: {prof['model']} {prof['phase']} at {size} ({prof['profiled_s']:.3f} s under the "
-                  f"profiler)", '', '| module type (exclusive) | s | share |', '|---|---|---|']
-        lines += [f'| {k} | {v:.3f} | {prof["module_share"][k]:.1%} |' for k, v in list(prof['modules'].items())[:12]]
-        lines += ['', '| operator (self time) | s |', '|---|---|']
-        lines += [f'| `{k}` | {v:.3f} |' for k, v in prof['ops'].items()]
+                  'profiler)', '']
+        lines += markdown_table(['module type (exclusive)', 's', 'share'],
+                                [[k, f'{v:.3f}', f"{prof['module_share'][k]:.1%}"]
+                                 for k, v in list(prof['modules'].items())[:12]])
         lines.append('')
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines))
+        lines += markdown_table(['operator (self time)', 's'], [[f'`{k}`', f'{v:.3f}'] for k, v in prof['ops'].items()])
+        lines.append('')
+    write_markdown(path, lines)
 
 
 def write_plot(path: str, results: dict) -> None:
@@ -291,39 +235,32 @@ def parse_args(argv=None):
     parser.add_argument('--profile-sizes', nargs='*', default=['512'],
                         help='sizes at which to profile overlock inference and training (none: skip)')
     parser.add_argument('--out-dir', default='benchmarks/backbone/cpu')
-    parser.add_argument('--memory-child', nargs=3, metavar=('MODEL', 'SIZE', 'PHASE'), help=argparse.SUPPRESS)
+    add_isa_argument(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.memory_child:
-        name, size, phase = args.memory_child
-        print(json.dumps(measure_memory_here(name, *parse_size(size), phase)))
-        return
-    from mmoverlock.ops import available_backends
+def measure(args, command: str, setting=None) -> dict:
+    """The whole comparison in this process; writes results.{json,md,png} and returns the results."""
+    set_threads(args.threads)
     models = [BASELINE] + [m for m in args.models if m != BASELINE]
-    sizes = [parse_size(s) for s in args.sizes]
-    results = dict(command='python ' + ' '.join([osp.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
-                   machine=f'{platform.machine()} {os.cpu_count()} CPUs', torch=torch.__version__,
-                   threads=args.threads, rounds=args.rounds, models=models, load_before=os.getloadavg(),
-                   contmix_backend=available_backends()[0], sizes={})
-    for height, width in sizes:
+    from mmoverlock.ops import available_backends
+    results = dict(command=command, machine=machine_info('cpu'), threads=args.threads, rounds=args.rounds,
+                   models=models, contmix_backend=available_backends()[0], sizes={})
+    for height, width in (parse_size(s) for s in args.sizes):
         key = f'{height}x{width}'
         print(f'== {key}', flush=True)
-        per_size = dict(infer_s={}, train_s={}, train_mem_mib={}, gflops={})
+        per_size = {metric: {} for metric, _, _ in METRICS}
         runners = {name: Runner(name, height, width) for name in models}
-        for name, times in interleaved_times(runners, 'infer', args.rounds).items():
-            per_size['infer_s'][name] = statistics.median(times)
-        trainable = {name: r for name, r in runners.items() if name in TRAINABLE}
-        for name, times in interleaved_times(trainable, 'train_step', args.rounds).items():
-            per_size['train_s'][name] = statistics.median(times)
+        for name, timing in interleaved_times({n: r.infer for n, r in runners.items()}, args.rounds).items():
+            per_size['infer_s'][name] = timing.median_s
+        trainable = {n: r.train_step for n, r in runners.items() if n in TRAINABLE}
+        for name, timing in interleaved_times(trainable, args.rounds).items():
+            per_size['train_s'][name] = timing.median_s
         del runners, trainable
         print('   times', {m: {n: round(v, 3) for n, v in d.items()} for m, d in per_size.items() if d}, flush=True)
         for name in models:
             if not args.no_memory and name in TRAINABLE:
-                per_size['train_mem_mib'][name] = memory_mib(name, height, width, 'train_step', args.threads)['peak_mib']
+                per_size['train_mem_mib'][name] = train_memory_mib(name, height, width, args.threads)
             if not args.no_flops and name != 'overlock-deploy':  # the deploy form has the eval form's FLOPs + fold
                 per_size['gflops'][name] = flops(name, height, width) / 1e9
         print('   memory/flops', per_size['train_mem_mib'], per_size['gflops'], flush=True)
@@ -333,14 +270,23 @@ def main(argv=None):
         height, width = parse_size(size)
         for phase in ('infer', 'train_step'):
             results['profiles'].append(profile('overlock', height, width, phase))
-    results['load_after'] = os.getloadavg()
     results['summary'] = summarise(results)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
-    write_markdown(osp.join(args.out_dir, 'results.md'), results)
-    write_plot(osp.join(args.out_dir, 'results.png'), results)
-    print(open(osp.join(args.out_dir, 'results.md')).read())
+    out_dir = isa_output(args.out_dir, setting)
+    write_json(osp.join(out_dir, 'results.json'), results)
+    write_report(osp.join(out_dir, 'results.md'), results)
+    write_plot(osp.join(out_dir, 'results.png'), results)
+    print(open(osp.join(out_dir, 'results.md')).read())
+    return results
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    command = command_line(__file__, argv)
+    return measure_per_isa(args.isa, __file__, argv, lambda setting: measure(args, command, setting),
+                           lambda setting: osp.join(isa_output(args.out_dir, setting), 'results.json'),
+                           osp.join(args.out_dir, 'isa_comparison'),
+                           'OverLoCK-T against ConvNeXt-T and Swin-T on the CPU', comparison_records, 'ConvNeXt-T')
 
 
 if __name__ == '__main__':

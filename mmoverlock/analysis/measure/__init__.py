@@ -1,0 +1,20 @@
+"""The one measuring module of mmoverlock's benchmarks: interleaved timing of callables, the single definition of
+peak memory, the machine and instruction sets a figure was measured on, instruction-set settings run in child
+processes, and the result writers (JSON + markdown with the command)."""
+from .isa import (ISA_ENV_VARS, ISA_SETTINGS, add_isa_argument, current_isa_setting, isa_environment, isa_output,
+                  run_isa_settings)
+from .machine import cpu_isa_flags, cpu_model, describe_machine, machine_info, onednn_isa
+from .memory import (PEAK_MEMORY_DEFINITION, peak_memory_in_fresh_process, peak_memory_mib,
+                     return_freed_memory_to_os, status_kib)
+from .report import (command_line, markdown_table, measure_per_isa, ratio, record, report_header, with_ratio,
+                     write_isa_comparison, write_json, write_markdown)
+from .timing import Timing, interleaved_times, rounds_within, set_threads, synchronize, time_call
+
+__all__ = [
+    'Timing', 'interleaved_times', 'rounds_within', 'set_threads', 'synchronize', 'time_call',
+    'PEAK_MEMORY_DEFINITION', 'peak_memory_mib', 'peak_memory_in_fresh_process', 'return_freed_memory_to_os',
+    'status_kib', 'cpu_isa_flags', 'cpu_model', 'machine_info', 'describe_machine', 'onednn_isa', 'ISA_SETTINGS',
+    'ISA_ENV_VARS', 'current_isa_setting', 'isa_environment', 'isa_output', 'add_isa_argument', 'run_isa_settings',
+    'command_line', 'measure_per_isa', 'ratio', 'with_ratio', 'markdown_table', 'report_header', 'record',
+    'write_json', 'write_markdown', 'write_isa_comparison'
+]
