@@ -10,7 +10,7 @@ Writes to ``--out-dir``:
 
 * ``kernels_q<n>.png`` per query pixel: one row per block; the group mean and each group's K x K kernel drawn over
   the image in the window the op aggregated (windows are shifted inwards at the borders), the query marked; one
-  colour scale per row, from 0 to the row's largest weight;
+  colour scale per row, from the row's smallest weight to its largest (the range is printed beside the row);
 * ``mean_distance.png``: per block, the map of the kernels' mean distance (``sum_t p_t * |offset_t|``, in input
   pixels, averaged over the groups), one colour scale for all blocks;
 * ``contmix.json``: per block the grid, cell size, mean-distance map and, per query, every group's kernel, their
@@ -96,12 +96,12 @@ def _setup_matplotlib():
     return plt
 
 
-def _overlay(ax, image, kernel, per_query, vmax, title):
+def _overlay(ax, image, kernel, per_query, limits, title):
     """``kernel`` (K x K) over ``image`` in its window, the view cropped to the window, the query marked."""
     left, top, right, bottom = per_query['window_box']
     ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0), interpolation='bilinear')
-    ax.imshow(np.asarray(kernel), cmap='magma', vmin=0, vmax=vmax, alpha=0.7, extent=(left, right, bottom, top),
-              interpolation='nearest')
+    ax.imshow(np.asarray(kernel), cmap='magma', vmin=limits[0], vmax=limits[1], alpha=0.6,
+              extent=(left, right, bottom, top), interpolation='nearest')
     ax.plot(*per_query['query'], marker='+', color='cyan', markersize=7, mew=1.5)
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
@@ -114,20 +114,22 @@ def draw_kernels(blocks, image, index, path, dpi):
     """One row per block: the group mean, then every group's kernel, over the image (query ``index``)."""
     plt = _setup_matplotlib()
     columns = 1 + max(block['groups'] for block in blocks)
-    fig, axes = plt.subplots(len(blocks), columns, figsize=(columns * 1.0, len(blocks) * 1.1), squeeze=False)
+    height = len(blocks) * 1.2 + 0.45
+    fig, axes = plt.subplots(len(blocks), columns, figsize=(columns * 1.05, height), squeeze=False)
+    fig.subplots_adjust(left=0.03, right=0.995, bottom=0.01, top=1 - 0.45 / height, wspace=0.06, hspace=0.3)
     for row, block in zip(axes, blocks):
         per_query = block['queries'][index]
-        vmax = max(np.max(per_query['kernels']), np.max(per_query['kernel_mean']))
-        _overlay(row[0], image, per_query['kernel_mean'], per_query, vmax,
-                 f"{block['block']} K={block['kernel_size']}\nmean, max {vmax:.3f}")
+        limits = (min(np.min(per_query['kernels']), np.min(per_query['kernel_mean'])),
+                  max(np.max(per_query['kernels']), np.max(per_query['kernel_mean'])))
+        _overlay(row[0], image, per_query['kernel_mean'], per_query, limits, 'group mean')
+        row[0].set_ylabel(f"{block['block']} K={block['kernel_size']}\np {limits[0]:.4f}-{limits[1]:.4f}", fontsize=6)
         for g, kernel in enumerate(per_query['kernels']):
-            _overlay(row[g + 1], image, kernel, per_query, vmax, f'group {g}')
+            _overlay(row[g + 1], image, kernel, per_query, limits, f'group {g}')
         for ax in row[block['groups'] + 1:]:
             ax.axis('off')
     x, y = blocks[0]['queries'][index]['query']
-    fig.suptitle(f'ContMix {blocks[0]["kernel"]} kernels at pixel (x={x}, y={y}); colour: weight, 0 to the row max',
-                 fontsize=8)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.suptitle(f'ContMix {blocks[0]["kernel"]} kernels at pixel (x={x}, y={y}), drawn over the window they '
+                 'aggregate; colour: weight p, dark = the row\'s smallest, light = its largest', fontsize=8)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
