@@ -17,7 +17,7 @@ mass reports side 1 here, 3 there) and stop at r = H // 2 - 1 (returning nothing
 unclipped side for non-square maps. For square maps and r in 1 .. H // 2 - 1 both give the same side and ratio.
 The same ratios on the raw map M (no logarithm) are given too: they do not depend on the scale of the gradients.
 """
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -67,57 +67,85 @@ def select_output(outputs: Outputs, stage: int) -> torch.Tensor:
     return outputs[stage]
 
 
-def contribution_map(model: Callable[[torch.Tensor], Outputs], image: torch.Tensor, stage: int = -1) -> torch.Tensor:
-    """m(x): the input-gradient map of the central output pixel of one image (step 1 of the module docstring).
+def contribution_maps(model: Callable[[torch.Tensor], Outputs], images: torch.Tensor,
+                      stage: int = -1) -> torch.Tensor:
+    """m(x) of each image of a batch (step 1 of the module docstring), in one forward and backward pass.
+
+    Each image's score depends on that image alone in eval mode (no statistic is shared across the batch), so the
+    gradient of the summed scores holds every image's own map.
 
     Args:
-        model (Callable): Maps images [B, 3, H, W] to a feature map [B, C, h, w] or a list of them.
-        image (Tensor): One normalised image [1, 3, H, W].
+        model (Callable): Maps images [B, 3, H, W] to a feature map [B, C, h, w] or a list of them, in eval mode.
+        images (Tensor): Normalised images [B, 3, H, W].
         stage (int): Which map of a list to use. Defaults to -1 (the last, deepest).
 
     Returns:
-        Tensor: [H, W], float64.
+        Tensor: [B, H, W], float64.
     """
+    if images.dim() != 4:
+        raise ValueError(f'images must be a batch [B, C, H, W], got shape {tuple(images.shape)}')
+    images = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = select_output(model(images), stage)
+        if out.dim() != 4 or out.shape[0] != images.shape[0]:
+            raise ValueError(f'the output map must be [B, C, h, w] with B = {images.shape[0]}, got shape '
+                             f'{tuple(out.shape)}')
+        score = out[:, :, out.shape[2] // 2, out.shape[3] // 2].relu().sum()
+        if not score.requires_grad:  # the central pixel does not depend on the images
+            return torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.float64)
+        (grad, ) = torch.autograd.grad(score, images)
+    return grad.relu().sum(dim=1).double()
+
+
+def contribution_map(model: Callable[[torch.Tensor], Outputs], image: torch.Tensor, stage: int = -1) -> torch.Tensor:
+    """m(x) of one image [1, 3, H, W]: :func:`contribution_maps` of a batch of one, [H, W]."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f'image must be one image [1, C, H, W], got shape {tuple(image.shape)}')
-    image = image.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = select_output(model(image), stage)
-        if out.dim() != 4:
-            raise ValueError(f'the output map must be [B, C, h, w], got shape {tuple(out.shape)}')
-        score = out[:, :, out.shape[2] // 2, out.shape[3] // 2].relu().sum()
-        if not score.requires_grad:  # the central pixel does not depend on the image (e.g. all channels clipped)
-            return torch.zeros(image.shape[-2:], dtype=torch.float64)
-        (grad, ) = torch.autograd.grad(score, image)
-    return grad.relu().sum(dim=(0, 1)).double()
+    return contribution_maps(model, image, stage)[0]
 
 
-def accumulate_erf(model: Callable[[torch.Tensor], Outputs], images: Iterable[torch.Tensor],
-                   stage: int = -1) -> ErfMap:
+def _batches(images: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive images [1, 3, H, W] concatenated into batches of ``batch_size`` (the last may be smaller)."""
+    batch, shape = [], None
+    for image in images:
+        shape = shape or tuple(image.shape)
+        if tuple(image.shape) != shape:
+            raise ValueError(f'images must all have one shape: got {tuple(image.shape)} after {shape}')
+        batch.append(image)
+        if len(batch) == batch_size:
+            yield torch.cat(batch)
+            batch = []
+    if batch:
+        yield torch.cat(batch)
+
+
+def accumulate_erf(model: Callable[[torch.Tensor], Outputs], images: Iterable[torch.Tensor], stage: int = -1,
+                   batch_size: int = 1) -> ErfMap:
     """M: the mean of :func:`contribution_map` over ``images`` (steps 1-2 of the module docstring).
 
     Args:
-        model (Callable): As in :func:`contribution_map`, in eval mode.
+        model (Callable): As in :func:`contribution_maps`, in eval mode.
         images (Iterable[Tensor]): Normalised images [1, 3, H, W], all of one size (wrap it in a progress bar to
             see it advance).
         stage (int): Which output map. Defaults to -1.
+        batch_size (int): Images per forward / backward pass (the maps are the same for any value; larger batches
+            use the CPU better and take more memory). Defaults to 1.
 
     Raises:
         ValueError: When no image gave a finite map, or the images differ in size.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
     total, used, skipped = None, 0, 0
-    for image in images:
-        grad_map = contribution_map(model, image, stage)
-        if not torch.isfinite(grad_map).all():
-            skipped += 1
-            continue
-        if total is None:
-            total = torch.zeros_like(grad_map)
-        elif total.shape != grad_map.shape:
-            raise ValueError(f'images must all have one size: got {tuple(grad_map.shape)} after '
-                             f'{tuple(total.shape)}')
-        total += grad_map
-        used += 1
+    for batch in _batches(images, batch_size):
+        for grad_map in contribution_maps(model, batch, stage):
+            if not torch.isfinite(grad_map).all():
+                skipped += 1
+                continue
+            if total is None:
+                total = torch.zeros_like(grad_map)
+            total += grad_map
+            used += 1
     if not used:
         raise ValueError(f'no image gave a finite ERF map ({skipped} skipped)')
     return ErfMap((total / used).numpy(), used, skipped)

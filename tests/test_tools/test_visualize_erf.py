@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from _helpers import SMOKE_SEG, run_tool
+from _helpers import SMOKE_SEG, TINY_ARCH, run_tool
 from mmoverlock.analysis.erf import (ERF_THRESHOLDS, accumulate_erf, area_ratio, area_ratios, contribution_map,
-                                     display_map, select_output)
+                                     contribution_maps, display_map, select_output)
 from mmoverlock.apis.feature_extractor import build_feature_extractor, list_image_files
+from mmoverlock.models import OverLoCK
 
 
 def _positive_conv(in_channels, out_channels, dilation=1):
@@ -89,6 +90,24 @@ def test_accumulation_is_the_mean_over_images_and_skips_non_finite_maps():
     assert (erf.num_images, erf.num_skipped) == (3, 1)
     with pytest.raises(ValueError, match=r'no image gave a finite ERF map \(1 skipped\)'):
         accumulate_erf(model, [bad_image])
+
+
+def test_batches_give_each_image_its_own_map():
+    """A real backbone in eval mode: one pass over a batch gives the maps of one pass per image, in any grouping."""
+    torch.manual_seed(6)
+    model = OverLoCK(arch=TINY_ARCH).double().eval()
+    images = [torch.randn(1, 3, 64, 80, dtype=torch.float64) for _ in range(5)]
+    singles = torch.stack([contribution_map(model, image) for image in images])
+    assert (singles.flatten(1).sum(1) > 0).all()
+    torch.testing.assert_close(contribution_maps(model, torch.cat(images)), singles, rtol=1e-10, atol=1e-14)
+    for batch_size in (1, 2, 5):
+        erf = accumulate_erf(model, images, batch_size=batch_size)
+        np.testing.assert_allclose(erf.map, singles.mean(0).numpy(), rtol=1e-10, atol=1e-14)
+        assert erf.num_images == 5
+    with pytest.raises(ValueError, match=r'images must all have one shape: got \(1, 3, 64, 64\) after'):
+        accumulate_erf(model, images[:2] + [torch.randn(1, 3, 64, 64, dtype=torch.float64)], batch_size=2)
+    with pytest.raises(ValueError, match='batch_size must be a positive int, got 0'):
+        accumulate_erf(model, images, batch_size=0)
 
 
 def test_stage_selects_one_map_of_a_list():
@@ -199,7 +218,7 @@ def test_builder_bad_input(tmp_path):
 def test_tool_writes_the_map_the_ratios_and_the_figure(shapes_workdir, tmp_path):
     out = tmp_path / 'erf'
     log = run_tool(['tools/analysis_tools/visualize_erf.py', SMOKE_SEG, 'convnext_atto', '--num-images', 2, '--size',
-                    '48x64', '--out-dir', out, '--threads', 1], cwd=shapes_workdir)
+                    '48x64', '--batch-size', 2, '--out-dir', out, '--threads', 1], cwd=shapes_workdir)
     payload = json.loads((out / 'erf.json').read_text())
     assert payload['input_size'] == [48, 64] and payload['image_files'] == [
         'ADE_validation_000000.jpg', 'ADE_validation_000001.jpg']

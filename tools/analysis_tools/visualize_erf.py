@@ -17,7 +17,7 @@ image count, seconds, with the CPU named) and prints the ratio table.
 
 Usage:
     python tools/analysis_tools/visualize_erf.py MODEL [MODEL ...] [--checkpoints CKPT|none ...] [--images DIR]
-        [--num-images N] [--size 224 | HxW] [--stage -1] [--out-dir outputs/erf] [--threads N]
+        [--num-images N] [--batch-size 4] [--size 224 | HxW] [--stage -1] [--out-dir outputs/erf] [--threads N]
 """
 import argparse
 import json
@@ -47,6 +47,8 @@ def parse_args(argv=None):
     parser.add_argument('--num-images', type=int, default=16,
                         help='use the first N images, sorted by name (default 16; 0: all)')
     parser.add_argument('--size', type=parse_size, default=(224, 224), help='input size: N or HxW (default 224)')
+    parser.add_argument('--batch-size', type=int, default=4,
+                        help='images per forward/backward pass (default 4; same maps, lower it for large inputs)')
     parser.add_argument('--stage', type=int, default=-1, help='index of the output map (default -1: the last)')
     parser.add_argument('--out-dir', default='outputs/erf', help='where erf.png and erf.json go')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
@@ -55,6 +57,8 @@ def parse_args(argv=None):
         given = getattr(args, name)
         if given is not None and len(given) != len(args.models):
             parser.error(f'--{name} needs one entry per model ({len(args.models)}), got {len(given)}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be a positive integer, got {args.batch_size}')
     if args.num_images < 0:
         parser.error(f'--num-images must be 0 (all) or a positive integer, got {args.num_images}')
     return args
@@ -102,7 +106,8 @@ def main(argv=None):
         label = args.labels[index] if args.labels else extractor.label + ('' if checkpoint else ' (random init)')
         images = (extractor.preprocess(path, args.size) for path in files)
         start, cpu_start = time.perf_counter(), time.process_time()
-        erf = accumulate_erf(extractor, tqdm(images, total=len(files), desc=label, unit='image'), args.stage)
+        erf = accumulate_erf(extractor, tqdm(images, total=len(files), desc=label, unit='image'), args.stage,
+                             args.batch_size)
         erf_s, erf_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         results.append(dict(label=label, model=model, checkpoint=checkpoint, random_init=checkpoint is None,
                             num_images=erf.num_images, num_skipped=erf.num_skipped, build_s=round(build_s, 3),
@@ -114,7 +119,7 @@ def main(argv=None):
         definition='RepLKNet: M = mean over images of sum_rgb relu(d/dx sum_c relu(y[c, h//2, w//2])); '
         'area ratio at t = area of the smallest centred odd square with more than t of sum(log10(M + 1)), over H*W '
         '(area_ratios_raw: the same on M)',
-        input_size=list(args.size), stage=args.stage, images=folder, image_files=[osp.basename(f) for f in files],
+        input_size=list(args.size), stage=args.stage, batch_size=args.batch_size, images=folder, image_files=[osp.basename(f) for f in files],
         thresholds=list(ERF_THRESHOLDS), cpu=cpu_name(), torch_threads=torch.get_num_threads(),
         command=' '.join([osp.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
         models=[dict(r, map=r['map'].tolist()) for r in results])
