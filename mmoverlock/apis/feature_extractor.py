@@ -108,12 +108,13 @@ def _config_backbone(config: str, checkpoint: Optional[str]) -> FeatureExtractor
 def _timm_model(name: str, checkpoint: Optional[str], input_size: Tuple[int, int]) -> FeatureExtractor:
     import timm
 
+    from ..checkpoint_io import load_checkpoint_file
     from ..models import classifier_from_checkpoint
     from ..models.checkpoint import extract_state_dict
     from ..models.classifier import MODEL_NAMES
-    from ..checkpoint_io import load_checkpoint_file
     kwargs = {}
-    if timm.get_pretrained_cfg(name) is not None and timm.get_pretrained_cfg(name).fixed_input_size:
+    pretrained_cfg = timm.get_pretrained_cfg(name)
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs['img_size'] = tuple(input_size)  # e.g. Swin: window and position tables follow the input size
     if checkpoint and name.split('.')[0] in MODEL_NAMES:
         network = classifier_from_checkpoint(name, checkpoint, **kwargs)  # training or deploy form, as the file

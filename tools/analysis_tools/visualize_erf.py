@@ -9,8 +9,8 @@ maximum (one panel per model, one colour scale from 0 to 1); the high-contributi
 smallest centred square holding more than t of the log-scaled map's total, over the image area.
 
 Images: the first ``--num-images`` (default 16) in ``--images`` (default: the bundled synthetic ADE20K-format
-validation images, written by ``tools/misc/generate_data.py`` first if they are absent), resized bicubically to ``--size`` and normalised as the
-model expects.
+validation images, written by ``tools/misc/generate_data.py`` first if they are absent), resized bicubically to
+``--size`` and normalised as the model expects; ``--batch-size`` of them per pass (the maps do not depend on it).
 
 Writes ``OUT_DIR/erf.png`` and ``OUT_DIR/erf.json`` (per model: the raw map M, the ratios on log10(M + 1) and on M,
 image count, seconds, with the CPU named) and prints the ratio table.
@@ -119,7 +119,8 @@ def main(argv=None):
         definition='RepLKNet: M = mean over images of sum_rgb relu(d/dx sum_c relu(y[c, h//2, w//2])); '
         'area ratio at t = area of the smallest centred odd square with more than t of sum(log10(M + 1)), over H*W '
         '(area_ratios_raw: the same on M)',
-        input_size=list(args.size), stage=args.stage, batch_size=args.batch_size, images=folder, image_files=[osp.basename(f) for f in files],
+        input_size=list(args.size), stage=args.stage, batch_size=args.batch_size, images=folder,
+        image_files=[osp.basename(f) for f in files],
         thresholds=list(ERF_THRESHOLDS), cpu=cpu_name(), torch_threads=torch.get_num_threads(),
         command=' '.join([osp.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
         models=[dict(r, map=r['map'].tolist()) for r in results])
@@ -131,7 +132,8 @@ def main(argv=None):
     print('\n'.join(format_ratio_table({r['label']: r['area_ratios'] for r in results})))
     for r in results:
         print(f"{r['label']}: {r['num_images']} images ({r['num_skipped']} skipped), build {r['build_s']:.1f} s, "
-              f"ERF {r['erf_s']:.1f} s ({r['erf_cpu_s']:.1f} s of CPU time) on {payload['cpu']} ({payload['torch_threads']} threads)")
+              f"ERF {r['erf_s']:.1f} s ({r['erf_cpu_s']:.1f} s of CPU time) on {payload['cpu']} "
+              f"({payload['torch_threads']} threads)")
     print(f'wrote {osp.join(args.out_dir, "erf.png")} and {osp.join(args.out_dir, "erf.json")}')
 
 
