@@ -1,10 +1,10 @@
 """The dynamic kernels that OverLoCK's ContMix blocks generate for an image, at chosen query pixels.
 
 MODEL is an mmdet / mmseg config with an OverLoCK backbone or a timm OverLoCK name (``overlock_t``, ...), with random
-weights unless ``--checkpoint`` is given. The image (default: the first bundled ADE20K-format validation image,
-generated if absent) is resized to ``--size`` and run once; every ContMix block's call of the ContMix op is recorded
-(:mod:`mmoverlock.analysis.contmix_kernels`: the logits and relative position bias the op received, nothing
-recomputed), and the kernel it applied at each query pixel is ``softmax(logits + bias)`` over its K x K taps.
+weights (drawn after ``torch.manual_seed(--seed)``) unless ``--checkpoint`` is given. The image (default: the first
+bundled ADE20K-format validation image, generated if absent) is resized to ``--size`` and run once; every ContMix
+block's call of the ContMix op is recorded (:mod:`mmoverlock.analysis.contmix_kernels`: the logits and relative
+position bias the op received, nothing recomputed), and the kernel it applied at each query pixel is ``softmax(logits + bias)`` over its K x K taps.
 
 Writes to ``--out-dir``:
 
@@ -18,7 +18,7 @@ Writes to ``--out-dir``:
 
 Usage:
     python tools/analysis_tools/visualize_contmix.py MODEL [--checkpoint CKPT] [--image PATH] [--size 224 | HxW]
-        [--query X,Y ...] [--kernel large|small] [--blocks NAME ...] [--out-dir outputs/contmix]
+        [--query X,Y ...] [--kernel large|small] [--blocks NAME ...] [--seed 0] [--out-dir outputs/contmix]
 """
 import argparse
 import json
@@ -58,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument('--kernel', choices=KERNELS, default='large', help='which dynamic kernel (default large)')
     parser.add_argument('--blocks', nargs='+', default=None, help='block names to draw (default: all)')
     parser.add_argument('--out-dir', default='outputs/contmix', help='where the figures and contmix.json go')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights (default 0)')
     parser.add_argument('--dpi', type=int, default=72, help='resolution of the figures (default 72)')
     return parser.parse_args(argv)
 
@@ -166,6 +167,7 @@ def draw_distances(blocks, image, queries, path, dpi):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.manual_seed(args.seed)  # the same random weights on every run: the figures are reproducible
     start = time.perf_counter()
     extractor = build_feature_extractor(args.model, args.checkpoint, input_size=args.size)
     image_path = args.image or list_image_files(image_folder(None, GENERATOR))[0]
@@ -196,7 +198,8 @@ def main(argv=None):
     figures.append(osp.join(args.out_dir, 'mean_distance.png'))
     draw_distances(blocks, image, queries, figures[-1], args.dpi)
     payload = dict(model=args.model, checkpoint=args.checkpoint, random_init=args.checkpoint is None,
-                   image=image_path, input_size=list(args.size), kernel=args.kernel, queries=[list(q) for q in queries],
+                   image=image_path, input_size=list(args.size), kernel=args.kernel, seed=args.seed,
+                   queries=[list(q) for q in queries],
                    seconds=round(seconds, 3), cpu=cpu_name(), torch_threads=torch.get_num_threads(),
                    command=' '.join([osp.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
                    blocks=blocks)

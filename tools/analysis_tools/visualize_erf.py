@@ -2,7 +2,8 @@
 
 Each MODEL is an mmdet / mmseg config file (its backbone is used) or a timm model name (``convnext_tiny``,
 ``swin_tiny_patch4_window7_224``, ``overlock_t``, ...), with random weights unless ``--checkpoints`` gives a file for
-it. The ERF is RepLKNet's (:mod:`mmoverlock.analysis.erf` defines it precisely): the input gradient of the central
+it (random weights drawn after ``torch.manual_seed(--seed)``, default 0, so a run is reproducible). The ERF is
+RepLKNet's (:mod:`mmoverlock.analysis.erf` defines it precisely): the input gradient of the central
 pixel of the chosen output map (``--stage``, default the last), its channels summed after a ReLU, positive part of
 the gradient summed over the colour channels, averaged over the images; drawn as ``log10(M + 1)`` divided by its
 maximum (one panel per model, one colour scale from 0 to 1); the high-contribution area ratio at t is the area of the
@@ -17,7 +18,8 @@ image count, seconds, with the CPU named) and prints the ratio table.
 
 Usage:
     python tools/analysis_tools/visualize_erf.py MODEL [MODEL ...] [--checkpoints CKPT|none ...] [--images DIR]
-        [--num-images N] [--batch-size 4] [--size 224 | HxW] [--stage -1] [--out-dir outputs/erf] [--threads N]
+        [--num-images N] [--batch-size 4] [--size 224 | HxW] [--stage -1] [--out-dir outputs/erf] [--seed 0]
+        [--threads N]
 """
 import argparse
 import json
@@ -51,6 +53,8 @@ def parse_args(argv=None):
                         help='images per forward/backward pass (default 4; same maps, lower it for large inputs)')
     parser.add_argument('--stage', type=int, default=-1, help='index of the output map (default -1: the last)')
     parser.add_argument('--out-dir', default='outputs/erf', help='where erf.png and erf.json go')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the random weights, set before each model (default 0)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     args = parser.parse_args(argv)
     for name in ('checkpoints', 'labels'):
@@ -100,6 +104,7 @@ def main(argv=None):
     for index, model in enumerate(args.models):
         checkpoint = args.checkpoints[index] if args.checkpoints else None
         checkpoint = None if checkpoint in (None, 'none') else checkpoint
+        torch.manual_seed(args.seed)  # the same random weights on every run: the figures are reproducible
         start = time.perf_counter()
         extractor = build_feature_extractor(model, checkpoint, input_size=args.size)
         build_s = time.perf_counter() - start
@@ -119,7 +124,7 @@ def main(argv=None):
         definition='RepLKNet: M = mean over images of sum_rgb relu(d/dx sum_c relu(y[c, h//2, w//2])); '
         'area ratio at t = area of the smallest centred odd square with more than t of sum(log10(M + 1)), over H*W '
         '(area_ratios_raw: the same on M)',
-        input_size=list(args.size), stage=args.stage, batch_size=args.batch_size, images=folder,
+        input_size=list(args.size), stage=args.stage, batch_size=args.batch_size, seed=args.seed, images=folder,
         image_files=[osp.basename(f) for f in files],
         thresholds=list(ERF_THRESHOLDS), cpu=cpu_name(), torch_threads=torch.get_num_threads(),
         command=' '.join([osp.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
