@@ -4,7 +4,8 @@ MODEL is an mmdet / mmseg config with an OverLoCK backbone or a timm OverLoCK na
 weights (drawn after ``torch.manual_seed(--seed)``) unless ``--checkpoint`` is given. The image (default: the first
 bundled ADE20K-format validation image, generated if absent) is resized to ``--size`` and run once; every ContMix
 block's call of the ContMix op is recorded (:mod:`mmoverlock.analysis.contmix_kernels`: the logits and relative
-position bias the op received, nothing recomputed), and the kernel it applied at each query pixel is ``softmax(logits + bias)`` over its K x K taps.
+position bias the op received, nothing recomputed), and the kernel it applied at each query pixel is
+``softmax(logits + bias)`` over its K x K taps.
 
 Writes to ``--out-dir``:
 
