@@ -234,3 +234,8 @@ def test_tool_writes_the_map_the_ratios_and_the_figure(shapes_workdir, tmp_path)
         assert model['area_ratios']['0.2']['area_ratio'] <= model['area_ratios']['0.99']['area_ratio']
     assert (out / 'erf.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert 'convnext_atto (random init)' in log and 't=0.99' in log
+    # the random weights are seeded per model: a second run, with this model alone, draws the same network and map
+    run_tool(['tools/analysis_tools/visualize_erf.py', 'convnext_atto', '--num-images', 2, '--size', '48x64',
+              '--out-dir', tmp_path / 'again', '--threads', 1], cwd=shapes_workdir)
+    again = json.loads((tmp_path / 'again' / 'erf.json').read_text())['models'][0]
+    np.testing.assert_allclose(again['map'], payload['models'][1]['map'], rtol=1e-5, atol=1e-12)
