@@ -9,9 +9,10 @@ the gradient summed over the colour channels, averaged over the images; drawn as
 maximum (one panel per model, one colour scale from 0 to 1); the high-contribution area ratio at t is the area of the
 smallest centred square holding more than t of the log-scaled map's total, over the image area.
 
-Images: the first ``--num-images`` (default 16) in ``--images`` (default: the bundled synthetic ADE20K-format
-validation images, written by ``tools/misc/generate_data.py`` first if they are absent), resized bicubically to
-``--size`` and normalised as the model expects; ``--batch-size`` of them per pass (the maps do not depend on it).
+Images: the first ``--num-images`` (default 8, a quick look; RepLKNet averages 50) in ``--images`` (default: the
+bundled synthetic ADE20K-format validation images, written by ``tools/misc/generate_data.py`` first if they are
+absent), resized bicubically to ``--size`` and normalised as the model expects; ``--batch-size`` of them per pass
+(the maps do not depend on it).
 
 Writes ``OUT_DIR/erf.png`` and ``OUT_DIR/erf.json`` (per model: the raw map M, the ratios on log10(M + 1) and on M,
 image count, seconds, with the CPU named) and prints the ratio table.
@@ -46,8 +47,8 @@ def parse_args(argv=None):
     parser.add_argument('--labels', nargs='+', default=None, help='panel titles, one per model')
     parser.add_argument('--images', default=None, help=f'folder of images (default: {DEFAULT_IMAGES}, generated '
                         'if absent)')
-    parser.add_argument('--num-images', type=int, default=16,
-                        help='use the first N images, sorted by name (default 16; 0: all)')
+    parser.add_argument('--num-images', type=int, default=8,
+                        help='use the first N images, sorted by name (default 8, a quick look; 0: all)')
     parser.add_argument('--size', type=parse_size, default=(224, 224), help='input size: N or HxW (default 224)')
     parser.add_argument('--batch-size', type=int, default=4,
                         help='images per forward/backward pass (default 4; same maps, lower it for large inputs)')
