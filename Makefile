@@ -1,7 +1,7 @@
 # The two commands of the README. Both create or update the project-local .venv first (tools/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: setup smoke-train test clean
+.PHONY: setup smoke-train test test-fast clean
 
 setup:
 	bash tools/setup_env.sh
@@ -19,6 +19,10 @@ TIMM_SELECTION := overlock and not pretrained and not torchscript
 test: setup
 	$(PY) -m pytest tests -q -ra --durations=15
 	$(PY) -m pytest .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra -k "$(TIMM_SELECTION)"
+
+# The development loop: the suite without the tests marked slow (tools run in subprocesses, whole configs, timm's suite).
+test-fast: setup
+	$(PY) -m pytest tests -q -ra -m "not slow and not network" --durations=10
 
 clean:
 	rm -rf build *.egg-info mmoverlock/_ext*.so work_dirs outputs

@@ -2,9 +2,13 @@
 kernels, ATen and oneDNN all report AVX2 there, while this process's setting keeps the CPU's best."""
 import json
 
+import pytest
 from _helpers import run_tool
 from mmoverlock.analysis.measure import ISA_ENV_VARS, cpu_isa_flags
 from mmoverlock.ops import available_backends
+
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_backbone_benchmark_per_isa_setting(tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ from mmoverlock.apis import build_model, dummy_batch, load_config, task_of
 from mmoverlock.models import OverLoCK
 from mmoverlock.models.layers import GRN, LayerScale
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CONFIGS = all_configs()
 RELEASE = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_{}_in1k_224.pth'
 DROP_PATH = dict(mmdet=dict(t=0.2, s=0.4, b=0.6), mmseg=dict(t=0.2, s=0.3, b=0.5))  # the authors' rates per task

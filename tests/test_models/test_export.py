@@ -10,6 +10,9 @@ import torch
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops.contmix import BACKEND_ENV
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # One block per stage keeps the export quick; the kernel sizes are the model's own, and a 64x96 image makes the
 # ContMix blocks resize their 4x6 (stage 3) and 2x3 (stage 4) maps to 13x19 and 7x10.
 SMALL_ARCH = dict(depth=[1, 1, 1, 1], sub_depth=[1, 1], embed_dim=[16, 32, 64, 96], kernel_size=[17, 15, 13, 7],

@@ -14,6 +14,9 @@ import pytest
 
 import mmoverlock  # noqa: F401  (registers overlock_*)
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 #: Where setup_env.sh unpacks timm's tests (the environment's prefix), unless this variable names another folder.
 TIMM_TESTS_ENV = 'MMOVERLOCK_TIMM_TESTS'
 MODELS = ('overlock_xt', 'overlock_t', 'overlock_s', 'overlock_b')

@@ -5,6 +5,11 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
+# Runs a subprocess that builds every variant: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 SCRIPT = r'''

@@ -8,6 +8,9 @@ from mmoverlock.analysis.measure import current_isa_setting
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix_baselines import contmix_cost
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def test_benchmark_contmix_writes_results(tmp_path):
     case = (1, 2, 9, 11, 4, 3)

@@ -2,7 +2,11 @@
 machine and the peak memory of each model's training step."""
 import json
 
+import pytest
 from _helpers import run_tool
+
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_compare_backbones_writes_ratios(tmp_path):

@@ -19,6 +19,9 @@ from mmoverlock.apis import build_model
 from mmoverlock.models import checkpoint_conversion
 from mmoverlock.models.checkpoint_conversion import compare_with_model, convert_release_checkpoint
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CONVERTER = 'tools/model_converters/convert_checkpoint.py'
 
 MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')

@@ -13,6 +13,9 @@ from torchvision import transforms
 import mmoverlock  # noqa: F401  (registers overlock_* in timm)
 from _helpers import run_tool
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 TOOL = 'tools/analysis_tools/eval_imagenet.py'
 SHALLOW = dict(depth=[1, 1, 1, 1], sub_depth=[2, 2])
 MODEL_KWARGS = ['depth=[1,1,1,1]', 'sub_depth=[2,2]']

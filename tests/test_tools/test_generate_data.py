@@ -9,7 +9,11 @@ from mmengine.config import Config
 from PIL import Image
 from pycocotools.coco import COCO
 
+import pytest
 from _helpers import SMOKE_DET, SMOKE_SEG
+
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 CLASSES = Config.fromfile(SMOKE_DET).metainfo['classes']
 SEG_CLASSES = Config.fromfile(SMOKE_SEG).metainfo['classes']

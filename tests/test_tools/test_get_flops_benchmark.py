@@ -10,6 +10,9 @@ from mmoverlock.analysis import config_complexity, config_label
 from mmoverlock.apis import resolve_config_path
 from mmoverlock.models import OverLoCK
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 MASK_RCNN_T = osp.join(CONFIG_DIR, 'mask_rcnn', 'mask-rcnn_overlock-t_fpn_1x_coco.py')
 
 

@@ -11,7 +11,11 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
 from _helpers import CPU_ONLY, REPO_ROOT
+
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCRIPT = osp.join(REPO_ROOT, 'tools', 'gpu_check.sh')
 

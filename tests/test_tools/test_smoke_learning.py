@@ -12,6 +12,9 @@ import pytest
 
 from _helpers import SMOKE_DET, SMOKE_SEG, TESTS_DIR, run_tool, write_config
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 #: A run "learned" when the mean loss of its last LAST iterations is below FACTOR x the mean of its first FIRST.
 FIRST, LAST, FACTOR = 3, 5, 0.7
 

@@ -12,6 +12,9 @@ import torch
 from _helpers import CPU_ONLY, SMOKE_DET, SMOKE_SEG, run_tool
 from mmoverlock.apis import build_model
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 DET_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP')
 MIM = osp.join(osp.dirname(sys.executable), 'mim')
 

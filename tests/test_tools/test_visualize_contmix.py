@@ -14,6 +14,9 @@ from mmoverlock.models import OverLoCK
 from mmoverlock.models.blocks import ContMixBlock
 from mmoverlock.ops import contmix_aggregate
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _tiny_overlock(seed=0):
     """OverLoCK-pico in float64 eval mode with non-trivial biases, BN statistics and kernel projections."""

@@ -13,6 +13,9 @@ from mmoverlock.analysis.erf import (ERF_THRESHOLDS, accumulate_erf, area_ratio,
 from mmoverlock.apis.feature_extractor import build_feature_extractor, list_image_files
 from mmoverlock.models import OverLoCK
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _positive_conv(in_channels, out_channels, dilation=1):
     """A 3x3 conv whose weights and bias are all positive, so a positive input has a positive response."""

@@ -22,6 +22,9 @@ from mmoverlock.apis import build_model
 from mmoverlock.checkpoint_io import UnsafeCheckpointError, load_checkpoint_file
 from mmoverlock.models import OverLoCK, classifier_from_checkpoint
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 REFUSAL = 'could run code from the file'
 
 

@@ -18,6 +18,9 @@ import torch.multiprocessing as mp
 from _helpers import SMOKE_SEG, TESTS_DIR, run_tool, write_config
 from _helpers.dist_workers import sync_bn_worker
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _free_port():
     with socket.socket() as s:

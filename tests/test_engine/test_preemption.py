@@ -24,6 +24,9 @@ from _helpers import REPO_ROOT, SMOKE_SEG, TESTS_DIR, write_config
 from mmoverlock.checkpoint_io import is_complete_checkpoint
 from mmoverlock.engine import find_resumable_checkpoint
 
+# Runs command-line tools, whole models or configs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 EPOCHS, ITERS_PER_EPOCH = 3, 2
 SCHEDULE = f"""
 custom_imports = dict(imports=['mmoverlock', '_helpers.kill_switch'], allow_failed_imports=False)
