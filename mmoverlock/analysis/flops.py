@@ -2,7 +2,7 @@
 
 FLOPs come from mmengine's jit-trace counter (:class:`mmengine.analysis.FlopAnalyzer`, fvcore's rules: one
 multiply-add = one FLOP, element-wise ops not counted). That counter does not know the ContMix core, which is a custom
-operator (``mmoverlock::contmix_forward``, or the ``_ContMixTorch`` autograd Function of the pure-torch fallback) and
+operator (``mmoverlock::contmix_forward``, or the ``ContMixTorch`` autograd Function of the pure-torch fallback) and
 would otherwise be skipped as "unsupported". :func:`contmix_flop_jit` counts it like the aggregation it is: every
 output value [B, G, H, W, C] is a weighted sum over the K*K taps, i.e. ``B*G*H*W*C*K^2`` multiply-adds (the
 K^2-wide bias and softmax are element-wise and, like every other element-wise op, not counted).
@@ -21,7 +21,7 @@ from torch import nn
 from ..apis import build_model, dummy_data_samples
 
 #: The ContMix core as the jit tracer names it: the compiled op and the pure-torch fallback's autograd Function.
-CONTMIX_OPS = ('mmoverlock::contmix_forward', 'prim::PythonOp._ContMixTorch')
+CONTMIX_OPS = ('mmoverlock::contmix_forward', 'prim::PythonOp.ContMixTorch')
 #: Input size (H, W) per task when none is given: mmdet's COCO convention and the ADE20K crop.
 DEFAULT_SHAPES = dict(mmdet=(800, 1333), mmseg=(512, 512))
 

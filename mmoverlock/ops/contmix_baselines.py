@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contmix import _Windows, available_backends, contmix_aggregate
+from .contmix import available_backends, contmix_aggregate
+from .contmix_torch import Windows
 
 __all__ = [
     'biased_softmax', 'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost',
@@ -30,7 +31,7 @@ CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
 
 def biased_softmax(weights: Tensor, rpb: Tensor, kernel_size: int) -> Tensor:
     """softmax(weights + gathered rpb) over the taps, [B, G, H, W, K*K] (two K*K-per-pixel tensors for autograd)."""
-    win = _Windows(weights, kernel_size)  # only B, G, H, W of its argument are read
+    win = Windows(weights, kernel_size)  # only B, G, H, W of its argument are read
     bias = win.chunk_bias(win.bias_table(rpb, weights.dtype), slice(None))  # [G, H, W, K*K]
     return (weights + bias).softmax(dim=-1)
 

@@ -9,6 +9,7 @@ import torch
 
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
+from mmoverlock.ops import contmix_torch
 from mmoverlock.ops.contmix_baselines import unfold_contmix, unfused_contmix
 
 HAS_EXT = 'cpu' in available_backends()
@@ -147,7 +148,7 @@ def test_traceable_forward_matches_reference(shape, softmax, use_rpb):
     K = dims[-1]
     weights, value, rpb = make_inputs(*dims, rpb=use_rpb, noncontiguous=noncontiguous)
     with torch.no_grad():
-        out = contmix_module._contmix_torch_traceable(weights, value, rpb, K, softmax)
+        out = contmix_torch.contmix_torch_traceable(weights, value, rpb, K, softmax)
         expected = reference(weights, value, K, rpb=rpb, softmax=softmax)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-11)
 
