@@ -6,8 +6,8 @@ the converter, the inferencers of ``demo/image_demo.py``) goes through :func:`lo
 types allow-listed in :mod:`mmoverlock.compat`, and refuses everything else, so a file whose pickle would call a
 function (a ``__reduce__`` payload) fails with :class:`UnsafeCheckpointError` before any of it runs. Passing the
 argument (instead of relying on torch's default since 2.6) keeps it on when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is
-set. Remote files are fetched over https only; ``http://`` is refused. Importing :mod:`mmoverlock` registers these
-loaders in mmengine's ``CheckpointLoader`` for local paths and http(s) URLs, which is how mmengine's runner and
+set. Remote files are fetched over https only; ``http://`` is refused. ``import mmoverlock`` registers these
+loaders (through :func:`mmoverlock.compat.apply_mmengine_fixes`) in mmengine's ``CheckpointLoader`` for local paths and http(s) URLs, which is how mmengine's runner and
 mmdet's / mmseg's inferencers load.
 
 Writing: :func:`write_atomic` writes a temporary file in the same folder, flushes and fsyncs it, then renames it over
@@ -139,7 +139,9 @@ def _load_from_https(url: str, map_location=None, model_dir: Optional[str] = Non
 
 
 def register_checkpoint_loaders() -> None:
-    """Route mmengine's ``CheckpointLoader`` for local paths and http(s) URLs through the weights-only loaders.
+    """Route mmengine's ``CheckpointLoader`` for local paths and http(s) URLs through the weights-only loaders, and
+    register :class:`AtomicLocalBackend` as the file backend ``ATOMIC_BACKEND``. Called by
+    :func:`mmoverlock.compat.apply_mmengine_fixes`.
 
     mmengine's own ``open-mmlab://`` / ``torchvision://`` / ``mmcls://`` loaders call its module-level
     ``load_from_http``, which is replaced too, so the URLs they resolve are held to the same rules.
@@ -148,6 +150,7 @@ def register_checkpoint_loaders() -> None:
     loader.register_scheme(prefixes='', loader=_load_from_local, force=True)
     loader.register_scheme(prefixes=('http://', 'https://'), loader=_load_from_https, force=True)
     mmengine_checkpoint.load_from_http = _load_from_https
+    register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)  # what the checkpoint hook saves through
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -210,7 +213,6 @@ def remove_temporary_files(folder: str) -> list:
     return removed
 
 
-@register_backend(ATOMIC_BACKEND, force=True)
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend whose writes are atomic (:func:`write_atomic`)."""
 
@@ -219,6 +221,3 @@ class AtomicLocalBackend(LocalBackend):
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
         write_atomic(filepath, obj.encode(encoding))
-
-
-register_checkpoint_loaders()

@@ -1,7 +1,9 @@
-"""Compatibility fixes that the OpenMMLab 2.0 stack needs on current torch, applied once on ``import mmoverlock``.
+"""Everything mmoverlock changes in mmengine, in one place: :func:`apply_mmengine_fixes`.
 
-Each fix names the upstream problem and the versions that need it. Nothing here changes behaviour globally beyond
-what is stated: in particular torch's ``weights_only=True`` default stays on.
+``import mmoverlock`` (which is what a config's ``custom_imports = dict(imports=['mmoverlock'])`` does) calls it once;
+nothing else in the package changes mmengine's global state. Each fix names the upstream problem and the versions
+that need it. Nothing here changes behaviour beyond what is stated: in particular torch's ``weights_only=True``
+default stays on.
 """
 import torch
 
@@ -34,4 +36,15 @@ def allow_mmengine_checkpoints() -> None:
     add_safe_globals(_mmengine_checkpoint_globals())
 
 
-allow_mmengine_checkpoints()
+def apply_mmengine_fixes() -> None:
+    """Apply every mmengine fix (idempotent):
+
+    * :func:`allow_mmengine_checkpoints`: mmengine's own checkpoints load under torch's weights-only default;
+    * :func:`mmoverlock.checkpoint_io.register_checkpoint_loaders`: every checkpoint mmengine, mmdet and mmseg load
+      goes through the weights-only, https-only loader, and the atomic file backend the checkpoint hook saves
+      through is registered.
+    """
+    from .checkpoint_io import register_checkpoint_loaders
+
+    allow_mmengine_checkpoints()
+    register_checkpoint_loaders()

@@ -42,7 +42,6 @@ _BACKENDS = ('cpu', 'cuda', 'torch')
 #: Dtypes that the 'cpu' backend runs in float32 (its kernels are float32/float64), returning the input dtype.
 _CPU_CAST_DTYPES = (torch.float16, torch.bfloat16)
 #: Largest ``kernel_size`` of the CUDA kernels (they keep a (2K-1)² bias table per block in shared memory).
-CUDA_MAX_KERNEL_SIZE = 31
 _BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) '
                'from the repository root; add FORCE_CUDA=1 to compile the CUDA kernels with nvcc')
 
@@ -65,6 +64,8 @@ def _load_extension():
 
 _ext, _EXT_ERROR = _load_extension()
 _BUILT = tuple(_ext.backends) if _ext is not None else ()
+#: The largest ``kernel_size`` the CUDA kernels take (the extension's own limit, read once).
+CUDA_MAX_KERNEL_SIZE = getattr(_ext, 'cuda_max_kernel_size', None)
 
 
 def available_backends() -> List[str]:

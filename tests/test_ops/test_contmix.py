@@ -562,3 +562,10 @@ def test_operator_checks_its_inputs():
         torch.ops.mmoverlock.contmix_forward(w, v, None, 4, False)
     with pytest.raises(RuntimeError, match='rpb must have shape'):
         torch.ops.mmoverlock.contmix_forward(w[..., :9], v, torch.randn(1, 3, 3), 3, False)
+
+
+@pytest.mark.skipif(not HAS_EXT, reason='needs the compiled extension')
+def test_cuda_kernel_size_limit_comes_from_the_extension():
+    """The CUDA kernels' documented window limit (31) is defined once, in C++, and read by the Python checks."""
+    from mmoverlock import _ext
+    assert _ext.cuda_max_kernel_size == contmix_module.CUDA_MAX_KERNEL_SIZE == 31

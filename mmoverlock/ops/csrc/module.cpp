@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include "contmix_common.h"
 #include "cpu/contmix_cpu_isa.h"
 
 namespace {
@@ -65,6 +66,10 @@ PyMODINIT_FUNC PyInit__ext(void) {
   // PyModule_AddObject steals the reference only on success.
   if (backends == nullptr || PyModule_AddObject(module, "backends", backends) < 0) {
     Py_XDECREF(backends);
+    Py_DECREF(module);
+    return nullptr;
+  }
+  if (PyModule_AddIntConstant(module, "cuda_max_kernel_size", mmoverlock::contmix::kCudaMaxKernelSize) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

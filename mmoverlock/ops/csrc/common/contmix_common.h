@@ -21,6 +21,10 @@
 namespace mmoverlock {
 namespace contmix {
 
+// The largest window the CUDA kernels take: it bounds the shared-memory bias table of grad_weights_kernel
+// ((2K-1)^2 doubles < 48 KB). Python reads it once, as mmoverlock._ext.cuda_max_kernel_size.
+constexpr int64_t kCudaMaxKernelSize = 31;
+
 // The problem size of one ContMix call: plain data, passed by value to every kernel (CPU, per-ISA bodies, CUDA).
 // Host code builds it with make_shape (contmix_shape.h).
 struct Shape {

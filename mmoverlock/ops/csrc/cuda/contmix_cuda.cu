@@ -166,10 +166,11 @@ unsigned checked_grid(int64_t blocks, const char* kernel) {
   return static_cast<unsigned>(blocks);
 }
 
-// The documented range; it also bounds the shared-memory bias table of grad_weights_kernel (61^2 doubles < 48 KB).
-// contmix_aggregate raises a ValueError for it first; this guards direct calls of the operators.
+// kCudaMaxKernelSize (contmix_common.h). contmix_aggregate raises a ValueError for it first; this guards direct calls
+// of the operators.
 void check_kernel_size(int64_t K) {
-  TORCH_CHECK_VALUE(K <= 31, "contmix: kernel_size must be at most 31 for the CUDA kernels, got ", K,
+  TORCH_CHECK_VALUE(K <= kCudaMaxKernelSize, "contmix: kernel_size must be at most ", kCudaMaxKernelSize,
+                    " for the CUDA kernels, got ", K,
                     " (use backend='torch' for larger windows)");
 }
 
