@@ -11,9 +11,9 @@ medians are in the JSON): the op
 forward + backward (input and weight gradients). Achieved GFLOP/s (2 per multiply-add of the dense taps) sit next
 to an FMA peak measured in the same run with a float32 matmul.
 
-``--isa`` runs each named setting in its own subprocess, so both are measured in one run:
-``best`` (the machine's widest ISA for both libraries) and ``avx2`` (``MMOVERLOCK_CPU_CAPABILITY=avx2``,
-``ONEDNN_MAX_CPU_ISA=AVX2``, and ``MKL_ENABLE_INSTRUCTIONS=AVX2`` for the matmul peak). Each writes
+Timing, the ISA settings and the machine description come from :mod:`mmoverlock.analysis.measure`: ``--isa``
+measures each named setting (``best``: the machine's widest ISA; ``avx2``: every library forced to AVX2), a
+setting other than this process's in a child process, so both are measured in one run. Each writes
 ``depthwise.json`` and ``depthwise.md`` under ``--out/<setting>`` (default ``benchmarks/depthwise/cpu``).
 
 Example::
@@ -24,44 +24,31 @@ import argparse
 import json
 import os
 import os.path as osp
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 
-SETTINGS = {
-    'best': {},
-    'avx2': {'MMOVERLOCK_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2'},
-}
+from mmoverlock.analysis.measure import (ISA_ENV_VARS, ISA_SETTINGS, command_line, cpu_model, interleaved_times,
+                                         run_isa_settings)
+
 METHODS = ('ours-nchw', 'ours-nhwc', 'onednn-nchw', 'onednn-nhwc')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--isa', nargs='+', choices=sorted(SETTINGS), default=['best', 'avx2'],
-                        help='ISA settings to measure, each in its own subprocess (default: best avx2)')
+    parser.add_argument('--isa', nargs='+', choices=sorted(ISA_SETTINGS), default=['best', 'avx2'],
+                        help='ISA settings to measure, each but this process\'s in a child (default: best avx2)')
     parser.add_argument('--size', type=int, default=512, help='input image side (default 512)')
     parser.add_argument('--arch', default='t', help='OverLoCK arch preset (default t)')
     parser.add_argument('--iters', type=int, default=5, help='timed rounds per shape (default 5)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     parser.add_argument('--out', default=osp.join('benchmarks', 'depthwise', 'cpu'), help='output folder')
-    parser.add_argument('--child', choices=sorted(SETTINGS), help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def round_times_ms(fns, iters, warmup=1):
     """Milliseconds of each call of each function, timed in interleaved rounds (one call of each per round)."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(iters):
-        for fn, record in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            record.append(1e3 * (time.perf_counter() - start))
-    return times
+    timings = interleaved_times({i: fn for i, fn in enumerate(fns)}, rounds=iters, warmup=warmup)
+    return [[1e3 * t for t in timings[i].wall_s] for i in range(len(fns))]
 
 
 def depthwise_shapes(arch, size):
@@ -134,16 +121,7 @@ def measure(shape, iters):
     return dict(zip(METHODS, round_times_ms(forward, iters))), dict(zip(METHODS, round_times_ms(train, iters)))
 
 
-def cpu_model():
-    try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-        return next(line.split(':', 1)[1].strip() for line in out.splitlines() if line.startswith('Model name'))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        import platform
-        return platform.processor() or 'unknown CPU'
-
-
-def run_setting(args, setting):
+def run_setting(args, setting, argv):
     import torch
 
     import mmoverlock._ext as ext
@@ -165,9 +143,9 @@ def run_setting(args, setting):
               ' '.join(f'{m} {t:.2f}' for m, t in fwd.items()) + ' | fwd+bwd ' +
               ' '.join(f'{m} {t:.2f}' for m, t in train.items()), flush=True)
     meta = dict(setting=setting, cpu=cpu_model(), isa_ours=ext.cpu_capability(),
-                env={k: os.environ.get(k) for k in SETTINGS['avx2']}, threads=torch.get_num_threads(),
+                env={k: os.environ.get(k) for k in ISA_ENV_VARS}, threads=torch.get_num_threads(),
                 torch=torch.__version__, arch=args.arch, size=args.size, iters=args.iters,
-                fma_peak_gflops=peak, command=' '.join(shlex.quote(a) for a in sys.argv),
+                fma_peak_gflops=peak, command=command_line(__file__, argv),
                 load_average=os.getloadavg())
     out_dir = osp.join(args.out, setting)
     os.makedirs(out_dir, exist_ok=True)
@@ -175,6 +153,7 @@ def run_setting(args, setting):
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     with open(osp.join(out_dir, 'depthwise.md'), 'w') as f:
         f.write(markdown(meta, rows))
+    return dict(meta=meta, rows=rows)
 
 
 def markdown(meta, rows):
@@ -207,16 +186,15 @@ def markdown(meta, rows):
     return '\n'.join(lines)
 
 
-def main():
-    args = parse_args()
-    if args.child:
-        run_setting(args, args.child)
-        return
-    for setting in args.isa:
-        env = {k: v for k, v in os.environ.items() if k not in SETTINGS['avx2']}
-        env.update(SETTINGS[setting])
-        argv = [a for a in sys.argv[1:]]
-        subprocess.run([sys.executable, osp.abspath(__file__), *argv, '--child', setting], env=env, check=True)
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+
+    def load(setting):
+        with open(osp.join(args.out, setting, 'depthwise.json')) as f:
+            return json.load(f)
+
+    run_isa_settings(args.isa, __file__, argv, lambda setting: run_setting(args, setting, argv), load)
 
 
 if __name__ == '__main__':
