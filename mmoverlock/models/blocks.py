@@ -26,6 +26,8 @@ class RepConvBlock(nn.Module):
     ``x = dwconv(x); x = ls(x) + proj(x)`` (``res_scale``) or ``x + drop_path(ls(proj(x)))`` otherwise, with
     ``proj = [LN, DilatedReparamBlock(K), BN, SE, pw d->m, GELU, ResDWConv(m), GRN(m), pw m->d, DropPath]``.
 
+    Every argument but ``dim`` is keyword-only, so that a preset's numbers cannot land in the wrong place.
+
     Args:
         dim (int): Channels d.
         kernel_size (int): Large kernel K of the DilatedReparamBlock.
@@ -36,7 +38,7 @@ class RepConvBlock(nn.Module):
         deploy (bool): Build the DilatedReparamBlock in its folded form.
     """
 
-    def __init__(self, dim: int, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
+    def __init__(self, dim: int, *, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
                  res_scale: bool = True, drop_path: float = 0., deploy: bool = False):
         super().__init__()
         self.res_scale = res_scale
@@ -70,6 +72,8 @@ class ContMixBlock(nn.Module):
     neighbourhood with two per-pixel dynamic kernels (S x S and K x K) whose logits are the affinities between the
     pixel's query and 7 x 7 pooled keys of the context, mixed by ``weight_proj``. See ``spec/overlock.md``.
 
+    Every argument but ``dim`` and ``ctx_dim`` is keyword-only, as in ``RepConvBlock``.
+
     Args:
         dim (int): Channels d of ``x``.
         ctx_dim (int): Channels c of the context ``h``.
@@ -85,7 +89,7 @@ class ContMixBlock(nn.Module):
         deploy (bool): Build the DilatedReparamBlock in its folded form.
     """
 
-    def __init__(self, dim: int, ctx_dim: int, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
+    def __init__(self, dim: int, ctx_dim: int, *, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
                  mlp_ratio: float = 4., ls_init_value: Optional[float] = None, res_scale: bool = True,
                  drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False):
         super().__init__()
@@ -228,7 +232,7 @@ class ContMixBlock(nn.Module):
 class ContextDownsample(nn.Module):
     """Stride-2 downsampling of the feature map (d -> D3) and of the context (c -> c) between sub-stages 3 and 4."""
 
-    def __init__(self, in_dim: int, out_dim: int, ctx_dim: int):
+    def __init__(self, *, in_dim: int, out_dim: int, ctx_dim: int):
         super().__init__()
         self.x_proj = conv_bn(in_dim, out_dim, stride=2)
         self.h_proj = conv_bn(ctx_dim, ctx_dim, stride=2)
