@@ -5,10 +5,11 @@ Every check runs before a layer is built and raises naming the argument and the 
 a wrong value fail deep in a layer or, worse, build a different network silently. This module needs torch only.
 """
 import copy
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..ops.contmix import CONTMIX_BACKENDS
 from .layers import DILATED_BRANCHES
 
 #: The entries of an architecture: a preset, or a dict with exactly these keys.
@@ -121,7 +122,8 @@ def release_checkpoint(pretrained: Union[bool, str], arch: Union[str, dict], dep
 # ---------------------------------------------------------------------------------------------------------------
 # constructor arguments
 # ---------------------------------------------------------------------------------------------------------------
-def check_trunk_arguments(in_channels: int, drop_path_rate: float, memory_format: str) -> None:
+def check_trunk_arguments(in_channels: int, drop_path_rate: float, memory_format: str,
+                          contmix_backend: Optional[str]) -> None:
     """The arguments that the network itself takes (the backbone and the classifier both pass them on)."""
     if not is_int(in_channels) or in_channels < 1:
         raise ValueError(f'OverLoCK: in_channels must be a positive int, got {in_channels!r}')
@@ -129,6 +131,9 @@ def check_trunk_arguments(in_channels: int, drop_path_rate: float, memory_format
         raise ValueError(f'OverLoCK: drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f'OverLoCK: memory_format must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}')
+    if contmix_backend is not None and contmix_backend not in CONTMIX_BACKENDS:
+        raise ValueError(f'OverLoCK: contmix_backend must be None (automatic) or one of {list(CONTMIX_BACKENDS)}, '
+                         f'got {contmix_backend!r}')
 
 
 def check_levels(out_indices: Union[int, Sequence[int]], frozen_stages: int) -> Tuple[int, ...]:

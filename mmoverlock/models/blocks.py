@@ -87,11 +87,14 @@ class ContMixBlock(nn.Module):
         is_first (bool): First block of a stage: ``h`` is used as is (no ``x_scale``/``h_scale``).
         is_last (bool): Return the unsplit ``d + c`` map and ``None``.
         deploy (bool): Build the DilatedReparamBlock in its folded form.
+        contmix_backend (str, optional): The ``backend`` of :func:`~mmoverlock.ops.contmix_aggregate`: ``None``
+            (automatic), ``'cpu'``, ``'cuda'``, ``'torch'``, or ``'unfused'`` (the authors' formulation).
     """
 
     def __init__(self, dim: int, ctx_dim: int, *, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
                  mlp_ratio: float = 4., ls_init_value: Optional[float] = None, res_scale: bool = True,
-                 drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False):
+                 drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False,
+                 contmix_backend: Optional[str] = None):
         super().__init__()
         out_dim = dim + ctx_dim
         mlp_dim = int(dim * mlp_ratio)
@@ -103,6 +106,7 @@ class ContMixBlock(nn.Module):
         self.res_scale = res_scale
         self.is_first = is_first
         self.is_last = is_last
+        self.contmix_backend = contmix_backend
 
         if not is_first:
             self.x_scale = LayerScale(ctx_dim, init_value=1)
@@ -182,10 +186,10 @@ class ContMixBlock(nn.Module):
         out = torch.cat([out1.permute(0, 1, 4, 2, 3), out2.permute(0, 1, 4, 2, 3)], dim=1)  # [B, 2G, c, H, W]
         return out.reshape(b, self.dim, height, width)
 
-    @staticmethod
-    def _aggregate(logits: torch.Tensor, value: torch.Tensor, kernel_size: int, rpb: torch.Tensor) -> torch.Tensor:
-        """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value`` (fused)."""
-        return contmix_aggregate(logits, value, kernel_size, rpb=rpb, softmax=True)
+    def _aggregate(self, logits: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                   rpb: torch.Tensor) -> torch.Tensor:
+        """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value``."""
+        return contmix_aggregate(logits, value, kernel_size, rpb=rpb, softmax=True, backend=self.contmix_backend)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor,
                 ctx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -95,6 +95,8 @@ class OverLoCKClassifier(OverLoCKTrunk):
         in_chans (int): Input channels. Defaults to 3.
         with_cp (bool): Activation checkpointing per block (see ``set_grad_checkpointing``). Defaults to ``False``.
         memory_format (str): As in the backbone. Defaults to ``'auto'``.
+        contmix_backend (str, optional): As in the backbone (``'unfused'``: the authors' ContMix formulation).
+            Defaults to ``None``.
         device (torch.device | str, optional): Where to create the parameters (timm's factory argument).
         dtype (torch.dtype, optional): Their floating-point dtype (timm's factory argument).
 
@@ -120,12 +122,13 @@ class OverLoCKClassifier(OverLoCKTrunk):
                  in_chans: int = 3,
                  with_cp: bool = False,
                  memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None,
                  device: Optional[Union[torch.device, str]] = None,
                  dtype: Optional[torch.dtype] = None):
         check_head_arguments(num_classes, projection, global_pool, drop_rate)
         with torch.device(device) if device is not None else nullcontext():
             super().__init__(arch=arch, in_channels=in_chans, drop_path_rate=drop_path_rate, deploy=deploy,
-                             with_cp=with_cp, memory_format=memory_format)
+                             with_cp=with_cp, memory_format=memory_format, contmix_backend=contmix_backend)
             self.in_chans = in_chans
             self.num_classes = num_classes
             self.drop_rate = drop_rate

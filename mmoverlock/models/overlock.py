@@ -61,9 +61,10 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
         norm_eval (bool): Keep BatchNorm layers in eval mode while training. Defaults to ``False``.
         with_cp (bool): Activation checkpointing per block (less memory, slower). Defaults to ``False``.
         pretrained (bool | str, optional): ``True`` loads the authors' ImageNet-1K checkpoint of the preset ``arch``
-            (``arch.RELEASE_URL``; the re-parameterised file when ``deploy=True``), as their ``overlock_t(pretrained=True)``
-            does. A string is a deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set by
-            mmseg's ``EncoderDecoder(pretrained=...)``. ``False`` or ``None``: no checkpoint. Defaults to ``None``.
+            (``RELEASE_URL`` of :mod:`~mmoverlock.models.arch`; the re-parameterised file when ``deploy=True``), as
+            their ``overlock_t(pretrained=True)`` does. A string is a deprecated alias of
+            ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set by mmseg's ``EncoderDecoder(pretrained=...)``.
+            ``False`` or ``None``: no checkpoint. Defaults to ``None``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the authors'
             ImageNet, deploy-form, or full mmdet/mmseg checkpoints. Defaults to ``None`` (the authors' init).
         memory_format (str): Layout the network runs in: ``'channels_last'``, ``'contiguous'`` (NCHW), or
@@ -71,6 +72,10 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
             slow path in NCHW, about 20 times slower at 17 x 17; cuDNN prefers channels-last too) and NCHW on other
             devices. The input is converted once; the outputs are in that layout (same shapes and values, only the
             strides differ; call ``.contiguous()`` on them where NCHW strides are needed). Defaults to ``'auto'``.
+        contmix_backend (str, optional): Where the ContMix blocks aggregate (the ``backend`` of
+            :func:`~mmoverlock.ops.contmix_aggregate`): ``None`` picks the fused op's compiled kernels where built,
+            else its torch fallback; ``'unfused'`` runs the authors' formulation (bias and softmax in torch, then the
+            aggregation alone): same numbers, more memory and time, a baseline to compare with. Defaults to ``None``.
 
     Example:
         >>> import torch
@@ -96,7 +101,8 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
                  with_cp: bool = False,
                  pretrained: Union[bool, str, None] = None,
                  init_cfg: Optional[dict] = None,
-                 memory_format: str = 'auto'):
+                 memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None):
         if pretrained is not None and pretrained is not False:
             if init_cfg is not None:
                 raise ValueError('OverLoCK: give either pretrained or init_cfg, not both')
@@ -107,7 +113,8 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
             init_cfg = dict(type='Pretrained', checkpoint=release_checkpoint(pretrained, arch, deploy))
         out_indices = check_levels(out_indices, frozen_stages)
         super().__init__(arch=arch, in_channels=in_channels, drop_path_rate=drop_path_rate, deploy=deploy,
-                         with_cp=with_cp, memory_format=memory_format, init_cfg=init_cfg)
+                         with_cp=with_cp, memory_format=memory_format, contmix_backend=contmix_backend,
+                         init_cfg=init_cfg)
         self.out_indices = out_indices
         self.overview_fusion = overview_fusion
         self.frozen_stages = frozen_stages

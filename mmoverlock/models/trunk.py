@@ -95,6 +95,10 @@ class OverLoCKTrunk(nn.Module):
             slow path in NCHW, about 20 times slower at 17 x 17; cuDNN prefers channels-last too) and NCHW on other
             devices. The input is converted once; the outputs are in that layout (same shapes and values, only the
             strides differ). Defaults to ``'auto'``.
+        contmix_backend (str, optional): Where the ContMix blocks aggregate (the ``backend`` of
+            :func:`~mmoverlock.ops.contmix_aggregate`): ``None`` picks the fused op's compiled kernels where built,
+            else its torch fallback; ``'unfused'`` runs the authors' formulation (bias and softmax in torch, then the
+            aggregation alone): same numbers, more memory and time, a baseline to compare with. Defaults to ``None``.
         **kwargs: Passed on to the next class in the method resolution order (the backbone's ``BaseModule`` takes
             ``init_cfg``); none for a plain trunk.
     """
@@ -111,10 +115,11 @@ class OverLoCKTrunk(nn.Module):
                  deploy: bool = False,
                  with_cp: bool = False,
                  memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.arch = parse_arch(arch)
-        check_trunk_arguments(in_channels, drop_path_rate, memory_format)
+        check_trunk_arguments(in_channels, drop_path_rate, memory_format, contmix_backend)
         self.in_channels = in_channels
         self.deploy = deploy
         self.with_cp = with_cp
@@ -150,7 +155,7 @@ class OverLoCKTrunk(nn.Module):
                              num_heads=a['sub_num_heads'][sub], mlp_ratio=a['sub_mlp_ratio'][sub],
                              ls_init_value=a['ls_init_value'][stage], res_scale=a['res_scale'],
                              drop_path=next(drop_path), is_first=(stage == 2 and i == 0),
-                             is_last=(stage == 3 and i == n - 1), deploy=deploy)
+                             is_last=(stage == 3 and i == n - 1), deploy=deploy, contmix_backend=contmix_backend)
                 for i in range(n)))
 
     # ------------------------------------------------------------------ forward

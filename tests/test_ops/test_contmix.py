@@ -18,12 +18,16 @@ requires_ext = pytest.mark.skipif(not HAS_EXT, reason='mmoverlock._ext is not bu
 requires_cuda = pytest.mark.skipif(
     not HAS_CUDA, reason='needs a CUDA GPU and mmoverlock._ext built with CUDA (FORCE_CUDA=1)')
 
-# (device, backend) pairs: each compiled backend on its device, and the torch fallback on both devices.
+# (device, backend) pairs: each compiled backend on its device, the torch fallback and the unfused formulation on
+# both devices.
 DEVICE_BACKENDS = [
     pytest.param('cpu', 'cpu', marks=requires_ext, id='cpu-cpu'),
     pytest.param('cpu', 'torch', id='cpu-torch'),
     pytest.param('cuda', 'cuda', marks=requires_cuda, id='cuda-cuda'),
     pytest.param('cuda', 'torch', marks=requires_cuda, id='cuda-torch'),
+    # The authors' formulation (bias and softmax in torch, then the aggregation on the automatic backend).
+    pytest.param('cpu', 'unfused', id='cpu-unfused'),
+    pytest.param('cuda', 'unfused', marks=requires_cuda, id='cuda-unfused'),
 ]
 
 # (B, G, H, W, C, K, non-contiguous inputs)
