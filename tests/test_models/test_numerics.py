@@ -10,7 +10,7 @@ from _helpers import SMOKE_SEG, TINY_ARCH
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops.contmix import BACKEND_ENV
-from mmoverlock.ops.contmix_baselines import CPU_CAPABILITY_ENV
+from mmoverlock.testing.contmix_baselines import CPU_CAPABILITY_ENV
 
 HAS_EXT = 'cpu' in available_backends()
 HALF_DTYPES = (torch.float16, torch.bfloat16)

@@ -10,7 +10,7 @@ import torch
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
 from mmoverlock.ops import contmix_torch
-from mmoverlock.ops.contmix_baselines import unfold_contmix, unfused_contmix
+from mmoverlock.testing.contmix_baselines import unfold_contmix, unfused_contmix
 
 HAS_EXT = 'cpu' in available_backends()
 HAS_CUDA = torch.cuda.is_available() and 'cuda' in available_backends()

@@ -10,7 +10,8 @@ All compute the op with ``rpb`` and ``softmax=True``, the numbers of ``contmix_a
   Their code pads before unfolding; to give exactly our shifted-window numbers this unfolds the valid windows and
   replicate-pads the window grid, which has the same cost.
 
-Imports only torch, like the rest of :mod:`mmoverlock.ops`.
+Test and benchmark code, not model code (hence :mod:`mmoverlock.testing`); imports only torch, like
+:mod:`mmoverlock.ops`.
 """
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contmix import available_backends, contmix_aggregate, unfused_weights
+from ..ops.contmix import available_backends, contmix_aggregate, unfused_weights
 
 __all__ = [
     'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost',
