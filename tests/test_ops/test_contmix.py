@@ -7,6 +7,7 @@ CUDA variants run only where a GPU and a CUDA build of ``mmoverlock._ext`` are p
 import pytest
 import torch
 
+from _helpers.contmix_reference import reference
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
 from mmoverlock.ops import contmix_torch
@@ -40,24 +41,6 @@ SHAPES = [
     (1, 2, 13, 17, 7, 13, False),  # K = 13 = H
     (1, 1, 16, 15, 12, 13, True),  # K = 13 < H, W; C = 12 (not a multiple of 8)
 ]
-
-
-def reference(weights, value, K, rpb=None, softmax=False):
-    """ContMix by its definition, in float64: gather every pixel's clamped K×K window and weight it."""
-    B, G, H, W, C = value.shape
-    dev = value.device
-    rows = (torch.arange(H, device=dev) - K // 2).clamp(0, H - K)[:, None] + torch.arange(K, device=dev)  # [H, K]
-    cols = (torch.arange(W, device=dev) - K // 2).clamp(0, W - K)[:, None] + torch.arange(K, device=dev)  # [W, K]
-    logits = weights.double()
-    if rpb is not None:
-        rel_r = rows - torch.arange(H, device=dev)[:, None] + K - 1
-        rel_c = cols - torch.arange(W, device=dev)[:, None] + K - 1
-        bias = rpb.double()[:, rel_r[:, None, :, None], rel_c[None, :, None, :]]  # [G, H, W, K, K]
-        logits = logits + bias.reshape(G, H, W, K * K)
-    if softmax:
-        logits = logits.softmax(-1)
-    window = value.double()[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [B, G, H, W, K, K, C]
-    return (logits.unsqueeze(-1) * window.reshape(B, G, H, W, K * K, C)).sum(-2)
 
 
 def make_inputs(B, G, H, W, C, K, *, rpb=True, noncontiguous=False, dtype=torch.float64, device='cpu', seed=0):
