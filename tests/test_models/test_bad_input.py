@@ -333,7 +333,14 @@ def subjects(tmp_path_factory):
                                  nchw_model=nchw_model, files=files, empty_dir=empty_dir)
 
 
-@pytest.mark.parametrize('case', list(CASES.values()), ids=list(CASES))
+#: Rows that run tools/train.py in a subprocess (about 12-14 s each on 2 loaded cores): left out of `make test-fast`.
+SUBPROCESS_CASES = ('train_segmentor_missing_data_root', 'train_detector_missing_data_root')
+
+
+@pytest.mark.parametrize('case', [
+    pytest.param(case, id=name, marks=pytest.mark.slow if name in SUBPROCESS_CASES else ())
+    for name, case in CASES.items()
+])
 def test_bad_input(case, subjects):
     if case.raises is not None:
         with pytest.raises(case.raises, match=case.match):

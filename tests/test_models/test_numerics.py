@@ -223,6 +223,7 @@ def train_smoke_segmentor(steps=3, seed=0):
     return model.state_dict()
 
 
+@pytest.mark.slow  # trains a whole config's segmentor twice (33 s on 2 loaded cores)
 def test_same_seed_training_is_bit_identical():
     first, second = train_smoke_segmentor(), train_smoke_segmentor()
     assert first.keys() == second.keys()
