@@ -22,7 +22,7 @@ test: setup
 
 # The development loop: the suite without the tests marked slow (tools run in subprocesses, whole configs, timm's suite).
 test-fast: setup
-	$(PY) -m pytest tests -q -ra -m "not slow and not network" --durations=10
+	$(PY) -m pytest tests -q -ra -m "not slow and not network" --durations=30
 
 clean:
 	rm -rf build *.egg-info mmoverlock/_ext*.so work_dirs outputs

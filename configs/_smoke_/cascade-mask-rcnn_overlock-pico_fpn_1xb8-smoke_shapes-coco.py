@@ -16,13 +16,7 @@ custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 num_classes = 4
 width = 64
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='OverLoCK',
-        arch={{_base_.overlock_pico_arch}},
-        out_indices=(0, 1, 2, 3),
-        overview_fusion=True,
-        drop_path_rate=0.0),
+    backbone=dict(_base_.overlock_pico_backbone, overview_fusion=True),
     neck=dict(in_channels={{_base_.overlock_pico_channels}}, out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(

@@ -16,13 +16,7 @@ num_classes = 5
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='OverLoCK',
-        arch={{_base_.overlock_pico_arch}},
-        out_indices=(0, 1, 2, 3),
-        overview_fusion=False,
-        drop_path_rate=0.0),
+    backbone=_base_.overlock_pico_backbone,
     decode_head=dict(in_channels={{_base_.overlock_pico_channels}}, channels=64, num_classes=num_classes),
     auxiliary_head=dict(in_channels=88, in_index=2, channels=32, num_classes=num_classes))
 

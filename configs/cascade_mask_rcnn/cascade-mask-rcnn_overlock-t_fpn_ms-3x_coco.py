@@ -14,5 +14,5 @@ _base_ = [
 
 train_pipeline = _base_.ms_crop_train_pipeline
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-model = dict(backbone=_base_.overlock_backbone, neck=dict(in_channels=_base_.overlock_fpn_in_channels))
+model = dict(backbone=_base_.overlock_backbone, neck=dict(in_channels=_base_.overlock_channels))
 default_hooks = dict(checkpoint=_base_.overlock_checkpoint_hook)

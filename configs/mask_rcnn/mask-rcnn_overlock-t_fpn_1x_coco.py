@@ -11,5 +11,5 @@ _base_ = [
     '../_base_/models/overlock-t_fpn.py',
 ]
 
-model = dict(backbone=_base_.overlock_backbone, neck=dict(in_channels=_base_.overlock_fpn_in_channels))
+model = dict(backbone=_base_.overlock_backbone, neck=dict(in_channels=_base_.overlock_channels))
 default_hooks = dict(checkpoint=_base_.overlock_checkpoint_hook)

@@ -10,24 +10,16 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     '../_base_/schedules/overlock_adamw_160k.py',
+    '../_base_/models/overlock-t.py',
 ]
-custom_imports = dict(imports=['mmoverlock'], allow_failed_imports=False)
 
 crop_size = (512, 512)
-checkpoint = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_t_in1k_224.pth'  # noqa: E501
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='OverLoCK',
-        arch='t',
-        out_indices=(0, 1, 2, 3),
-        overview_fusion=False,
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
-    decode_head=dict(in_channels=[64, 128, 384, 640], num_classes=150),
-    auxiliary_head=dict(in_channels=384, in_index=2, num_classes=150))
+    backbone=_base_.overlock_backbone,
+    decode_head=dict(in_channels=_base_.overlock_channels, num_classes=150),
+    auxiliary_head=dict(in_channels=_base_.overlock_channels[2], in_index=2, num_classes=150))
 
 # The authors' test pipeline: the (2048, 512) keep-ratio resize, then each side up to the next multiple of 32 with
 # bicubic interpolation (mmseg's ResizeToMultiple, as in their mmseg 0.x config); the label map stays at full size.
@@ -42,8 +34,6 @@ train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# BatchNorms of the backbone become SyncBatchNorm in distributed runs (the heads already use SyncBN).
-sync_bn = 'torch'
 # Evaluate and save every 8000 iterations; keep the latest checkpoint and the best mIoU.
 train_cfg = dict(val_interval=8000)
 default_hooks = dict(

@@ -26,6 +26,8 @@ class RepConvBlock(nn.Module):
     ``x = dwconv(x); x = ls(x) + proj(x)`` (``res_scale``) or ``x + drop_path(ls(proj(x)))`` otherwise, with
     ``proj = [LN, DilatedReparamBlock(K), BN, SE, pw d->m, GELU, ResDWConv(m), GRN(m), pw m->d, DropPath]``.
 
+    Every argument but ``dim`` is keyword-only, so that a preset's numbers cannot land in the wrong place.
+
     Args:
         dim (int): Channels d.
         kernel_size (int): Large kernel K of the DilatedReparamBlock.
@@ -36,7 +38,7 @@ class RepConvBlock(nn.Module):
         deploy (bool): Build the DilatedReparamBlock in its folded form.
     """
 
-    def __init__(self, dim: int, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
+    def __init__(self, dim: int, *, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
                  res_scale: bool = True, drop_path: float = 0., deploy: bool = False):
         super().__init__()
         self.res_scale = res_scale
@@ -70,6 +72,8 @@ class ContMixBlock(nn.Module):
     neighbourhood with two per-pixel dynamic kernels (S x S and K x K) whose logits are the affinities between the
     pixel's query and 7 x 7 pooled keys of the context, mixed by ``weight_proj``. See ``spec/overlock.md``.
 
+    Every argument but ``dim`` and ``ctx_dim`` is keyword-only, as in ``RepConvBlock``.
+
     Args:
         dim (int): Channels d of ``x``.
         ctx_dim (int): Channels c of the context ``h``.
@@ -83,11 +87,14 @@ class ContMixBlock(nn.Module):
         is_first (bool): First block of a stage: ``h`` is used as is (no ``x_scale``/``h_scale``).
         is_last (bool): Return the unsplit ``d + c`` map and ``None``.
         deploy (bool): Build the DilatedReparamBlock in its folded form.
+        contmix_backend (str, optional): The ``backend`` of :func:`~mmoverlock.ops.contmix_aggregate`: ``None``
+            (automatic), ``'cpu'``, ``'cuda'``, ``'torch'``, or ``'unfused'`` (the authors' formulation).
     """
 
-    def __init__(self, dim: int, ctx_dim: int, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
+    def __init__(self, dim: int, ctx_dim: int, *, kernel_size: int, smk_size: int = 5, num_heads: int = 2,
                  mlp_ratio: float = 4., ls_init_value: Optional[float] = None, res_scale: bool = True,
-                 drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False):
+                 drop_path: float = 0., is_first: bool = False, is_last: bool = False, deploy: bool = False,
+                 contmix_backend: Optional[str] = None):
         super().__init__()
         out_dim = dim + ctx_dim
         mlp_dim = int(dim * mlp_ratio)
@@ -99,6 +106,7 @@ class ContMixBlock(nn.Module):
         self.res_scale = res_scale
         self.is_first = is_first
         self.is_last = is_last
+        self.contmix_backend = contmix_backend
 
         if not is_first:
             self.x_scale = LayerScale(ctx_dim, init_value=1)
@@ -178,10 +186,10 @@ class ContMixBlock(nn.Module):
         out = torch.cat([out1.permute(0, 1, 4, 2, 3), out2.permute(0, 1, 4, 2, 3)], dim=1)  # [B, 2G, c, H, W]
         return out.reshape(b, self.dim, height, width)
 
-    @staticmethod
-    def _aggregate(logits: torch.Tensor, value: torch.Tensor, kernel_size: int, rpb: torch.Tensor) -> torch.Tensor:
-        """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value`` (fused)."""
-        return contmix_aggregate(logits, value, kernel_size, rpb=rpb, softmax=True)
+    def _aggregate(self, logits: torch.Tensor, value: torch.Tensor, kernel_size: int,
+                   rpb: torch.Tensor) -> torch.Tensor:
+        """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value``."""
+        return contmix_aggregate(logits, value, kernel_size, rpb=rpb, softmax=True, backend=self.contmix_backend)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor,
                 ctx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -228,7 +236,7 @@ class ContMixBlock(nn.Module):
 class ContextDownsample(nn.Module):
     """Stride-2 downsampling of the feature map (d -> D3) and of the context (c -> c) between sub-stages 3 and 4."""
 
-    def __init__(self, in_dim: int, out_dim: int, ctx_dim: int):
+    def __init__(self, *, in_dim: int, out_dim: int, ctx_dim: int):
         super().__init__()
         self.x_proj = conv_bn(in_dim, out_dim, stride=2)
         self.h_proj = conv_bn(ctx_dim, ctx_dim, stride=2)

@@ -39,8 +39,9 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from . import tracing  # noqa: F401  (registers the layers that FX keeps as leaves)
+from .arch import ARCH_KEYS, ARCH_SETTINGS, POOL_TYPES, RELEASE_URL, check_head_arguments, parse_arch
 from .checkpoint import check_compatible, extract_state_dict, is_deploy_form
-from .trunk import ARCH_KEYS, RELEASE_URL, OverLoCKTrunk, trunc_normal_init_
+from .trunk import OverLoCKTrunk, trunc_normal_init_
 
 #: The final 1x1 conv of the main head (timm drops it from a checkpoint whose class count differs).
 CLASSIFIER = 'head.4'
@@ -50,8 +51,6 @@ AUX_HEAD_PREFIX = 'aux_head.'
 CROP_PCT = dict(xt=0.925, t=0.95, s=0.95, b=0.975)
 #: The names registered in timm.
 MODEL_NAMES = tuple(f'overlock_{variant}' for variant in CROP_PCT)
-#: ``global_pool`` choices: timm's pooling types whose output width is the input's, or ``''`` for none.
-POOL_TYPES = ('avg', 'max', 'avgmax', '')
 #: Why ``torch.jit.script`` is refused, and what works instead.
 SCRIPTING_UNSUPPORTED = (
     'OverLoCKClassifier: torch.jit.script cannot compile OverLoCK: its re-parameterisable blocks reach their dilated '
@@ -96,6 +95,8 @@ class OverLoCKClassifier(OverLoCKTrunk):
         in_chans (int): Input channels. Defaults to 3.
         with_cp (bool): Activation checkpointing per block (see ``set_grad_checkpointing``). Defaults to ``False``.
         memory_format (str): As in the backbone. Defaults to ``'auto'``.
+        contmix_backend (str, optional): As in the backbone (``'unfused'``: the authors' ContMix formulation).
+            Defaults to ``None``.
         device (torch.device | str, optional): Where to create the parameters (timm's factory argument).
         dtype (torch.dtype, optional): Their floating-point dtype (timm's factory argument).
 
@@ -121,12 +122,13 @@ class OverLoCKClassifier(OverLoCKTrunk):
                  in_chans: int = 3,
                  with_cp: bool = False,
                  memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None,
                  device: Optional[Union[torch.device, str]] = None,
                  dtype: Optional[torch.dtype] = None):
-        self._check_head_arguments(num_classes, projection, global_pool, drop_rate)
+        check_head_arguments(num_classes, projection, global_pool, drop_rate)
         with torch.device(device) if device is not None else nullcontext():
             super().__init__(arch=arch, in_channels=in_chans, drop_path_rate=drop_path_rate, deploy=deploy,
-                             with_cp=with_cp, memory_format=memory_format)
+                             with_cp=with_cp, memory_format=memory_format, contmix_backend=contmix_backend)
             self.in_chans = in_chans
             self.num_classes = num_classes
             self.drop_rate = drop_rate
@@ -157,17 +159,6 @@ class OverLoCKClassifier(OverLoCKTrunk):
             self.init_weights()
         if dtype is not None:
             self.to(dtype=dtype)
-
-    @staticmethod
-    def _check_head_arguments(num_classes: int, projection: int, global_pool: str, drop_rate: float) -> None:
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f'OverLoCKClassifier: num_classes must be an int >= 0, got {num_classes!r}')
-        if not isinstance(projection, int) or projection <= 0:
-            raise ValueError(f'OverLoCKClassifier: projection must be a positive int, got {projection!r}')
-        if global_pool not in POOL_TYPES:
-            raise ValueError(f'OverLoCKClassifier: global_pool must be one of {list(POOL_TYPES)}, got {global_pool!r}')
-        if not 0 <= drop_rate < 1:
-            raise ValueError(f'OverLoCKClassifier: drop_rate must be in [0, 1), got {drop_rate!r}')
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,8 +239,8 @@ class OverLoCKClassifier(OverLoCKTrunk):
             reset_other (bool): Also drop the main head's projection (``head_hidden_size`` becomes
                 ``num_features``), as timm does when pruning.
         """
-        self._check_head_arguments(num_classes, self.head_hidden_size, self.global_pool if global_pool is None
-                                   else global_pool, self.drop_rate)
+        check_head_arguments(num_classes, self.head_hidden_size, self.global_pool if global_pool is None
+                             else global_pool, self.drop_rate)
         like = self.patch_embed1[0].weight
         heads = [(self.head, 3, 4, self.head_hidden_size)]
         if reset_other:
@@ -357,7 +348,7 @@ def _cfg(variant: str, form: str = '') -> dict:
 #: ``overlock_<v>.in1k`` (the default) and ``overlock_<v>.in1k_reparam`` (the deploy-form file of the same weights).
 default_cfgs = generate_default_cfgs({
     f'overlock_{v}.{tag}': _cfg(v, form)
-    for v in OverLoCKTrunk.arch_settings for tag, form in (('in1k', ''), ('in1k_reparam', '_reparam'))
+    for v in ARCH_SETTINGS for tag, form in (('in1k', ''), ('in1k_reparam', '_reparam'))
 })
 
 
@@ -376,7 +367,7 @@ def _create_overlock(variant: str, pretrained: bool = False, **kwargs) -> OverLo
         kwargs['pretrained_cfg'] = 'in1k_reparam'
     elif tag == 'in1k_reparam':
         kwargs.setdefault('deploy', True)
-    args = dict(OverLoCKTrunk.parse_arch(variant), **kwargs)  # timm's dict(model_args, **kwargs)
+    args = dict(parse_arch(variant), **kwargs)  # timm's dict(model_args, **kwargs)
     arch = {key: args.pop(key) for key in ARCH_KEYS}
     return build_model_with_cfg(OverLoCKClassifier, f'overlock_{variant}', pretrained, arch=arch,
                                 pretrained_filter_fn=checkpoint_filter_fn,

@@ -14,12 +14,13 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .arch import check_levels, release_checkpoint
 from .checkpoint import load_overlock_checkpoint
 from .layers import LayerNorm2d, LayerScale
 from .registry import register_model
-from .trunk import ARCH_KEYS, MEMORY_FORMATS, RELEASE_URL, OverLoCKTrunk, is_int
+from .trunk import OverLoCKTrunk
 
-__all__ = ['OverLoCK', 'ARCH_KEYS', 'MEMORY_FORMATS', 'RELEASE_URL']
+__all__ = ['OverLoCK']
 
 
 @register_model
@@ -60,9 +61,10 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
         norm_eval (bool): Keep BatchNorm layers in eval mode while training. Defaults to ``False``.
         with_cp (bool): Activation checkpointing per block (less memory, slower). Defaults to ``False``.
         pretrained (bool | str, optional): ``True`` loads the authors' ImageNet-1K checkpoint of the preset ``arch``
-            (``RELEASE_URL``; the re-parameterised file when ``deploy=True``), as their ``overlock_t(pretrained=True)``
-            does. A string is a deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set by
-            mmseg's ``EncoderDecoder(pretrained=...)``. ``False`` or ``None``: no checkpoint. Defaults to ``None``.
+            (``RELEASE_URL`` of :mod:`~mmoverlock.models.arch`; the re-parameterised file when ``deploy=True``), as
+            their ``overlock_t(pretrained=True)`` does. A string is a deprecated alias of
+            ``init_cfg=dict(type='Pretrained', checkpoint=...)``, set by mmseg's ``EncoderDecoder(pretrained=...)``.
+            ``False`` or ``None``: no checkpoint. Defaults to ``None``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the authors'
             ImageNet, deploy-form, or full mmdet/mmseg checkpoints. Defaults to ``None`` (the authors' init).
         memory_format (str): Layout the network runs in: ``'channels_last'``, ``'contiguous'`` (NCHW), or
@@ -70,6 +72,10 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
             slow path in NCHW, about 20 times slower at 17 x 17; cuDNN prefers channels-last too) and NCHW on other
             devices. The input is converted once; the outputs are in that layout (same shapes and values, only the
             strides differ; call ``.contiguous()`` on them where NCHW strides are needed). Defaults to ``'auto'``.
+        contmix_backend (str, optional): Where the ContMix blocks aggregate (the ``backend`` of
+            :func:`~mmoverlock.ops.contmix_aggregate`): ``None`` picks the fused op's compiled kernels where built,
+            else its torch fallback; ``'unfused'`` runs the authors' formulation (bias and softmax in torch, then the
+            aggregation alone): same numbers, more memory and time, a baseline to compare with. Defaults to ``None``.
 
     Example:
         >>> import torch
@@ -95,14 +101,20 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
                  with_cp: bool = False,
                  pretrained: Union[bool, str, None] = None,
                  init_cfg: Optional[dict] = None,
-                 memory_format: str = 'auto'):
+                 memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None):
         if pretrained is not None and pretrained is not False:
             if init_cfg is not None:
                 raise ValueError('OverLoCK: give either pretrained or init_cfg, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=self.pretrained_checkpoint(pretrained, arch, deploy))
-        out_indices = self._check_levels(out_indices, frozen_stages)
+            if isinstance(pretrained, str):
+                # mmseg's EncoderDecoder forwards its model-level ``pretrained`` here, as mmseg's own backbones accept.
+                warnings.warn('OverLoCK: pretrained=<path> is deprecated, use init_cfg=dict(type="Pretrained", '
+                              'checkpoint=...)')
+            init_cfg = dict(type='Pretrained', checkpoint=release_checkpoint(pretrained, arch, deploy))
+        out_indices = check_levels(out_indices, frozen_stages)
         super().__init__(arch=arch, in_channels=in_channels, drop_path_rate=drop_path_rate, deploy=deploy,
-                         with_cp=with_cp, memory_format=memory_format, init_cfg=init_cfg)
+                         with_cp=with_cp, memory_format=memory_format, contmix_backend=contmix_backend,
+                         init_cfg=init_cfg)
         self.out_indices = out_indices
         self.overview_fusion = overview_fusion
         self.frozen_stages = frozen_stages
@@ -117,38 +129,6 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
                                         LayerScale(self.level_channels[3], init_value=1e-5))
         self.extra_norm = nn.ModuleList(norms)
         self._freeze_stages()
-
-    @classmethod
-    def pretrained_checkpoint(cls, pretrained: Union[bool, str], arch: Union[str, dict], deploy: bool) -> str:
-        """The checkpoint path or URL that the ``pretrained`` argument names (see the class docstring)."""
-        if pretrained is True:
-            if not isinstance(arch, str) or arch not in cls.arch_settings:
-                raise ValueError(f'OverLoCK: pretrained=True loads the release of a preset arch, one of '
-                                 f'{sorted(cls.arch_settings)}; got arch={arch!r}. Give a checkpoint path or URL '
-                                 f'(init_cfg=dict(type="Pretrained", checkpoint=...)) for another architecture')
-            return RELEASE_URL.format(arch=arch, form='_reparam' if deploy else '')
-        if isinstance(pretrained, str):
-            # mmseg's EncoderDecoder forwards its model-level ``pretrained`` here, as mmseg's own backbones accept.
-            warnings.warn('OverLoCK: pretrained=<path> is deprecated, use init_cfg=dict(type="Pretrained", '
-                          'checkpoint=...)')
-            return pretrained
-        raise TypeError(f'OverLoCK: pretrained must be True, False, None or a checkpoint path/URL string, '
-                        f'got {pretrained!r}')
-
-    @staticmethod
-    def _check_levels(out_indices: Union[int, Sequence[int]], frozen_stages: int) -> Tuple[int, ...]:
-        """Refuse malformed level arguments (naming the argument and its expected form); return the ``out_indices``
-        as a tuple (a single int is one level, as in mmpretrain's backbones)."""
-        if is_int(out_indices):
-            levels = (out_indices, )
-        else:
-            levels = tuple(out_indices) if isinstance(out_indices, (list, tuple, range)) else ()
-        if not levels or len(set(levels)) != len(levels) or any(not is_int(i) or not 0 <= i <= 3 for i in levels):
-            raise ValueError(f'OverLoCK: out_indices must be a non-empty sequence of distinct levels in 0..3, '
-                             f'got {out_indices!r}')
-        if not is_int(frozen_stages) or not -1 <= frozen_stages <= 4:
-            raise ValueError(f'OverLoCK: frozen_stages must be an int in -1..4, got {frozen_stages!r}')
-        return levels
 
     # ------------------------------------------------------------------ forward
     def _stage3_input(self, x: torch.Tensor) -> torch.Tensor:

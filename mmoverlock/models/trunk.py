@@ -6,7 +6,6 @@ Module names and state-dict keys are the authors' (``../shared/spec/overlock.md`
 only, so ``timm.create_model('overlock_t')`` works where OpenMMLab is not installed; the mmengine backbone
 (:class:`~mmoverlock.models.OverLoCK`) adds its levels' norms, freezing and checkpoint loading on top.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,22 +16,9 @@ from timm.layers import register_notrace_function
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .arch import ARCH_SETTINGS, MEMORY_FORMATS, check_trunk_arguments, parse_arch
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
-from .layers import DILATED_BRANCHES, GRN, DilatedReparamBlock, LayerNorm2d, LayerScale, conv_bn, stem
-
-# The authors' ImageNet-1K release of each preset; the deploy form has its own file.
-RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_{arch}_in1k_224{form}.pth'
-
-#: ``memory_format`` choices: what ``'auto'`` picks per device type, or a fixed layout.
-MEMORY_FORMATS = dict(auto=None, channels_last=torch.channels_last, contiguous=torch.contiguous_format)
-ARCH_KEYS = ('depth', 'sub_depth', 'embed_dim', 'kernel_size', 'mlp_ratio', 'sub_mlp_ratio', 'sub_num_heads',
-             'smk_size', 'ls_init_value', 'res_scale')
-
-
-def _preset(depth, sub_depth, embed_dim, sub_num_heads) -> dict:
-    return dict(depth=depth, sub_depth=sub_depth, embed_dim=embed_dim, kernel_size=[17, 15, 13, 7],
-                mlp_ratio=[4, 4, 4, 4], sub_mlp_ratio=[3, 3], sub_num_heads=sub_num_heads, smk_size=5,
-                ls_init_value=[None, None, 1, 1], res_scale=True)
+from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem
 
 
 def trunc_normal_init_(module: nn.Module, std: float = .02) -> None:
@@ -97,8 +83,8 @@ class OverLoCKTrunk(nn.Module):
     needs ``batch * ceil(H / 32) * ceil(W / 32) >= 2``, which the input check enforces.
 
     Args:
-        arch (str | dict): ``'xt'``, ``'t'``, ``'s'``, ``'b'``, or a dict with exactly the keys ``ARCH_KEYS``.
-            Defaults to ``'t'``.
+        arch (str | dict): ``'xt'``, ``'t'``, ``'s'``, ``'b'``, or a dict with exactly the keys ``ARCH_KEYS``
+            (:mod:`mmoverlock.models.arch`). Defaults to ``'t'``.
         in_channels (int): Input channels. Defaults to 3.
         drop_path_rate (float): Stochastic depth rate, linear over blocks1-4, sub_blocks3, sub_blocks4.
             Defaults to 0.
@@ -109,16 +95,16 @@ class OverLoCKTrunk(nn.Module):
             slow path in NCHW, about 20 times slower at 17 x 17; cuDNN prefers channels-last too) and NCHW on other
             devices. The input is converted once; the outputs are in that layout (same shapes and values, only the
             strides differ). Defaults to ``'auto'``.
+        contmix_backend (str, optional): Where the ContMix blocks aggregate (the ``backend`` of
+            :func:`~mmoverlock.ops.contmix_aggregate`): ``None`` picks the fused op's compiled kernels where built,
+            else its torch fallback; ``'unfused'`` runs the authors' formulation (bias and softmax in torch, then the
+            aggregation alone): same numbers, more memory and time, a baseline to compare with. Defaults to ``None``.
         **kwargs: Passed on to the next class in the method resolution order (the backbone's ``BaseModule`` takes
             ``init_cfg``); none for a plain trunk.
     """
 
-    arch_settings: Dict[str, dict] = {
-        'xt': _preset([2, 2, 3, 2], [6, 2], [56, 112, 256, 336], [4, 6]),
-        't': _preset([4, 4, 6, 2], [12, 2], [64, 128, 256, 512], [4, 8]),
-        's': _preset([6, 6, 8, 3], [16, 3], [64, 128, 320, 512], [8, 16]),
-        'b': _preset([8, 8, 10, 4], [20, 4], [80, 160, 384, 576], [6, 9]),
-    }
+    #: The presets (``mmoverlock.models.arch.ARCH_SETTINGS``), by name.
+    arch_settings: Dict[str, dict] = ARCH_SETTINGS
     #: Smallest input height and width (see the class docstring).
     min_input_size = 1
 
@@ -129,105 +115,48 @@ class OverLoCKTrunk(nn.Module):
                  deploy: bool = False,
                  with_cp: bool = False,
                  memory_format: str = 'auto',
+                 contmix_backend: Optional[str] = None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.arch = self.parse_arch(arch)
-        self._check_arguments(in_channels, drop_path_rate, memory_format)
+        self.arch = parse_arch(arch)
+        check_trunk_arguments(in_channels, drop_path_rate, memory_format, contmix_backend)
         self.in_channels = in_channels
         self.deploy = deploy
         self.with_cp = with_cp
         self.memory_format = memory_format
 
         a = self.arch
-        depth, sub_depth, dims, ks = a['depth'], a['sub_depth'], a['embed_dim'], a['kernel_size']
+        dims = a['embed_dim']
         ctx_dim = dims[3] // 4
         #: Channels of the four maps of ``forward_maps``.
         self.level_channels = [dims[0], dims[1], dims[2] + ctx_dim, dims[3] + ctx_dim]
+        # Stochastic depth grows linearly over the blocks in the order they run.
+        num_blocks = sum(a['depth']) + sum(a['sub_depth'])
+        drop_path = iter(torch.linspace(0, drop_path_rate, num_blocks, device='cpu').tolist())
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depth) + sum(sub_depth), device='cpu').tolist()
         self.patch_embed1 = stem(in_channels, dims[0])
         self.patch_embed2 = conv_bn(dims[0], dims[1], stride=2)
         self.patch_embed3 = conv_bn(dims[1], dims[2], stride=2)
         self.patch_embed4 = conv_bn(dims[2], dims[3], stride=2)
         self.high_level_proj = nn.Conv2d(dims[3], ctx_dim, 1)
-        self.patch_embedx = ContextDownsample(dims[2], dims[3], ctx_dim)
-
-        start = 0
+        self.patch_embedx = ContextDownsample(in_dim=dims[2], out_dim=dims[3], ctx_dim=ctx_dim)
+        # Base-Net stages 1-3 and the Overview-Net (stage 4): large-kernel re-parameterisable conv blocks.
         for stage in range(4):
-            blocks = nn.ModuleList(
-                RepConvBlock(dims[stage], ks[stage], a['mlp_ratio'][stage], a['ls_init_value'][stage],
-                             a['res_scale'], dpr[start + i], deploy) for i in range(depth[stage]))
-            setattr(self, f'blocks{stage + 1}', blocks)
-            start += depth[stage]
+            self.add_module(f'blocks{stage + 1}', nn.ModuleList(
+                RepConvBlock(dims[stage], kernel_size=a['kernel_size'][stage], mlp_ratio=a['mlp_ratio'][stage],
+                             ls_init_value=a['ls_init_value'][stage], res_scale=a['res_scale'],
+                             drop_path=next(drop_path), deploy=deploy)
+                for _ in range(a['depth'][stage])))
+        # Focus-Net sub-stages 3 and 4: ContMix blocks at the resolution of stages 3 and 4, guided by the context.
         for sub, stage in enumerate((2, 3)):
-            n = sub_depth[sub]
-            blocks = nn.ModuleList(
-                ContMixBlock(dims[stage], ctx_dim, ks[stage], a['smk_size'], a['sub_num_heads'][sub],
-                             a['sub_mlp_ratio'][sub], a['ls_init_value'][stage], a['res_scale'], dpr[start + i],
-                             is_first=(stage == 2 and i == 0), is_last=(stage == 3 and i == n - 1), deploy=deploy)
-                for i in range(n))
-            setattr(self, f'sub_blocks{stage + 1}', blocks)
-            start += n
-
-    # ------------------------------------------------------------------ arguments
-    @classmethod
-    def parse_arch(cls, arch: Union[str, dict]) -> dict:
-        """Resolve a preset name or validate an arch dict (exactly ``ARCH_KEYS``)."""
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_settings:
-                raise KeyError(f'OverLoCK: arch must be one of {sorted(cls.arch_settings)} or a dict, got {arch!r}')
-            return copy.deepcopy(cls.arch_settings[key])
-        if not isinstance(arch, dict):
-            raise TypeError(f'OverLoCK: arch must be a str or a dict, got {type(arch).__name__}')
-        missing, extra = set(ARCH_KEYS) - set(arch), set(arch) - set(ARCH_KEYS)
-        if missing or extra:
-            raise KeyError(f'OverLoCK: an arch dict needs exactly the keys {list(ARCH_KEYS)}; '
-                           f'missing {sorted(missing)}, unexpected {sorted(extra)}')
-        lengths = dict(depth=4, sub_depth=2, embed_dim=4, kernel_size=4, mlp_ratio=4, sub_mlp_ratio=2,
-                       sub_num_heads=2, ls_init_value=4)
-        for key, n in lengths.items():
-            if len(arch[key]) != n:
-                raise ValueError(f'OverLoCK: arch[{key!r}] must have {n} entries, got {arch[key]}')
-        cls._check_arch_values(arch)
-        return copy.deepcopy(dict(arch))
-
-    @staticmethod
-    def _check_arch_values(arch: dict) -> None:
-        """Refuse arch entries that would only fail later, deep in a layer (``ValueError`` naming the entry)."""
-
-        def positive_ints(key: str) -> bool:
-            return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in arch[key])
-
-        for key in ('depth', 'sub_depth', 'embed_dim', 'sub_num_heads'):
-            if not positive_ints(key):
-                raise ValueError(f'OverLoCK: arch[{key!r}] must hold positive ints, got {arch[key]}')
-        for key in ('mlp_ratio', 'sub_mlp_ratio'):
-            if not all(isinstance(v, (int, float)) and v > 0 for v in arch[key]):
-                raise ValueError(f'OverLoCK: arch[{key!r}] must hold positive numbers, got {arch[key]}')
-        if any(k not in DILATED_BRANCHES for k in arch['kernel_size']):
-            raise ValueError(f"OverLoCK: arch['kernel_size'] entries must be among {sorted(DILATED_BRANCHES)} (the "
-                             f"sizes of the dilated re-parameterisable block), got {arch['kernel_size']}")
-        smk = arch['smk_size']
-        if isinstance(smk, bool) or not isinstance(smk, int) or smk < 1 or smk % 2 == 0:
-            raise ValueError(f"OverLoCK: arch['smk_size'] must be a positive odd int, got {smk!r}")
-        for sub, stage in enumerate((2, 3)):
-            # A ContMix block splits its channels into 2 kernels x 2*heads groups, and its queries into 2*heads.
-            dim, heads = arch['embed_dim'][stage], arch['sub_num_heads'][sub]
-            if dim % (4 * heads):
-                raise ValueError(f"OverLoCK: arch['embed_dim'][{stage}] = {dim} must be a multiple of "
-                                 f"4 * arch['sub_num_heads'][{sub}] = {4 * heads}")
-
-    @staticmethod
-    def _check_arguments(in_channels: int, drop_path_rate: float, memory_format: str) -> None:
-        """Refuse malformed constructor arguments, naming the argument and its expected form."""
-        if not is_int(in_channels) or in_channels < 1:
-            raise ValueError(f'OverLoCK: in_channels must be a positive int, got {in_channels!r}')
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) or \
-                not 0 <= drop_path_rate < 1:
-            raise ValueError(f'OverLoCK: drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f'OverLoCK: memory_format must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}')
+            n = a['sub_depth'][sub]
+            self.add_module(f'sub_blocks{stage + 1}', nn.ModuleList(
+                ContMixBlock(dims[stage], ctx_dim, kernel_size=a['kernel_size'][stage], smk_size=a['smk_size'],
+                             num_heads=a['sub_num_heads'][sub], mlp_ratio=a['sub_mlp_ratio'][sub],
+                             ls_init_value=a['ls_init_value'][stage], res_scale=a['res_scale'],
+                             drop_path=next(drop_path), is_first=(stage == 2 and i == 0),
+                             is_last=(stage == 3 and i == n - 1), deploy=deploy, contmix_backend=contmix_backend)
+                for i in range(n)))
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,7 +258,3 @@ class OverLoCKTrunk(nn.Module):
         self.deploy = True
         return self
 
-
-def is_int(value) -> bool:
-    """An int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -13,6 +13,10 @@ Backends:
   the inputs, so only the inputs are saved for it. Autograd and fake-tensor support are registered here with
   ``torch.library``, which makes the op work with ``torch.compile``. The CPU kernels are float32/float64; float16 and
   bfloat16 inputs are cast to float32 around them and the result cast back (the CUDA kernels take all four).
+* ``'unfused'``: the authors' formulation, as a baseline the model can run on (``contmix_backend='unfused'`` of the
+  backbone and the classifier): the gathered bias is added to the logits and the softmax taken in torch, each a
+  whole K*K-per-pixel tensor kept for autograd, then the aggregation alone (NATTEN's ``na2d_av``) runs on the
+  backend chosen automatically. Same numbers as the fused op, more memory and time.
 * ``'torch'``: a pure-torch fallback with the same semantics and gradients, built from whole-tensor slices and small
   matmuls (a few value-sized buffers of extra memory, never K*K*C values per pixel). Used automatically when the
   extension is not built. While ``torch.export`` (and so ``torch.onnx.export``) or ``torch.jit.trace`` record it,
@@ -31,14 +35,17 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .contmix_torch import ContMixTorch, accumulation_dtype, contmix_torch_traceable
+from .contmix_torch import ContMixTorch, Windows, accumulation_dtype, contmix_torch_traceable
 from .tracing import is_tracing
 
-__all__ = ['available_backends', 'contmix_aggregate', 'BACKEND_ENV']
+__all__ = ['available_backends', 'contmix_aggregate', 'unfused_weights', 'BACKEND_ENV', 'CONTMIX_BACKENDS']
 
-#: Environment variable that forces a backend (``cpu``, ``cuda`` or ``torch``) for every call without ``backend=``.
+#: Environment variable that forces a backend (``cpu``, ``cuda``, ``torch`` or ``unfused``) for every call without
+#: ``backend=``.
 BACKEND_ENV = 'MMOVERLOCK_CONTMIX_BACKEND'
 _BACKENDS = ('cpu', 'cuda', 'torch')
+#: Every name ``backend`` takes: the three implementations of the fused op, and the unfused formulation.
+CONTMIX_BACKENDS = _BACKENDS + ('unfused', )
 #: Dtypes that the 'cpu' backend runs in float32 (its kernels are float32/float64), returning the input dtype.
 _CPU_CAST_DTYPES = (torch.float16, torch.bfloat16)
 #: Largest ``kernel_size`` of the CUDA kernels (they keep a (2K-1)² bias table per block in shared memory).
@@ -176,24 +183,30 @@ def _check_cuda_kernel_size(kernel_size: Optional[int], source: str) -> None:
                          f"backend ({source}), got {kernel_size}; pass backend='torch' for larger windows")
 
 
+def _automatic_backend(value: Tensor, kernel_size: Optional[int] = None) -> str:
+    """The fused op's implementation for ``value``'s device: compiled where built, else the torch fallback."""
+    if value.device.type == 'cuda':
+        if 'cuda' not in _BUILT:
+            return 'torch'
+        _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
+        return 'cuda'
+    # 'meta' tensors (shapes only, as timm's model checks use them) meet the op's registered fake kernel.
+    if value.device.type in ('cpu', 'meta') and 'cpu' in _BUILT:
+        return 'cpu'
+    return 'torch'
+
+
 def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optional[int] = None) -> str:
     """Pick the backend: the argument, else the environment variable, else by device and dtype. Raise before any
     kernel runs when the chosen compiled backend cannot take the call (``kernel_size`` is checked when given)."""
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or None)
     if requested is None or requested == 'auto':
-        if value.device.type == 'cuda':
-            if 'cuda' not in _BUILT:
-                return 'torch'
-            _check_cuda_kernel_size(kernel_size, 'chosen for CUDA tensors')
-            return 'cuda'
-        # 'meta' tensors (shapes only, as timm's model checks use them) meet the op's registered fake kernel.
-        if value.device.type in ('cpu', 'meta') and 'cpu' in _BUILT:
-            return 'cpu'
-        return 'torch'
+        return _automatic_backend(value, kernel_size)
     source = 'backend' if backend is not None else f'environment variable {BACKEND_ENV}'
-    if requested not in _BACKENDS:
-        raise ValueError(f'contmix_aggregate: {source} must be one of {list(_BACKENDS)} or None, got {requested!r}')
-    if requested == 'torch':
+    if requested not in CONTMIX_BACKENDS:
+        raise ValueError(f'contmix_aggregate: {source} must be one of {list(CONTMIX_BACKENDS)} or None, '
+                         f'got {requested!r}')
+    if requested in ('torch', 'unfused'):
         return requested
     if _ext is None:
         raise RuntimeError(f'contmix_aggregate: {source} asks for {requested!r}, but mmoverlock._ext is not built '
@@ -207,6 +220,16 @@ def _resolve_backend(backend: Optional[str], value: Tensor, kernel_size: Optiona
         raise ValueError(f'contmix_aggregate: {source} {requested!r} needs {requested} tensors, got tensors on '
                          f'{value.device}')
     return requested
+
+
+def unfused_weights(weights: Tensor, rpb: Optional[Tensor], kernel_size: int, softmax: bool) -> Tensor:
+    """The aggregation weights [B, G, H, W, K*K] as the unfused formulation computes them: ``rpb`` gathered for
+    every tap and added to the logits, then the softmax over the taps, each step a whole tensor in torch (in the
+    promoted dtype of ``weights`` and ``rpb``)."""
+    if rpb is not None:
+        win = Windows(weights, kernel_size)  # only B, G, H, W of its argument are read
+        weights = weights + win.chunk_bias(win.bias_table(rpb, rpb.dtype), slice(None))
+    return weights.softmax(dim=-1) if softmax else weights
 
 
 def contmix_aggregate(weights: Tensor,
@@ -226,9 +249,10 @@ def contmix_aggregate(weights: Tensor,
             ``value`` or its accumulation dtype (float32 for float16/bfloat16; its gradient then comes back in
             float32 with no float16 rounding). Defaults to ``None``.
         softmax (bool): Softmax over the K*K taps before aggregating. Defaults to ``False``.
-        backend (str, optional): ``'cpu'``, ``'cuda'`` or ``'torch'`` to force one; ``None`` picks ``'cuda'`` for CUDA
-            tensors, else ``'cpu'`` when compiled, else ``'torch'``, unless the environment variable
-            ``MMOVERLOCK_CONTMIX_BACKEND`` names one. Defaults to ``None``.
+        backend (str, optional): ``'cpu'``, ``'cuda'`` or ``'torch'`` to force one, ``'unfused'`` for the authors'
+            formulation (see the module docstring); ``None`` picks ``'cuda'`` for CUDA tensors, else ``'cpu'`` when
+            compiled, else ``'torch'``, unless the environment variable ``MMOVERLOCK_CONTMIX_BACKEND`` names one.
+            Defaults to ``None``.
 
     Returns:
         Tensor: [B, G, H, W, C] (contiguous) in the inputs' dtype (under CPU autocast: float32), differentiable in
@@ -243,6 +267,9 @@ def contmix_aggregate(weights: Tensor,
     weights, value, rpb = _autocast(weights, value, rpb)
     _check_dtypes_devices(weights, value, rpb)
     name = _resolve_backend(backend, value, kernel_size)
+    if name == 'unfused':
+        probs = unfused_weights(weights, rpb, kernel_size, bool(softmax)).to(value.dtype)
+        return contmix_aggregate(probs, value, kernel_size, backend=_automatic_backend(value, kernel_size))
     if name == 'torch':
         if is_tracing(compiling=False):
             return contmix_torch_traceable(weights, value, rpb, kernel_size, bool(softmax))

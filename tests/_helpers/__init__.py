@@ -4,12 +4,11 @@
 The command-line tools are run as a user runs them, in a subprocess; what tests need from them in-process lives in
 the package (:mod:`mmoverlock.apis`, :mod:`mmoverlock.analysis`, :mod:`mmoverlock.engine`).
 """
+import functools
 import os
 import os.path as osp
 import subprocess
 import sys
-
-from mmengine.config import Config
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TESTS_DIR = osp.join(REPO_ROOT, 'tests')
@@ -17,11 +16,22 @@ CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 SMOKE_DET = osp.join(CONFIG_DIR, '_smoke_', 'cascade-mask-rcnn_overlock-pico_fpn_1xb8-smoke_shapes-coco.py')
 SMOKE_SEG = osp.join(CONFIG_DIR, '_smoke_', 'upernet_overlock-pico_1xb8-smoke_shapes-128x128.py')
 
-_PICO = Config.fromfile(osp.join(CONFIG_DIR, '_base_', 'models', 'overlock_pico.py'))
-#: The tiny architecture of the parity references and the smoke configs (one definition, in the config).
-TINY_ARCH = _PICO.overlock_pico_arch.to_dict()
-#: Its level channels (out_channels of all four levels, either form).
-TINY_CHANNELS = list(_PICO.overlock_pico_channels)
+
+@functools.lru_cache(maxsize=1)
+def _pico():
+    from mmengine.config import Config
+    return Config.fromfile(osp.join(CONFIG_DIR, '_base_', 'models', 'overlock_pico.py'))
+
+
+def __getattr__(name):
+    """``TINY_ARCH``: the tiny architecture of the parity references and the smoke configs (one definition, in the
+    config); ``TINY_CHANNELS``: its level channels (out_channels of all four levels, either form). Read from the
+    config on first use, so that the helpers of tests/test_ops import without mmengine."""
+    if name == 'TINY_ARCH':
+        return _pico().overlock_pico_arch.to_dict()
+    if name == 'TINY_CHANNELS':
+        return list(_pico().overlock_pico_channels)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def all_configs():

@@ -85,6 +85,7 @@ def test_peak_memory_of_a_200mb_tensor():
     assert peak_memory_mib(lambda: None)['peak_mib'] < 0.1 * MIB_200MB
 
 
+@pytest.mark.slow  # a fresh Python process per measurement (29 s on 2 loaded cores)
 def test_peak_memory_in_a_fresh_process(tmp_path):
     factory = tmp_path / 'factory.py'
     factory.write_text('import torch\n\ndef make(n):\n    return lambda: torch.ones(n)\n')

@@ -10,7 +10,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
+
+# Builds the whole extension in a subprocess (minutes on 2 cores): left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

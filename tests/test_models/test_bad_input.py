@@ -172,6 +172,13 @@ CASES = {
     'arch_width_not_split_by_heads': Case(lambda s: build(arch=arch_with(embed_dim=[16, 32, 64, 98])), ValueError,
                                           r"arch\['embed_dim'\]\[3\] = 98 must be a multiple of "
                                           r"4 \* arch\['sub_num_heads'\]\[1\] = 12"),
+    'arch_ls_init_value_str': Case(lambda s: build(arch=arch_with(ls_init_value=[None, None, '1', 1])), ValueError,
+                                   r"arch\['ls_init_value'\] must hold numbers or None \(no LayerScale\)"),
+    'arch_res_scale_not_bool': Case(lambda s: build(arch=arch_with(res_scale='yes')), ValueError,
+                                    r"arch\['res_scale'\] must be a bool, got 'yes'"),
+    'contmix_backend_unknown': Case(lambda s: build(contmix_backend='natten'), ValueError,
+                                    r"contmix_backend must be None \(automatic\) or one of \['cpu', 'cuda', 'torch', "
+                                    r"'unfused'\], got 'natten'"),
     'in_channels_zero': Case(lambda s: build(in_channels=0), ValueError, 'in_channels must be a positive int, got 0'),
     'out_indices_above_3': Case(lambda s: build(out_indices=(0, 4)), ValueError, OUT_INDICES_MSG + r'\(0, 4\)'),
     'out_indices_negative': Case(lambda s: build(out_indices=(-1, )), ValueError, OUT_INDICES_MSG + r'\(-1,\)'),
@@ -326,7 +333,14 @@ def subjects(tmp_path_factory):
                                  nchw_model=nchw_model, files=files, empty_dir=empty_dir)
 
 
-@pytest.mark.parametrize('case', list(CASES.values()), ids=list(CASES))
+#: Rows that run tools/train.py in a subprocess (about 12-14 s each on 2 loaded cores): left out of `make test-fast`.
+SUBPROCESS_CASES = ('train_segmentor_missing_data_root', 'train_detector_missing_data_root')
+
+
+@pytest.mark.parametrize('case', [
+    pytest.param(case, id=name, marks=pytest.mark.slow if name in SUBPROCESS_CASES else ())
+    for name, case in CASES.items()
+])
 def test_bad_input(case, subjects):
     if case.raises is not None:
         with pytest.raises(case.raises, match=case.match):

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from _helpers import TINY_ARCH, assert_matches_manifest, rel_err
 from _helpers.reference_data import load_reference
 from mmoverlock.models import AuxiliaryLoss, OverLoCK, OverLoCKClassifier, classifier_from_checkpoint
-from mmoverlock.models.overlock import ARCH_KEYS
+from mmoverlock.models.arch import ARCH_KEYS
 
 TOLERANCE = 1e-9
 VARIANTS = ('xt', 't', 's', 'b')

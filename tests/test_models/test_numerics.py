@@ -10,7 +10,7 @@ from _helpers import SMOKE_SEG, TINY_ARCH
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops.contmix import BACKEND_ENV
-from mmoverlock.ops.contmix_baselines import CPU_CAPABILITY_ENV
+from mmoverlock.testing.contmix_baselines import CPU_CAPABILITY_ENV
 
 HAS_EXT = 'cpu' in available_backends()
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -223,6 +223,7 @@ def train_smoke_segmentor(steps=3, seed=0):
     return model.state_dict()
 
 
+@pytest.mark.slow  # trains a whole config's segmentor twice (33 s on 2 loaded cores)
 def test_same_seed_training_is_bit_identical():
     first, second = train_smoke_segmentor(), train_smoke_segmentor()
     assert first.keys() == second.keys()

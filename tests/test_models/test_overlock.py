@@ -6,7 +6,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from _helpers import TINY_ARCH, assert_matches_manifest
-from mmoverlock.models import OverLoCK
+from mmoverlock.models import ContMixBlock, OverLoCK, OverLoCKClassifier
 from mmoverlock.models.checkpoint import LoadResult
 
 VARIANTS = ('xt', 't', 's', 'b')
@@ -179,6 +179,51 @@ def test_with_cp_gives_the_same_gradients():
         grads.append([xi.grad] + [p.grad for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+class _CallRecorder(torch.overrides.TorchFunctionMode):
+    """Records the names of the torch functions and tensor methods called under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, '__name__', str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('form', ['backbone', 'classifier'])
+def test_unfused_contmix_backend_gives_the_same_outputs_and_gradients(form):
+    """``contmix_backend='unfused'`` (the authors' formulation: bias and softmax in torch, then the aggregation alone)
+    computes the default backend's numbers in float64, outputs and every gradient, in both model classes."""
+    def build(**kwargs):
+        if form == 'backbone':
+            return OverLoCK(arch=TINY_ARCH, overview_fusion=True, **kwargs).double().eval()
+        return OverLoCKClassifier(arch=TINY_ARCH, num_classes=7, aux_head=True, **kwargs).double().train()
+
+    torch.manual_seed(0)
+    default = build()
+    default.init_weights()
+    for module in default.modules():  # non-trivial biases: the unfused path must gather them as the fused op does
+        if isinstance(module, ContMixBlock):
+            torch.nn.init.normal_(module.rpb1, std=0.5)
+            torch.nn.init.normal_(module.rpb2, std=0.5)
+    unfused = build(contmix_backend='unfused')
+    unfused.load_state_dict(default.state_dict())
+    assert {b.contmix_backend for b in unfused.modules() if isinstance(b, ContMixBlock)} == {'unfused'}
+    x = torch.randn(2, 3, 72, 56, dtype=torch.float64)
+    results = []
+    for model in (default, unfused):
+        xi = x.clone().requires_grad_(True)
+        with _CallRecorder() as calls:
+            outs = model(xi)
+        sum((o * o).sum() for o in outs).backward()
+        results.append(([o.detach() for o in outs] + [xi.grad] + [p.grad for p in model.parameters()], calls.names))
+    (expected, default_calls), (actual, unfused_calls) = results
+    assert 'softmax' in unfused_calls and 'softmax' not in default_calls  # the unfused formulation really ran
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_drop_path_rates_are_linear():

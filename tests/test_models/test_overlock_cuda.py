@@ -3,11 +3,10 @@ precision training steps of OverLoCK-T that must stay finite. Skipped with a rea
 ``mmoverlock._ext`` is present."""
 import pytest
 import torch
-from test_overlock_parity import TOLERANCE, build_reference_model, parity_errors
 
 from _helpers import TINY_ARCH
+from _helpers.parity import TOLERANCE, build_reference_model, parity_errors
 from _helpers.reference_data import load_reference
-
 from mmoverlock.models import OverLoCK
 from mmoverlock.ops import available_backends
 from mmoverlock.ops.contmix import BACKEND_ENV

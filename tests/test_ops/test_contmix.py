@@ -7,10 +7,11 @@ CUDA variants run only where a GPU and a CUDA build of ``mmoverlock._ext`` are p
 import pytest
 import torch
 
+from _helpers.contmix_reference import reference
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops import contmix as contmix_module
 from mmoverlock.ops import contmix_torch
-from mmoverlock.ops.contmix_baselines import unfold_contmix, unfused_contmix
+from mmoverlock.testing.contmix_baselines import unfold_contmix, unfused_contmix
 
 HAS_EXT = 'cpu' in available_backends()
 HAS_CUDA = torch.cuda.is_available() and 'cuda' in available_backends()
@@ -18,12 +19,16 @@ requires_ext = pytest.mark.skipif(not HAS_EXT, reason='mmoverlock._ext is not bu
 requires_cuda = pytest.mark.skipif(
     not HAS_CUDA, reason='needs a CUDA GPU and mmoverlock._ext built with CUDA (FORCE_CUDA=1)')
 
-# (device, backend) pairs: each compiled backend on its device, and the torch fallback on both devices.
+# (device, backend) pairs: each compiled backend on its device, the torch fallback and the unfused formulation on
+# both devices.
 DEVICE_BACKENDS = [
     pytest.param('cpu', 'cpu', marks=requires_ext, id='cpu-cpu'),
     pytest.param('cpu', 'torch', id='cpu-torch'),
     pytest.param('cuda', 'cuda', marks=requires_cuda, id='cuda-cuda'),
     pytest.param('cuda', 'torch', marks=requires_cuda, id='cuda-torch'),
+    # The authors' formulation (bias and softmax in torch, then the aggregation on the automatic backend).
+    pytest.param('cpu', 'unfused', id='cpu-unfused'),
+    pytest.param('cuda', 'unfused', marks=requires_cuda, id='cuda-unfused'),
 ]
 
 # (B, G, H, W, C, K, non-contiguous inputs)
@@ -36,24 +41,6 @@ SHAPES = [
     (1, 2, 13, 17, 7, 13, False),  # K = 13 = H
     (1, 1, 16, 15, 12, 13, True),  # K = 13 < H, W; C = 12 (not a multiple of 8)
 ]
-
-
-def reference(weights, value, K, rpb=None, softmax=False):
-    """ContMix by its definition, in float64: gather every pixel's clamped K×K window and weight it."""
-    B, G, H, W, C = value.shape
-    dev = value.device
-    rows = (torch.arange(H, device=dev) - K // 2).clamp(0, H - K)[:, None] + torch.arange(K, device=dev)  # [H, K]
-    cols = (torch.arange(W, device=dev) - K // 2).clamp(0, W - K)[:, None] + torch.arange(K, device=dev)  # [W, K]
-    logits = weights.double()
-    if rpb is not None:
-        rel_r = rows - torch.arange(H, device=dev)[:, None] + K - 1
-        rel_c = cols - torch.arange(W, device=dev)[:, None] + K - 1
-        bias = rpb.double()[:, rel_r[:, None, :, None], rel_c[None, :, None, :]]  # [G, H, W, K, K]
-        logits = logits + bias.reshape(G, H, W, K * K)
-    if softmax:
-        logits = logits.softmax(-1)
-    window = value.double()[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [B, G, H, W, K, K, C]
-    return (logits.unsqueeze(-1) * window.reshape(B, G, H, W, K * K, C)).sum(-2)
 
 
 def make_inputs(B, G, H, W, C, K, *, rpb=True, noncontiguous=False, dtype=torch.float64, device='cpu', seed=0):

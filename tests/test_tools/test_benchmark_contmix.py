@@ -6,7 +6,7 @@ import pytest
 from _helpers import run_tool
 from mmoverlock.analysis.measure import current_isa_setting
 from mmoverlock.ops import available_backends
-from mmoverlock.ops.contmix_baselines import contmix_cost
+from mmoverlock.testing.contmix_baselines import contmix_cost
 
 # Runs command-line tools, whole models or configs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_cuda_traffic_model_at_the_default_case(tmp_path):
     """The CUDA kernels' traffic model: the forward moves exactly the minimum; the present backward recomputes the
     forward's sums in its stats pass and re-reads the logits in each pass (about 2x its minimum); no pass of any
     case or dtype is modelled below the op's minimum. --traffic-only writes the table without timing."""
-    from mmoverlock.ops.contmix_baselines import contmix_cuda_traffic
+    from mmoverlock.testing.contmix_baselines import contmix_cuda_traffic
     case = (2, 8, 50, 84, 16, 13)
     P, T, C = 2 * 8 * 50 * 84, 169, 16
     model = contmix_cuda_traffic(case)

@@ -10,19 +10,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_compare_backbones_writes_ratios(tmp_path):
-    run_tool(['tools/analysis_tools/compare_backbones.py', '--sizes', '64', '--models', 'overlock', 'overlock-deploy',
+    run_tool(['tools/analysis_tools/compare_backbones.py', '--sizes', '64', '--models', 'overlock', 'overlock-deploy', 'overlock-authors',
               '--rounds', '1', '--threads', '1', '--no-flops', '--profile-sizes', '--out-dir', tmp_path / 'out'],
              cwd=tmp_path)
     payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
     summary = payload['summary']['64x64']
-    assert set(summary) == {'convnext', 'overlock', 'overlock-deploy'}
+    assert set(summary) == {'convnext', 'overlock', 'overlock-deploy', 'overlock-authors'}
     assert summary['convnext']['infer_s_ratio'] == 1.0 and summary['convnext']['train_s_ratio'] == 1.0
-    for name in ('overlock', 'overlock-deploy'):
+    for name in ('overlock', 'overlock-deploy', 'overlock-authors'):
         row = summary[name]
         assert row['infer_s'] > 0
         assert abs(row['infer_s_ratio'] - row['infer_s'] / summary['convnext']['infer_s']) < 1e-9
     assert summary['overlock']['train_s'] > 0 and summary['overlock-deploy']['train_s'] is None  # inference only
-    for name in ('convnext', 'overlock'):  # measured in fresh processes
+    for name in ('convnext', 'overlock', 'overlock-authors'):  # measured in fresh processes
         assert summary[name]['train_mem_mib'] > 0
     assert payload['machine']['cpu'] and payload['machine']['torch_threads'] == 1
     markdown = (tmp_path / 'out' / 'results.md').read_text()

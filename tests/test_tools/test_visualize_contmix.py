@@ -138,9 +138,9 @@ def test_recording_leaves_the_model_as_it_was_and_refuses_other_models():
     block = model.sub_blocks3[0]
 
     def marker(logits, value, kernel_size, rpb):
-        return ContMixBlock._aggregate(logits, value, kernel_size, rpb)
+        return ContMixBlock._aggregate(block, logits, value, kernel_size, rpb)
 
-    block._aggregate = marker  # an override already in place (as compare_backbones sets one) is kept
+    block._aggregate = marker  # an override already in place (a user's instrumentation) is kept
     with record_contmix_calls(model) as calls, torch.no_grad():
         model(torch.randn(1, 3, 64, 64, dtype=torch.float64))
     assert len(calls) == 8

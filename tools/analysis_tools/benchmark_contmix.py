@@ -1,6 +1,6 @@
 """Benchmark the ContMix core: time, roofline figures and peak memory of every backend and of two baselines.
 
-Methods (``mmoverlock.ops.contmix_baselines``; all compute the op with bias and softmax):
+Methods (``mmoverlock.testing.contmix_baselines``; all compute the op with bias and softmax):
 ``fused-<backend>`` (``cpu``/``cuda`` = the compiled kernels, ``torch`` = the pure-torch fallback),
 ``fused-cpu:<isa>`` (the CPU kernels with one instruction set, timed at the default case), ``unfused`` (bias and
 softmax in torch, then the aggregation kernel) and ``unfold`` (the authors' formulation).
@@ -41,7 +41,7 @@ from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argumen
                                          peak_memory_in_fresh_process, peak_memory_mib, ratio, record, set_threads,
                                          write_json)
 from mmoverlock.ops import available_backends
-from mmoverlock.ops.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
+from mmoverlock.testing.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
 
 DEFAULT_CASE = (2, 8, 50, 84, 16, 13)  # stage 3 of an 800x1333 detection image (B, G, H, W, C, K)
 PEAK_MEMORY_TOOL = osp.join(osp.dirname(osp.abspath(__file__)), 'contmix_peak_memory.py')

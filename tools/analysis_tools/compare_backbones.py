@@ -4,6 +4,9 @@ Models (all batch 1, random weights, as a user builds them by default):
 
 * ``overlock``: ``OverLoCK(arch='t', overview_fusion=True)`` (the detection form), eval form for inference;
 * ``overlock-deploy``: the same after ``switch_to_deploy()`` (inference only);
+* ``overlock-authors``: the same model with the authors' ContMix formulation (``contmix_backend='unfused'``: bias
+  and softmax in torch, then the aggregation alone, what their NATTEN ``na2d_av`` path computes, on this package's
+  kernel), to show what the fused op saves in the whole backbone;
 * ``convnext`` / ``swin``: timm's ConvNeXt-T and Swin-T feature extractors (``features_only=True``).
 
 Every figure is also given as a ratio to ConvNeXt-T measured in the same process: timings are interleaved (one call
@@ -33,8 +36,8 @@ from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argumen
                                          peak_memory_in_fresh_process, ratio, record, report_header, set_threads,
                                          time_call, with_ratio, write_json, write_markdown)
 
-MODELS = ('overlock', 'overlock-deploy', 'convnext', 'swin')
-TRAINABLE = ('overlock', 'convnext', 'swin')
+MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
+TRAINABLE = ('overlock', 'overlock-authors', 'convnext', 'swin')
 BASELINE = 'convnext'
 DEFAULT_SIZES = ('224', '512', '800x1333')
 TIMM_NAMES = dict(convnext='convnext_tiny', swin='swin_tiny_patch4_window7_224')
@@ -47,7 +50,8 @@ def build(name: str, height: int, width: int) -> nn.Module:
     """A model returning a tuple of feature maps for an image of the given size."""
     if name.startswith('overlock'):
         from mmoverlock.models import OverLoCK
-        model = OverLoCK(arch='t', overview_fusion=True)
+        model = OverLoCK(arch='t', overview_fusion=True,
+                         contmix_backend='unfused' if name == 'overlock-authors' else None)
         model.init_weights()
         if name == 'overlock-deploy':
             model.switch_to_deploy()

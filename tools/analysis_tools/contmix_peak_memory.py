@@ -15,7 +15,7 @@ import json
 import torch
 
 from mmoverlock.analysis.measure import peak_memory_mib, set_threads
-from mmoverlock.ops.contmix_baselines import contmix_method, random_inputs
+from mmoverlock.testing.contmix_baselines import contmix_method, random_inputs
 
 
 def contmix_call(case, method, backward):

@@ -15,3 +15,11 @@ overlock_pico_arch = dict(
     ls_init_value=[None, None, 1, 1],
     res_scale=True)
 overlock_pico_channels = [16, 32, 88, 120]
+# The backbone of both smoke configs, in segmentation form (the detection config turns on overview_fusion).
+overlock_pico_backbone = dict(
+    _delete_=True,
+    type='OverLoCK',
+    arch=overlock_pico_arch,
+    out_indices=(0, 1, 2, 3),
+    overview_fusion=False,
+    drop_path_rate=0.0)

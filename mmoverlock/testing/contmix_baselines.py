@@ -2,13 +2,16 @@
 
 All compute the op with ``rpb`` and ``softmax=True``, the numbers of ``contmix_aggregate(..., rpb=rpb, softmax=True)``:
 
-* :func:`unfused_contmix`: the chain the fusion replaces, on our own aggregation kernel: gather the bias, add it,
-  ``softmax`` in torch, then ``contmix_aggregate(probs, value, K)`` without bias or softmax (NATTEN's ``na2d_av``).
+* :func:`unfused_contmix`: the chain the fusion replaces, on a chosen aggregation kernel: gather the bias, add it,
+  ``softmax`` in torch (:func:`~mmoverlock.ops.contmix.unfused_weights`), then ``contmix_aggregate(probs, value, K)``
+  without bias or softmax (NATTEN's ``na2d_av``); ``contmix_aggregate(..., backend='unfused')``, which the models
+  offer as ``contmix_backend='unfused'``, is this chain on the automatic kernel.
 * :func:`unfold_contmix`: the authors' pure-torch formulation, ``F.unfold`` of the values (K*K*C numbers per pixel).
   Their code pads before unfolding; to give exactly our shifted-window numbers this unfolds the valid windows and
   replicate-pads the window grid, which has the same cost.
 
-Imports only torch, like the rest of :mod:`mmoverlock.ops`.
+Test and benchmark code, not model code (hence :mod:`mmoverlock.testing`); imports only torch, like
+:mod:`mmoverlock.ops`.
 """
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -17,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contmix import available_backends, contmix_aggregate
-from .contmix_torch import Windows
+from ..ops.contmix import available_backends, contmix_aggregate, unfused_weights
 
 __all__ = [
-    'biased_softmax', 'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost',
+    'unfused_contmix', 'unfold_contmix', 'contmix_method', 'random_inputs', 'contmix_cost',
     'contmix_cuda_traffic'
 ]
 
@@ -29,24 +31,18 @@ __all__ = [
 CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
 
 
-def biased_softmax(weights: Tensor, rpb: Tensor, kernel_size: int) -> Tensor:
-    """softmax(weights + gathered rpb) over the taps, [B, G, H, W, K*K] (two K*K-per-pixel tensors for autograd)."""
-    win = Windows(weights, kernel_size)  # only B, G, H, W of its argument are read
-    bias = win.chunk_bias(win.bias_table(rpb, weights.dtype), slice(None))  # [G, H, W, K*K]
-    return (weights + bias).softmax(dim=-1)
-
-
 def unfused_contmix(weights: Tensor, value: Tensor, rpb: Tensor, kernel_size: int,
                     backend: Optional[str] = None) -> Tensor:
     """Bias and softmax in torch, then the aggregation kernel alone (``backend`` as in ``contmix_aggregate``)."""
-    return contmix_aggregate(biased_softmax(weights, rpb, kernel_size), value, kernel_size, backend=backend)
+    probs = unfused_weights(weights, rpb, kernel_size, softmax=True).to(value.dtype)
+    return contmix_aggregate(probs, value, kernel_size, backend=backend)
 
 
 def unfold_contmix(weights: Tensor, value: Tensor, rpb: Tensor, kernel_size: int) -> Tensor:
     """The authors' ``F.unfold`` formulation: K*K*C values per pixel, multiplied by the weights and summed."""
     B, G, H, W, C = value.shape
     K, r = kernel_size, kernel_size // 2
-    probs = biased_softmax(weights, rpb, K)
+    probs = unfused_weights(weights, rpb, K, softmax=True).to(value.dtype)
     x = value.permute(0, 1, 4, 2, 3).reshape(B * G, C, H, W)
     cols = F.unfold(x, K).view(B * G, C * K * K, H - K + 1, W - K + 1)
     cols = F.pad(cols, (r, r, r, r), mode='replicate').view(B, G, C, K * K, H, W)
