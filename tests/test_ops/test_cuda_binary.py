@@ -101,11 +101,10 @@ def division_calls(sass):
     return counts
 
 
-#: Per kernel, at most: one division for the pixel's plane and one for its group (forward, stats and grad_value;
-#: grad_weights also one for its block's plane), none per tap. Measured with nvcc 13.1, sm_90: 2, 2, 3 (4 with the
-#: shared-memory bias table), 2 for the deterministic bias gather (it was 20 in forward_kernel<float, 4> when the
-#: tap index was 64-bit).
-MAX_DIVISIONS = {'forward_kernel': 2, 'grad_value_kernel': 2, 'grad_weights_kernel': 4, 'bias_grad_kernel': 2}
+#: Per kernel, at most: the pixel's plane and its group (forward), the block's plane and the group (backward), the
+#: plane row of the deterministic bias gather's first step; none per tap. Measured with nvcc 13, sm_90:
+#: 2, 2, 1, 0 (it was 20 in forward_kernel<float, 4> when the tap index was 64-bit).
+MAX_DIVISIONS = {'forward_kernel': 2, 'backward_kernel': 2, 'bias_rows_kernel': 1, 'bias_grad_kernel': 0}
 
 
 def test_hot_kernels_make_no_per_tap_64bit_divisions():

@@ -1,5 +1,6 @@
-// Host side of the depthwise operators, shared by every dispatch key (depthwise.cpp: schema and CPU; the CUDA file;
-// the test driver of the CUDA bodies): input checks, the call's Shape and the layout choice.
+// Host side of the depthwise operators, shared by every dispatch key (defined in depthwise_op.cpp; used by
+// depthwise.cpp: schema and CPU; the CUDA file; the test driver of the CUDA bodies): input checks, the call's Shape
+// and the layout choice.
 #pragma once
 
 #include <ATen/core/Tensor.h>
