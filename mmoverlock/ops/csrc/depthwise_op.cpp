@@ -4,7 +4,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/flip.h>
 
+#include <algorithm>
 #include <array>
+#include <limits>
 #include <optional>
 
 #include "depthwise_op.h"
@@ -54,6 +56,12 @@ Shape make_shape(const at::Tensor& input, const at::Tensor& weight, int64_t padd
   const int64_t K = weight.size(2), span = dilation * (K - 1);
   return Shape{input.size(0), input.size(1), input.size(2), input.size(3), input.size(2) + 2 * padding - span,
                input.size(3) + 2 * padding - span, K, padding, dilation};
+}
+
+void check_image_indices(const Shape& s) {
+  const int64_t extent = s.C * std::max(s.H * s.W, s.Ho * s.Wo);
+  TORCH_CHECK(extent <= std::numeric_limits<int32_t>::max(), "depthwise: one image is too large for the CUDA ",
+              "kernels' 32-bit in-image indexing (C * H * W = ", extent, ", at most 2^31 - 1)");
 }
 
 bool use_channels_last(const at::Tensor& input) {

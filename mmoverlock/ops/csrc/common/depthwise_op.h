@@ -20,6 +20,8 @@ void check_backward(const at::Tensor& grad_out, const at::Tensor& input, const a
                     int64_t dilation);
 
 Shape make_shape(const at::Tensor& input, const at::Tensor& weight, int64_t padding, int64_t dilation);
+// The CUDA bodies index inside one image in int32: C * H * W of the input and of the output must fit.
+void check_image_indices(const Shape& s);
 
 // Whether the op computes in channels-last (the input's suggested memory format) rather than NCHW.
 bool use_channels_last(const at::Tensor& input);
