@@ -8,6 +8,9 @@ Without a visible GPU the target architectures come from ``TORCH_CUDA_ARCH_LIST`
 PTX of sm_90 that newer GPUs (Blackwell) compile at load time. ``MMOVERLOCK_NVCC_THREADS`` (default 4) lets nvcc
 compile those targets of one file in parallel.
 Set ``MMOVERLOCK_NO_EXT=1`` to skip the extension entirely (the pure-torch fallback is then used).
+``MMOVERLOCK_BUILD_TESTING=1`` also builds ``mmoverlock._ext_testing``, the test-only CPU drivers of the CUDA kernels'
+bodies (``csrc/testing/``, operators under ``torch.ops.mmoverlock_testing``), which a release build leaves out; the
+test set-up (``tools/setup_env.sh``) sets it.
 
 The requirements are read from ``requirements/*.txt``, the files ``tools/setup_env.sh`` installs: the extras ``mm``
 and ``tests`` are the pins of the tested stack.
@@ -67,12 +70,22 @@ def want_cuda(torch, cuda_home):
     return True
 
 
+def testing_extension(CppExtension, include_dirs, cxx_flags):
+    """``mmoverlock._ext_testing``: the drivers, with the host helpers they share with the operators (``*_op.cpp``,
+    which register nothing, so both libraries can be loaded together)."""
+    sources = sorted(glob.glob(osp.join(CSRC, 'testing', '*.cpp')) + glob.glob(osp.join(CSRC, '*_op.cpp')))
+    return CppExtension('mmoverlock._ext_testing', sources, include_dirs=include_dirs,
+                        extra_compile_args={'cxx': cxx_flags})
+
+
 def get_extensions():
     if os.getenv('MMOVERLOCK_NO_EXT') == '1':
         return []
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
+    # The released library: the operators (csrc/*.cpp), the CPU kernels and, below, the CUDA kernels; never
+    # csrc/testing/.
     sources = sorted(glob.glob(osp.join(CSRC, '*.cpp')) + glob.glob(osp.join(CSRC, 'cpu', '*.cpp')))
     include_dirs = [osp.join(ROOT, CSRC, 'common')]
     # -fopenmp: at::parallel_for is inline in ATen's headers and runs serially unless OpenMP is on; the library
@@ -81,6 +94,9 @@ def get_extensions():
     cxx_flags = ['-O3', '-std=c++20', '-g0', '-fopenmp', '-fno-trapping-math']
     link_flags = ['-fopenmp']
     define_macros = []
+    extensions = []
+    if os.getenv('MMOVERLOCK_BUILD_TESTING') == '1':
+        extensions.append(testing_extension(CppExtension, include_dirs, cxx_flags[:3]))
     if want_cuda(torch, CUDA_HOME):
         if find_nvcc(CUDA_HOME) is None:
             raise RuntimeError(f'FORCE_CUDA=1 but CUDA_HOME={CUDA_HOME} is no CUDA toolkit root (bin/nvcc and '
@@ -92,9 +108,10 @@ def get_extensions():
         nvcc_threads = os.getenv('MMOVERLOCK_NVCC_THREADS', '4')
         nvcc_flags = ['-O3', '-std=c++20', '--expt-relaxed-constexpr', '-lineinfo', f'--threads={nvcc_threads}']
         return [CUDAExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,
-                              extra_compile_args={'cxx': cxx_flags, 'nvcc': nvcc_flags}, extra_link_args=link_flags)]
+                              extra_compile_args={'cxx': cxx_flags, 'nvcc': nvcc_flags}, extra_link_args=link_flags)
+                ] + extensions
     return [CppExtension('mmoverlock._ext', sources, include_dirs=include_dirs, define_macros=define_macros,
-                         extra_compile_args={'cxx': cxx_flags}, extra_link_args=link_flags)]
+                         extra_compile_args={'cxx': cxx_flags}, extra_link_args=link_flags)] + extensions
 
 
 def get_cmdclass():

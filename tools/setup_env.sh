@@ -123,13 +123,18 @@ if [[ "$(cat "$TIMM_TESTS/VERSION" 2>/dev/null)" != "$TIMM_VERSION" ]]; then
   printf '%s' "$TIMM_VERSION" > "$TIMM_TESTS/VERSION"
 fi
 
-# Rebuild the extension only when its sources, setup.py or requirements/ (the install's metadata: setup.py's extras)
-# changed; a CUDA build takes minutes on 2 cores.
-EXT_HASH="$(cd "$ROOT" && cat setup.py requirements/*.txt $(find mmoverlock/ops/csrc -type f | sort) | sha256sum | \
-  cut -c1-16)"
+# The test set-up also builds mmoverlock._ext_testing, the test-only drivers of the CUDA kernels' bodies (a release
+# install leaves them out); MMOVERLOCK_BUILD_TESTING=0 skips them.
+export MMOVERLOCK_BUILD_TESTING="${MMOVERLOCK_BUILD_TESTING:-1}"
+EXT_MODULES='import mmoverlock._ext'
+if [[ "$MMOVERLOCK_BUILD_TESTING" == 1 ]]; then EXT_MODULES+=', mmoverlock._ext_testing'; fi
+# Rebuild the extension only when its sources, setup.py, requirements/ (the install's metadata: setup.py's extras) or
+# the testing flag changed; a CUDA build takes minutes on 2 cores.
+EXT_HASH="$(cd "$ROOT" && { cat setup.py requirements/*.txt $(find mmoverlock/ops/csrc -type f | sort); \
+  echo "MMOVERLOCK_BUILD_TESTING=$MMOVERLOCK_BUILD_TESTING"; } | sha256sum | cut -c1-16)"
 EXT_STAMP="$VENV/.mmoverlock-ext"
 if [[ -f "$EXT_STAMP" ]] && [[ "$(cat "$EXT_STAMP")" == "$EXT_HASH" ]] && \
-   (cd "$ROOT" && "$VPY" -c 'import mmoverlock._ext' 2>/dev/null); then
+   (cd "$ROOT" && "$VPY" -c "$EXT_MODULES" 2>/dev/null); then
   log "mmoverlock extension up to date"
 else
   log "installing mmoverlock (editable; compiles mmoverlock._ext, with CUDA kernels when a CUDA toolkit is found)"

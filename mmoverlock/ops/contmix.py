@@ -9,9 +9,10 @@ Without bias and softmax this is NATTEN 0.17's ``na2d_av`` (dilation 1).
 Backends:
 
 * ``'cpu'`` / ``'cuda'``: the compiled operators ``torch.ops.mmoverlock.contmix_forward`` / ``contmix_backward`` from
-  ``mmoverlock._ext`` (see ``csrc/``). Bias, softmax and aggregation are fused; backward recomputes the softmax from
-  the inputs, so only the inputs are saved for it. Autograd and fake-tensor support are registered here with
-  ``torch.library``, which makes the op work with ``torch.compile``. The CPU kernels are float32/float64; float16 and
+  ``mmoverlock._ext`` (see ``csrc/``). Bias, softmax and aggregation are fused; the K*K probabilities are never
+  stored: the CPU backward recomputes the softmax from the inputs, the CUDA one from the inputs and the per-pixel
+  log-sum-exp that its forward saves (with the output, which gives sum_t P_t dL/dP_t). Autograd and fake-tensor
+  support are registered here with ``torch.library``, which makes the op work with ``torch.compile``. The CPU kernels are float32/float64; float16 and
   bfloat16 inputs are cast to float32 around them and the result cast back (the CUDA kernels take all four).
 * ``'unfused'``: the authors' formulation, as a baseline the model can run on (``contmix_backend='unfused'`` of the
   backbone and the classifier): the gathered bias is added to the logits and the softmax taken in torch, each a
@@ -91,24 +92,30 @@ if _ext is not None:
         torch._check(weights.dim() == 5 and value.dim() == 5, lambda: 'contmix: weights and value must be 5-D')
         torch._check(weights.shape[4] == kernel_size * kernel_size,
                      lambda: 'contmix: weights must have kernel_size**2 taps')
-        return value.new_empty(value.shape)  # the kernel returns a contiguous tensor
+        # The CUDA kernels save the log-sum-exp per pixel for their backward; the CPU kernels return it empty.
+        lse_shape = value.shape[:4] if softmax and value.device.type == 'cuda' else (0, )
+        return value.new_empty(value.shape), value.new_empty(lse_shape, dtype=accumulation_dtype(value.dtype))
 
     @torch.library.register_fake('mmoverlock::contmix_backward')
-    def _contmix_backward_fake(grad_out, weights, value, rpb, kernel_size, softmax):
+    def _contmix_backward_fake(grad_out, weights, value, rpb, out, lse, kernel_size, softmax):
         grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None else value.new_empty((0, ))
         return weights.new_empty(weights.shape), value.new_empty(value.shape), grad_rpb
 
     def _setup_context(ctx, inputs, output):
         weights, value, rpb, kernel_size, softmax = inputs
-        # Inputs only: the biased logits and the softmax are recomputed in backward (that is the memory saving).
-        ctx.save_for_backward(weights, value, rpb)
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        # The inputs, and where the device's backward reads them (CUDA with softmax) the output and the per-pixel
+        # log-sum-exp (B*G*H*W numbers): never the K*K probabilities, which the backward recomputes.
+        saves_forward = lse.numel() > 0
+        ctx.save_for_backward(weights, value, rpb, out if saves_forward else None, lse if saves_forward else None)
         ctx.kernel_size = kernel_size
         ctx.softmax = softmax
 
-    def _backward(ctx, grad_out):
-        weights, value, rpb = ctx.saved_tensors
+    def _backward(ctx, grad_out, _grad_lse):
+        weights, value, rpb, out, lse = ctx.saved_tensors
         grad_weights, grad_value, grad_rpb = torch.ops.mmoverlock.contmix_backward(
-            grad_out, weights, value, rpb, ctx.kernel_size, ctx.softmax)
+            grad_out, weights, value, rpb, out, lse, ctx.kernel_size, ctx.softmax)
         return grad_weights, grad_value, (grad_rpb if rpb is not None else None), None, None
 
     torch.library.register_autograd('mmoverlock::contmix_forward', _backward, setup_context=_setup_context)
@@ -278,6 +285,6 @@ def contmix_aggregate(weights: Tensor,
         # The CPU kernels are float32/float64: compute in float32 and return the input dtype (autograd sees the
         # casts, so gradients come back in the input dtype too).
         rpb = rpb.float() if rpb is not None else None
-        out = torch.ops.mmoverlock.contmix_forward(weights.float(), value.float(), rpb, kernel_size, bool(softmax))
+        out = torch.ops.mmoverlock.contmix_forward(weights.float(), value.float(), rpb, kernel_size, bool(softmax))[0]
         return out.to(value.dtype)
-    return torch.ops.mmoverlock.contmix_forward(weights, value, rpb, kernel_size, bool(softmax))
+    return torch.ops.mmoverlock.contmix_forward(weights, value, rpb, kernel_size, bool(softmax))[0]

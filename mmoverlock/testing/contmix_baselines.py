@@ -72,13 +72,16 @@ def contmix_cuda_traffic(shape: Sequence[int], element_size: int = 4, determinis
     bias and softmax, next to the op's minimum (:func:`contmix_cost`).
 
     The model of the present design (csrc/cuda/contmix_cuda.cu): a pass fetches each element it reads once (the
-    K*K-neighbourhood re-reads of a pixel are served by the caches) and writes each output once; the stats hold two
-    accumulation-type numbers per pixel (``acc``: 4 bytes, 8 for float64); the [G, 2K-1, 2K-1] bias tables are
-    negligible, as in contmix_cost. Backward passes: ``stats`` (log-sum-exp and <grad_out, out>, recomputing the
-    forward's sums), ``grad_value`` (gather over the inverse neighbourhood) and ``grad_weights`` (and, with
-    ``deterministic``, the logit gradients kept in the accumulation type, the fixed-order bias gather and their
-    copy into grad_weights). It counts bytes, not how the loads are shaped (all passes now put a team's lanes over
-    consecutive channels, so a team's loads of one pixel are contiguous).
+    K*K-neighbourhood re-reads of a pixel's rows are served by the caches) and writes each output once; ``acc`` is the
+    accumulation type's size (4 bytes, 8 for float64); the [G, 2K-1, 2K-1] bias tables are negligible, as in
+    contmix_cost. Passes:
+
+    * ``forward``: logits and values in; out and the log-sum-exp per pixel (``lse``, one acc number) out.
+    * ``backward``: one pass, grad_out, the saved out, values, logits and lse in; grad_weights and grad_value out
+      (nothing of the forward is recomputed: sum_t P_t dL/dP_t is <grad_out, out>). With ``deterministic`` it
+      writes the logit gradients in the accumulation type instead, and ``grad_rpb`` gathers them in a fixed order
+      (read once; per plane row a [K, 2K-1] partial table written and read back); for half types ``copy`` then
+      casts them into grad_weights.
 
     Returns:
         dict: ``{'forward': {pass: bytes}, 'backward': {pass: bytes}, 'forward_min', 'backward_min',
@@ -87,16 +90,15 @@ def contmix_cuda_traffic(shape: Sequence[int], element_size: int = 4, determinis
     B, G, H, W, C, K = shape
     P, T = B * G * H * W, K * K
     e, acc = element_size, 8 if element_size == 8 else 4
-    logits, values, stats = P * T * e, P * C * e, P * 2 * acc  # one [P, T] or [P, C] tensor, the stats
-    grad_weights = logits if not deterministic else P * T * acc + P * T * acc + (P * T * (acc + e) if acc != e else 0)
-    traffic = {
-        'forward': {'forward': logits + 2 * values},  # logits and values in, out
-        'backward': {
-            'stats': logits + 2 * values + stats,  # logits, values, grad_out in; stats out
-            'grad_value': 2 * values + logits + stats,  # grad_out, logits, stats in; grad_value out
-            'grad_weights': 2 * values + logits + stats + grad_weights,  # grad_out, values, logits, stats in
-        },
-    }
+    logits, values, lse = P * T * e, P * C * e, P * acc  # one [P, T] or [P, C] tensor, the saved log-sum-exp
+    traffic = {'forward': {'forward': logits + 2 * values + lse}}
+    if not deterministic:
+        traffic['backward'] = {'backward': 2 * logits + 4 * values + lse}
+    else:
+        kept, rows = P * T * acc, B * G * H * K * (2 * K - 1) * acc  # logit gradients in acc, the row partials
+        traffic['backward'] = {'backward': logits + kept + 4 * values + lse, 'grad_rpb': kept + 2 * rows}
+        if acc != e:
+            traffic['backward']['copy'] = kept + logits
     minimum = {'forward': contmix_cost(shape, False, e)['bytes']}
     minimum['backward'] = contmix_cost(shape, True, e)['bytes'] - minimum['forward']
     for kind in ('forward', 'backward'):

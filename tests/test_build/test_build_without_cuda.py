@@ -1,4 +1,5 @@
-"""The extension builds on a machine without a CUDA toolkit: the CPU kernels only, said in one line.
+"""The extension builds on a machine without a CUDA toolkit: the CPU kernels only, said in one line. A build without
+MMOVERLOCK_BUILD_TESTING (a release install) contains no test-only module or operator.
 
 The torch wheel of the set-up is a CUDA build, so the check that matters is the toolkit: a ``CUDA_HOME`` that is no
 toolkit root (no ``bin/nvcc``, or no headers beside it) must not stop the build. The test builds a copy of the package in a temporary folder with such a
@@ -33,7 +34,8 @@ def test_build_with_toolkit_hidden(tmp_path):
     (fake_cuda / 'bin').mkdir()
     (fake_cuda / 'bin' / 'nvcc').write_text('#!/bin/sh\necho "nvcc was run" >&2\nexit 1\n')
     (fake_cuda / 'bin' / 'nvcc').chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ('FORCE_CUDA', 'TORCH_CUDA_ARCH_LIST')}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('FORCE_CUDA', 'TORCH_CUDA_ARCH_LIST', 'MMOVERLOCK_BUILD_TESTING')}
     env.update(CUDA_HOME=str(fake_cuda), MAX_JOBS=env.get('MAX_JOBS', str(os.cpu_count() or 1)))
     build = subprocess.run([sys.executable, 'setup.py', 'build_ext', '--inplace'], cwd=src, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
@@ -43,10 +45,16 @@ def test_build_with_toolkit_hidden(tmp_path):
         assert (f'mmoverlock: no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) under CUDA_HOME={fake_cuda}; '
                 'compiling the CPU kernels only') in build.stdout
 
-    # The built library is the CPU-only one and its operator agrees with the pure-torch path.
-    probe = ('import torch, mmoverlock._ext as ext; from mmoverlock.ops import contmix_aggregate;'
+    # The built library is the CPU-only one, without the test-only drivers, and its operator agrees with the
+    # pure-torch path.
+    assert not list((src / 'mmoverlock').glob('_ext_testing*'))
+    probe = ('import importlib.util, torch, mmoverlock._ext as ext; from mmoverlock.ops import contmix_aggregate;'
              'assert ext.__file__.startswith(%r), ext.__file__;' % str(src) +
              'assert tuple(ext.backends) == ("cpu",), ext.backends;'
+             'assert importlib.util.find_spec("mmoverlock._ext_testing") is None;'
+             'assert hasattr(torch.ops.mmoverlock, "contmix_forward");'
+             'assert not hasattr(torch.ops.mmoverlock_testing, "contmix_bodies_forward");'
+             'assert not hasattr(torch.ops.mmoverlock_testing, "depthwise_bodies_forward");'
              'g = torch.Generator().manual_seed(0);'
              'w = torch.randn(1, 2, 9, 11, 25, dtype=torch.float64, generator=g);'
              'v = torch.randn(1, 2, 9, 11, 4, dtype=torch.float64, generator=g);'

@@ -3,6 +3,9 @@
 * float64/float32/float16/bfloat16 against the float64 definition on the cases and tolerances of the CPU driver of
   the CUDA bodies (test_contmix_cuda_bodies.py), so a difference between the GPU and the CPU-tested arithmetic shows;
 * ``torch.use_deterministic_algorithms(True)``: bitwise reproducible gradients (grad_rpb gathered in a fixed order);
+* what each device's forward saves for its backward (CUDA: the per-pixel log-sum-exp; CPU: nothing), and the error
+  when a CUDA softmax backward is called without it;
+* the scalar fallback of the 128-bit loads (inputs that are not 16-byte aligned);
 * errors: grad_out on another device, kernel_size > 31 (before any launch); B * G beyond a grid dimension's 65535;
 * a second GPU and a non-default stream (the launches follow the inputs' device and the current stream; a CUDA graph
   capture fails on any launch on another stream).
@@ -17,6 +20,7 @@ from test_contmix_cuda_bodies import BODY_SHAPES, DTYPES, assert_results_close, 
 
 from _helpers.contmix_reference import reference
 from mmoverlock.ops import available_backends, contmix_aggregate
+from mmoverlock.ops.contmix_torch import Windows
 
 CUDA_BUILT = 'cuda' in available_backends()
 HAS_CUDA = torch.cuda.is_available() and CUDA_BUILT
@@ -68,11 +72,57 @@ def test_cuda_deterministic_mode_is_bitwise_reproducible(dtype):
     assert_results_close(runs[0], expected, dtype)
 
 
+def log_sum_exp(weights, rpb, K):
+    """The float64 log-sum-exp of every pixel's biased logits, [B, G, H, W] (as biased_softmax gathers the bias)."""
+    win = Windows(weights, K)
+    bias = win.chunk_bias(win.bias_table(rpb, torch.float64), slice(None))  # [G, H, W, K*K]
+    return torch.logsumexp(weights.double() + bias, -1)
+
+
+@pytest.mark.skipif('cpu' not in available_backends(), reason='mmoverlock._ext is not built')
+def test_cpu_forward_saves_only_its_inputs():
+    (weights, value, rpb), _ = make_case((1, 2, 7, 8, 3, 3), torch.float32, True)
+    out, lse = torch.ops.mmoverlock.contmix_forward(weights, value, rpb, 3, True)
+    assert lse.numel() == 0  # the CPU backward recomputes the softmax from the inputs
+
+
+@requires_cuda
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_cuda_forward_saves_the_log_sum_exp(dtype):
+    """Besides its output, the CUDA forward with softmax returns what its backward reads instead of repeating the
+    forward: the log-sum-exp of every pixel's biased logits, one accumulation-type number per pixel."""
+    (weights, value, rpb), _ = make_case((2, 3, 9, 11, 5, 5), dtype, True)
+    out, lse = torch.ops.mmoverlock.contmix_forward(weights.cuda(), value.cuda(), rpb.cuda(), 5, True)
+    assert lse.shape == (2, 3, 9, 11) and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(lse.cpu().double(), log_sum_exp(weights, rpb, 5), rtol=0,
+                               atol=1e-12 if dtype == torch.float64 else 1e-5)
+    assert torch.ops.mmoverlock.contmix_forward(weights.cuda(), value.cuda(), rpb.cuda(), 5, False)[1].numel() == 0
+    with pytest.raises(RuntimeError, match="with softmax this backward reads the forward's out and lse"):
+        torch.ops.mmoverlock.contmix_backward(out, weights.cuda(), value.cuda(), rpb.cuda(), None, None, 5, True)
+
+
+@requires_cuda
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_cuda_scalar_fallback_of_the_vector_loads(dtype):
+    """Channel rows not 16-byte aligned (tensors starting one element into their storage) take the scalar loads."""
+    shape, K = (1, 2, 9, 10, 16, 5), 5
+    inputs, grad_out = make_case(shape, dtype, use_rpb=True, seed=4)
+
+    def misaligned(t):
+        view = torch.empty(t.numel() + 1, dtype=t.dtype, device='cuda')[1:].view(t.shape)
+        return view.copy_(t)
+
+    moved = [misaligned(inputs[0]), misaligned(inputs[1]), inputs[2]]
+    expected = expected_results(inputs, grad_out, K, True)
+    assert_results_close(cuda_results(moved, misaligned(grad_out), K, True), expected, dtype)
+
+
 @requires_cuda
 def test_cuda_grad_out_on_another_device_is_an_error():
     (weights, value, rpb), grad_out = make_case((1, 2, 5, 6, 3, 3), torch.float32, True)
     with pytest.raises(RuntimeError, match='grad_out is on cpu but value is on cuda'):
-        torch.ops.mmoverlock.contmix_backward(grad_out, weights.cuda(), value.cuda(), rpb.cuda(), 3, True)
+        torch.ops.mmoverlock.contmix_backward(grad_out, weights.cuda(), value.cuda(), rpb.cuda(), None, None, 3,
+                                              True)
 
 
 @pytest.mark.skipif(not CUDA_BUILT, reason='mmoverlock._ext is built without CUDA')

@@ -2,7 +2,7 @@
 
 The per-pixel bodies of the CUDA kernels (``csrc/common/contmix_bodies.h``: forward, the stats pass of the backward,
 grad_value's inverse-window gather, grad_weights and both ways of summing grad_rpb) are compiled a second time into
-a test-only CPU driver, ``torch.ops.mmoverlock_testing``, which runs them with a team of one lane in place of the warp
+a test-only CPU driver, ``torch.ops.mmoverlock_testing`` (the ``testing_ops`` fixture), which runs them with a team of one lane in place of the warp
 lanes. Here that driver is compared with the float64 definition of ContMix (``reference`` of test_contmix.py) for
 every dtype the CUDA kernels take, accumulating as they do (float32 for float16/bfloat16).
 
@@ -12,10 +12,7 @@ import pytest
 import torch
 from test_contmix import reference
 
-from mmoverlock.ops import available_backends
-
-HAS_BODIES = 'cpu' in available_backends() and hasattr(torch.ops.mmoverlock_testing, 'contmix_bodies_forward')
-pytestmark = pytest.mark.skipif(not HAS_BODIES, reason='mmoverlock._ext is not built (pip install -e .)')
+pytestmark = pytest.mark.usefixtures('testing_ops')  # skips without mmoverlock._ext, fails without _ext_testing
 
 # (B, G, H, W, C, K): borders everywhere (H or W = K), every channels-per-lane choice with a masked tail (C = 5, 3, 1,
 # 9), K = 1 and K up to the CUDA limit 31.
@@ -115,6 +112,25 @@ def test_deterministic_grad_rpb_gather(shape, softmax, dtype):
     summed = run_bodies(inputs, grad_out, K, softmax, deterministic=False)
     for a, b in zip(gathered[:3], summed[:3]):  # only grad_rpb is summed differently
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_scalar_fallback_of_the_vector_loads(dtype):
+    """Channel rows that are not 16-byte aligned (a tensor starting one element into its storage) take the scalar
+    loads instead of the 128-bit ones, with the same numbers (one lane sums the channels in the same order)."""
+    shape, K = (1, 2, 9, 10, 16, 5), 5
+    inputs, grad_out = make_case(shape, dtype, use_rpb=True, seed=4)
+
+    def misaligned(t):
+        storage = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = storage[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    aligned = run_bodies(inputs, grad_out, K, softmax=True)
+    moved = run_bodies([misaligned(inputs[0]), misaligned(inputs[1]), inputs[2]], misaligned(grad_out), K, True)
+    assert all(torch.equal(a, b) for a, b in zip(aligned, moved))
+    assert_results_close(moved, expected_results(inputs, grad_out, K, True), dtype)
 
 
 def test_bodies_driver_checks_inputs():

@@ -101,20 +101,25 @@ def division_calls(sass):
     return counts
 
 
-#: Per kernel, at most: one division for the pixel's plane and one for its group (forward, stats and grad_value;
-#: grad_weights also one for its block's plane), none per tap. Measured with nvcc 13.1, sm_90: 2, 2, 3 (4 with the
-#: shared-memory bias table), 2 for the deterministic bias gather (it was 20 in forward_kernel<float, 4> when the
-#: tap index was 64-bit).
-MAX_DIVISIONS = {'forward_kernel': 2, 'grad_value_kernel': 2, 'grad_weights_kernel': 4, 'bias_grad_kernel': 2}
+#: Per (namespace, kernel), at most: ContMix's pixel plane and group (forward), the block's plane and the group
+#: (backward), the plane row of the deterministic bias gather's first step; the depthwise conv's image of an output
+#: element (forward; the weight gradient loops over images). None per tap. Measured with nvcc 13, sm_90: 2, 2, 1, 0,
+#: 1, 0 (they were 20 in ContMix's forward_kernel<float, 4> with a 64-bit tap index, and 11 and 21 in the depthwise
+#: kernels with 64-bit element indexing).
+MAX_DIVISIONS = {('contmix', 'forward_kernel'): 2, ('contmix', 'backward_kernel'): 2,
+                 ('contmix', 'bias_rows_kernel'): 1, ('contmix', 'bias_grad_kernel'): 0,
+                 ('depthwise', 'forward_kernel'): 1, ('depthwise', 'grad_weight_kernel'): 0}
+#: The mangled namespaces mmoverlock::contmix and mmoverlock::depthwise.
+MANGLED = {'contmix': 'mmoverlock7contmix', 'depthwise': 'mmoverlock9depthwise'}
 
 
 def test_hot_kernels_make_no_per_tap_64bit_divisions():
-    """The ContMix kernels (namespace mmoverlock::contmix; the depthwise conv's kernels have names of the same kind)."""
+    """The kernels of both ops, by namespace (their kernel names overlap)."""
     elf = sorted(re.findall(r'\.sm_(\d+)\.cubin', cuobjdump('--list-elf')))
     counts = division_calls(cuobjdump('--dump-sass', '-arch', f'sm_{elf[-1]}'))
-    counts = {name: c for name, c in counts.items() if 'mmoverlock7contmix' in name}  # mangled mmoverlock::contmix
-    found = {kind: {n: c for n, c in counts.items() if kind in n} for kind in MAX_DIVISIONS}
+    found = {(ns, kind): {n: c for n, c in counts.items() if MANGLED[ns] in n and f'{len(kind)}{kind}I' in n}
+             for ns, kind in MAX_DIVISIONS}
     assert all(found.values()), f'kernels not found in the SASS: {[k for k, v in found.items() if not v]}'
-    too_many = {n: c for kind, per in found.items() for n, c in per.items() if c > MAX_DIVISIONS[kind]}
-    print({kind: sorted(set(per.values())) for kind, per in found.items()})
+    too_many = {n: c for key, per in found.items() for n, c in per.items() if c > MAX_DIVISIONS[key]}
+    print({key: sorted(set(per.values())) for key, per in found.items()})
     assert not too_many, f'64-bit division calls above {MAX_DIVISIONS}: {too_many}'

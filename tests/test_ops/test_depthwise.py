@@ -15,7 +15,6 @@ from mmoverlock.ops.depthwise import depthwise_conv2d, recomputed_branch_sum
 
 HAS_OP = 'cpu' in available_backends() and hasattr(torch.ops.mmoverlock, 'depthwise_forward')
 requires_op = pytest.mark.skipif(not HAS_OP, reason='mmoverlock._ext is not built (pip install -e .)')
-HAS_BODIES = HAS_OP and hasattr(torch.ops.mmoverlock_testing, 'depthwise_bodies_forward')
 
 CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
 FORMATS = {'nchw': torch.contiguous_format, 'nhwc': torch.channels_last}
@@ -161,14 +160,13 @@ def test_autocast_returns_the_autocast_dtype_with_float32_gradients():
     assert weight.grad.dtype == torch.float32
 
 
-@pytest.mark.skipif(not HAS_BODIES, reason='mmoverlock._ext is not built')
 @pytest.mark.parametrize('layout', list(FORMATS))
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('shape', [SHAPES[1], SHAPES[5], SHAPES[6], (1, 4, 21, 20, 19, 1)], ids=str)
-def test_cuda_bodies_match_float64_conv(shape, dtype, layout):
+def test_cuda_bodies_match_float64_conv(shape, dtype, layout, testing_ops):
     """The CUDA kernels' arithmetic, run on the CPU by the test driver, against float64."""
     x, weight, bias, p, r = _inputs(shape, dtype, layout)
-    testing = torch.ops.mmoverlock_testing
+    testing = testing_ops
     out = testing.depthwise_bodies_forward(x, weight, bias, p, r)
     grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=FORMATS[layout])
     grad_x, grad_w = testing.depthwise_bodies_backward(grad_out, x, weight, p, r)

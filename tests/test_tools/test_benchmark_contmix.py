@@ -46,24 +46,29 @@ def test_contmix_cost_at_the_default_case():
 
 
 def test_cuda_traffic_model_at_the_default_case(tmp_path):
-    """The CUDA kernels' traffic model: the forward moves exactly the minimum; the present backward recomputes the
-    forward's sums in its stats pass and re-reads the logits in each pass (about 2x its minimum); no pass of any
-    case or dtype is modelled below the op's minimum. --traffic-only writes the table without timing."""
+    """The CUDA kernels' traffic model, by hand at the default case: the forward moves its minimum and the per-pixel
+    log-sum-exp it saves; the backward is one pass that reads the saved out instead of recomputing the forward
+    (within 1.3x of its minimum); the deterministic mode adds the fixed-order gather of grad_rpb. No case or dtype is
+    modelled below the op's minimum. --traffic-only writes the table without timing."""
     from mmoverlock.testing.contmix_baselines import contmix_cuda_traffic
     case = (2, 8, 50, 84, 16, 13)
     P, T, C = 2 * 8 * 50 * 84, 169, 16
     model = contmix_cuda_traffic(case)
-    assert model['forward_min'] == P * (T + 2 * C) * 4 == sum(model['forward'].values())
+    assert model['forward_min'] == P * (T + 2 * C) * 4
+    assert model['forward'] == {'forward': P * (T + 2 * C) * 4 + P * 4}  # logits, values in; out, lse out
     assert model['backward_min'] == P * (2 * T + 3 * C) * 4
-    # stats: logits, values, grad_out in, 2 floats out; grad_value: grad_out, logits, stats in, grad_value out;
-    # grad_weights: grad_out, values, logits, stats in, grad_weights out.
-    assert model['backward'] == {'stats': P * (T + 2 * C) * 4 + P * 8, 'grad_value': P * (T + 2 * C) * 4 + P * 8,
-                                 'grad_weights': P * (2 * T + 2 * C) * 4 + P * 8}
+    # grad_out, out, values, logits, lse in; grad_weights, grad_value out.
+    assert model['backward'] == {'backward': P * (2 * T + 4 * C) * 4 + P * 4}
+    assert model['backward_ratio'] <= 1.3
+    deterministic = contmix_cuda_traffic(case, deterministic=True)['backward']
+    # The logit gradients read once more, and a [K, 2K-1] table per plane row written and read back.
+    assert deterministic == {'backward': P * (2 * T + 4 * C) * 4 + P * 4, 'grad_rpb': P * T * 4 + 2 * 800 * 13 * 25 * 4}
     run_tool(['tools/analysis_tools/benchmark_contmix.py', '--traffic-only', '--out', tmp_path / 'traffic'],
              cwd=tmp_path)
     rows = json.loads((tmp_path / 'traffic' / 'traffic.json').read_text())['rows']
     assert rows and all(r['forward_ratio'] >= 1 and r['backward_ratio'] >= 1 for r in rows)
-    assert '| B2·G8·50×84·C16·K13 | 4 | no | 54.0 | 54.0 | 1.00 |' in (tmp_path / 'traffic' / 'traffic.md').read_text()
+    table = (tmp_path / 'traffic' / 'traffic.md').read_text()
+    assert '| B2·G8·50×84·C16·K13 | 4 | no | 54.3 | 54.0 | 1.00 | 108.3 |' in table
 
 
 def test_isa_settings_need_the_cpu(tmp_path):

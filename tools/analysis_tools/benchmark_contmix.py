@@ -144,14 +144,15 @@ def write_traffic(out_dir, command, cases):
              '- MB each pass moves to/from global memory (each element a pass reads fetched once, each output '
              'written once; bias tables neglected), against the minimum of `contmix_cost` (inputs read once, '
              'outputs written once), with bias and softmax', '',
-             '| case | bytes/elt | deterministic | forward MB | min MB | ratio | stats MB | grad_value MB | '
-             'grad_weights MB | backward MB | min MB | ratio |', '| --- | ---: | --- |' + ' ---: |' * 9]
+             '| case | bytes/elt | deterministic | forward MB | min MB | ratio | backward pass MB | '
+             'grad_rpb gather MB | copy MB | backward MB | min MB | ratio |', '| --- | ---: | --- |' + ' ---: |' * 9]
     for r in rows:
         fwd, bwd = r['forward'], r['backward']
         lines.append(f"| {case_label(r['case'])} | {r['element_size']} | {'yes' if r['deterministic'] else 'no'} | "
                      f"{sum(fwd.values()) / 1e6:.1f} | {r['forward_min'] / 1e6:.1f} | {r['forward_ratio']:.2f} | "
-                     f"{bwd['stats'] / 1e6:.1f} | {bwd['grad_value'] / 1e6:.1f} | {bwd['grad_weights'] / 1e6:.1f} | "
-                     f"{sum(bwd.values()) / 1e6:.1f} | {r['backward_min'] / 1e6:.1f} | {r['backward_ratio']:.2f} |")
+                     f"{bwd['backward'] / 1e6:.1f} | {bwd.get('grad_rpb', 0) / 1e6:.1f} | "
+                     f"{bwd.get('copy', 0) / 1e6:.1f} | {sum(bwd.values()) / 1e6:.1f} | "
+                     f"{r['backward_min'] / 1e6:.1f} | {r['backward_ratio']:.2f} |")
     with open(osp.join(out_dir, 'traffic.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return rows

@@ -5,8 +5,8 @@
 // the same index arithmetic that the CUDA kernels run. The kernels only differ in how they parallelise.
 //
 // Layout (all contiguous): weights/logits [B, G, H, W, T] with T = K*K taps, t = a*K + e; value, out [B, G, H, W, C];
-// rpb [G, R, R] with R = 2K - 1; the CUDA backward's stats [B, G, H, W, 2] = (log-sum-exp of the biased logits,
-// sum_c grad_out * out).
+// rpb [G, R, R] with R = 2K - 1; the log-sum-exp of the biased logits that the CUDA forward saves for its backward,
+// lse [B, G, H, W] (with softmax).
 #pragma once
 
 #include <cmath>

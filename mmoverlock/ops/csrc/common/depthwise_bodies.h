@@ -9,38 +9,58 @@
 namespace mmoverlock {
 namespace depthwise {
 
-DEPTHWISE_HD int64_t map_offset(int64_t n, int64_t c, int64_t i, int64_t j, int64_t C, int64_t H, int64_t W,
-                                bool channels_last) {
-  return channels_last ? ((n * H + i) * W + j) * C + c : ((n * C + c) * H + i) * W + j;
+// Index arithmetic: 64-bit only for the base of one image (n) in a map, 32-bit inside it, which the launchers check
+// (check_image_indices: H * W * C of the input and the output fit in int32). So an element costs one or two calls of
+// the GPU's 64-bit division routine, never one per tap.
+struct ImagePos {
+  int64_t n;
+  int c, i, j;
+};
+
+// Offset of (c, i, j) inside one [H, W, C] (channels_last) or [C, H, W] image.
+DEPTHWISE_HD int image_offset(int c, int i, int j, int C, int H, int W, bool channels_last) {
+  return channels_last ? (i * W + j) * C + c : (c * H + i) * W + j;
+}
+
+// The position of flat output index `index` (in the output's memory order).
+DEPTHWISE_HD ImagePos output_pos(const Shape& s, int64_t index, bool channels_last) {
+  const int C = static_cast<int>(s.C), Ho = static_cast<int>(s.Ho), Wo = static_cast<int>(s.Wo);
+  const int64_t n = index / (s.C * s.Ho * s.Wo);
+  int r = static_cast<int>(index - n * s.C * s.Ho * s.Wo);
+  ImagePos p{n, 0, 0, 0};
+  if (channels_last) {
+    p.c = r % C;
+    r /= C;
+    p.j = r % Wo;
+    p.i = r / Wo;
+  } else {
+    p.j = r % Wo;
+    r /= Wo;
+    p.i = r % Ho;
+    p.c = r / Ho;
+  }
+  return p;
 }
 
 // out at flat output index `index` (in the output's memory order): the bias plus the valid taps, row by row.
 template <typename scalar_t, typename acc_t>
 DEPTHWISE_HD acc_t forward_element(const Shape& s, int64_t index, bool channels_last, const scalar_t* x,
                                    const scalar_t* w, const scalar_t* bias) {
-  int64_t n, c, i, j;
-  if (channels_last) {
-    c = index % s.C;
-    j = (index / s.C) % s.Wo;
-    i = (index / (s.C * s.Wo)) % s.Ho;
-    n = index / (s.C * s.Wo * s.Ho);
-  } else {
-    j = index % s.Wo;
-    i = (index / s.Wo) % s.Ho;
-    c = (index / (s.Wo * s.Ho)) % s.C;
-    n = index / (s.Wo * s.Ho * s.C);
-  }
-  int64_t a0, a1, e0, e1;
-  valid_taps(i, s.H, s, &a0, &a1);
-  valid_taps(j, s.W, s, &e0, &e1);
-  acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-  const scalar_t* wc = w + c * s.K * s.K;
-  for (int64_t a = a0; a < a1; ++a) {
-    const int64_t y = i - s.pad + s.dil * a;
-    for (int64_t e = e0; e < e1; ++e) {
-      const int64_t xx = j - s.pad + s.dil * e;
-      acc += static_cast<acc_t>(wc[a * s.K + e]) *
-             static_cast<acc_t>(x[map_offset(n, c, y, xx, s.C, s.H, s.W, channels_last)]);
+  const ImagePos p = output_pos(s, index, channels_last);
+  const int C = static_cast<int>(s.C), H = static_cast<int>(s.H), W = static_cast<int>(s.W),
+            K = static_cast<int>(s.K), pad = static_cast<int>(s.pad), dil = static_cast<int>(s.dil);
+  int a0, a1, e0, e1;
+  valid_taps(p.i, H, s, &a0, &a1);
+  valid_taps(p.j, W, s, &e0, &e1);
+  acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[p.c]) : acc_t(0);
+  const scalar_t* wc = w + p.c * K * K;
+  const scalar_t* image = x + p.n * s.C * s.H * s.W;
+  for (int a = a0; a < a1; ++a) {
+    const int y = p.i - pad + dil * a;
+    for (int e = e0; e < e1; ++e) {
+      const int xx = p.j - pad + dil * e;
+      acc += static_cast<acc_t>(wc[a * K + e]) *
+             static_cast<acc_t>(image[image_offset(p.c, y, xx, C, H, W, channels_last)]);
     }
   }
   return acc;
@@ -49,19 +69,26 @@ DEPTHWISE_HD acc_t forward_element(const Shape& s, int64_t index, bool channels_
 // Threads of a CUDA block that sums one weight's gradient; the test driver splits the sum the same way.
 constexpr int kGradWeightThreads = 256;
 
-// Partial weight gradient of tap (a, e) of channel c: the products grad_out * x over the output positions
-// (n, i, j) with flat number begin, begin + step, ... below N*Ho*Wo, summed in that order.
+// Partial weight gradient of tap (a, e) of channel c: the products grad_out * x over the output positions, image by
+// image, at the positions q = begin, begin + step, ... below Ho*Wo of each image (q = i * Wo + j), summed in that
+// order.
 template <typename scalar_t, typename acc_t>
-DEPTHWISE_HD acc_t grad_weight_partial(const Shape& s, int64_t c, int64_t a, int64_t e, int64_t begin, int64_t step,
-                                       bool channels_last, const scalar_t* grad_out, const scalar_t* x) {
+DEPTHWISE_HD acc_t grad_weight_partial(const Shape& s, int c, int a, int e, int begin, int step, bool channels_last,
+                                       const scalar_t* grad_out, const scalar_t* x) {
+  const int C = static_cast<int>(s.C), H = static_cast<int>(s.H), W = static_cast<int>(s.W),
+            Ho = static_cast<int>(s.Ho), Wo = static_cast<int>(s.Wo);
+  const int dy = static_cast<int>(s.dil) * a - static_cast<int>(s.pad),
+            dx = static_cast<int>(s.dil) * e - static_cast<int>(s.pad);
   acc_t acc(0);
-  const int64_t total = s.N * s.Ho * s.Wo;
-  for (int64_t p = begin; p < total; p += step) {
-    const int64_t j = p % s.Wo, i = (p / s.Wo) % s.Ho, n = p / (s.Wo * s.Ho);
-    const int64_t y = i - s.pad + s.dil * a, xx = j - s.pad + s.dil * e;
-    if (y < 0 || y >= s.H || xx < 0 || xx >= s.W) continue;
-    acc += static_cast<acc_t>(grad_out[map_offset(n, c, i, j, s.C, s.Ho, s.Wo, channels_last)]) *
-           static_cast<acc_t>(x[map_offset(n, c, y, xx, s.C, s.H, s.W, channels_last)]);
+  for (int64_t n = 0; n < s.N; ++n) {
+    const scalar_t* go = grad_out + n * s.C * s.Ho * s.Wo;
+    const scalar_t* image = x + n * s.C * s.H * s.W;
+    for (int q = begin; q < Ho * Wo; q += step) {
+      const int i = q / Wo, j = q - i * Wo, y = i + dy, xx = j + dx;
+      if (y < 0 || y >= H || xx < 0 || xx >= W) continue;
+      acc += static_cast<acc_t>(go[image_offset(c, i, j, C, Ho, Wo, channels_last)]) *
+             static_cast<acc_t>(image[image_offset(c, y, xx, C, H, W, channels_last)]);
+    }
   }
   return acc;
 }

@@ -29,13 +29,16 @@ struct Shape {
 };
 
 // The taps a in [*lo, *hi) of output position i that read inside an axis of length L (input index i - p + r*a).
-DEPTHWISE_HD void valid_taps(int64_t i, int64_t L, const Shape& s, int64_t* lo, int64_t* hi) {
-  const int64_t first = i - s.pad;  // input index of tap 0
+// T: int64_t, or int where the caller knows the axis fits (the CUDA bodies: no 64-bit division on the GPU).
+template <typename T>
+DEPTHWISE_HD void valid_taps(T i, T L, const Shape& s, T* lo, T* hi) {
+  const T pad = static_cast<T>(s.pad), dil = static_cast<T>(s.dil), K = static_cast<T>(s.K);
+  const T first = i - pad;  // input index of tap 0
   // a >= ceil(-first / r) and first + r*a <= L - 1.
-  int64_t a0 = first >= 0 ? 0 : (-first + s.dil - 1) / s.dil;
-  int64_t a1 = first > L - 1 ? 0 : (L - 1 - first) / s.dil + 1;
-  *lo = a0 < s.K ? a0 : s.K;
-  *hi = a1 < s.K ? a1 : s.K;
+  const T a0 = first >= 0 ? 0 : (-first + dil - 1) / dil;
+  const T a1 = first > L - 1 ? 0 : (L - 1 - first) / dil + 1;
+  *lo = a0 < K ? a0 : K;
+  *hi = a1 < K ? a1 : K;
   if (*hi < *lo) *hi = *lo;
 }
 

@@ -1,5 +1,6 @@
-// Host side of the depthwise operators, shared by every dispatch key (depthwise.cpp: schema and CPU; the CUDA file;
-// the test driver of the CUDA bodies): input checks, the call's Shape and the layout choice.
+// Host side of the depthwise operators, shared by every dispatch key (defined in depthwise_op.cpp; used by
+// depthwise.cpp: schema and CPU; the CUDA file; the test driver of the CUDA bodies): input checks, the call's Shape
+// and the layout choice.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +20,8 @@ void check_backward(const at::Tensor& grad_out, const at::Tensor& input, const a
                     int64_t dilation);
 
 Shape make_shape(const at::Tensor& input, const at::Tensor& weight, int64_t padding, int64_t dilation);
+// The CUDA bodies index inside one image in int32: C * H * W of the input and of the output must fit.
+void check_image_indices(const Shape& s);
 
 // Whether the op computes in channels-last (the input's suggested memory format) rather than NCHW.
 bool use_channels_last(const at::Tensor& input);

@@ -1,29 +1,37 @@
-// CUDA kernels of the ContMix core: float32, float16 and bfloat16 (accumulating in float32) and float64; any odd
-// K <= 31 (the launchers need no per-K instantiation; the bound keeps a bias table within shared memory) and any C.
+// CUDA implementation of the ContMix operators (registered for the CUDA dispatch key here): float32, float16 and
+// bfloat16 (accumulating in float32) and float64; any odd K <= 31 (the launchers need no per-K instantiation; the
+// bound keeps a bias table within shared memory) and any C.
 //
 // The per-pixel arithmetic lives in common/contmix_bodies.h and is shared with a CPU driver that the tests run; this
 // file holds the parallel glue only: a "team" (a power-of-two group of lanes inside one warp) shares one pixel and
-// cooperates through warp shuffles (WarpTeam).
-//   forward / stats: a team per output pixel, lanes over channels.
-//   grad_value:      a team per value pixel, gathered over its inverse neighbourhood (no atomics).
-//   grad_weights:    a team per output pixel, lanes over channels, reducing each tap's dot product and taking
-//                    turns at the taps' exps and stores; grad_rpb is reduced per block in shared memory and
-//                    added to global memory once per block. Under torch.use_deterministic_algorithms(True) the
-//                    logit gradients are kept in the accumulation type instead and grad_rpb is gathered per table
-//                    entry in a fixed order (bias_grad_kernel): bitwise reproducible.
-// The backward keeps two numbers per pixel (stats) instead of the K*K softmax probabilities.
-#include <ATen/Dispatch.h>
+// cooperates through warp shuffles (WarpTeam). Lanes are over channels everywhere, 16 bytes per lane with one vector
+// load when C and the pointers allow it (checked at launch), else scalar loads. Designed for the bandwidth limit:
+//   forward:  a team per output pixel; writes out and, with softmax, the pixel's log-sum-exp (lse, 1 number per
+//             pixel), which the backward reads instead of repeating the forward.
+//   backward: one pass, a team per pixel: its logit gradients as an output pixel (sum_s P_s dL/dP_s is
+//             <grad_out, out>, from the saved out) and its value gradient as a value pixel (a gather over its inverse
+//             neighbourhood, no atomics). grad_rpb: each tap's gradient is summed over the teams of a warp in
+//             registers when they share the bias entry (consecutive pixels away from the borders), then added to a
+//             per-block table in shared memory, and that table to global memory once per block. Under
+//             torch.use_deterministic_algorithms(True) the logit gradients are kept in the accumulation type instead
+//             and grad_rpb is gathered in a fixed order, summed over each plane row first (bias_rows_kernel), then
+//             over rows and batch per table entry (bias_grad_kernel): bitwise reproducible.
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "contmix_bodies.h"
 #include "contmix_kernels.h"
+#include "contmix_shape.h"
 
 namespace mmoverlock {
 namespace contmix {
@@ -69,84 +77,96 @@ __device__ __forceinline__ int64_t team_index(int team_size) {
   return static_cast<int64_t>(blockIdx.x) * (kBlock / team_size) + threadIdx.x / team_size;
 }
 
-template <typename scalar_t, int CPT, bool kStats>
+template <typename scalar_t, int CPT, bool kVec>
 __global__ void __launch_bounds__(kBlock)
     forward_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ w,
                    const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
-                   const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ out,
-                   at::opmath_type<scalar_t>* __restrict__ stats) {
+                   scalar_t* __restrict__ out, at::opmath_type<scalar_t>* __restrict__ lse) {
   const int64_t pix = team_index(team_size);
   const bool valid = pix < s.npix;  // the last pixel stands in for the others, which store nothing
-  forward_pixel<scalar_t, CPT, kStats>(this_team(team_size), s, valid ? pix : s.npix - 1, valid, w, v, rpb, grad_out,
-                                       out, stats);
+  forward_pixel<scalar_t, CPT, kVec>(this_team(team_size), s, pixel_pos(valid ? pix : s.npix - 1, s), valid, w, v, rpb,
+                                     out, lse);
 }
 
-template <typename scalar_t, int CPT>
-__global__ void __launch_bounds__(kBlock)
-    grad_value_kernel(const Shape s, const int team_size, const scalar_t* __restrict__ grad_out,
-                      const scalar_t* __restrict__ w, const at::opmath_type<scalar_t>* __restrict__ rpb,
-                      const at::opmath_type<scalar_t>* __restrict__ stats, scalar_t* __restrict__ grad_value) {
-  const int64_t pix = team_index(team_size);
-  const bool valid = pix < s.npix;
-  grad_value_pixel<scalar_t, CPT>(this_team(team_size), s, valid ? pix : s.npix - 1, valid, grad_out, w, rpb, stats,
-                                  grad_value);
-}
-
+// grad_rpb of a block: each lane's tap gradient (entry -1: none) is first summed over the warp's teams in registers
+// when lane k of every team has the same entry (consecutive pixels of a row away from the borders), and added once;
+// otherwise each lane adds its own. Every lane of the warp calls it (full-mask shuffles).
 template <typename acc_t>
 struct SharedBiasSink {
   acc_t* table;  // the block's [R, R] partial sums in shared memory
-  __device__ void operator()(int64_t offset, acc_t grad) const { atomicAdd(table + offset, grad); }
+  __device__ void operator()(const WarpTeam& team, int entry, acc_t grad) const {
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const int first = __shfl_sync(kFullMask, entry, lane & (team.size_ - 1));  // lane k of the warp's first team
+    if (__all_sync(kFullMask, entry == first)) {
+      for (int o = team.size_; o < 32; o <<= 1) grad += __shfl_xor_sync(kFullMask, grad, o);
+      if (lane < team.size_ && entry >= 0) atomicAdd(table + entry, grad);
+    } else if (entry >= 0) {
+      atomicAdd(table + entry, grad);
+    }
+  }
 };
 
-// grad_weights (or, deterministic, the logit gradients in the accumulation type), a team per pixel with lanes over
-// channels. Every block covers pixels of one plane (blocks_per_plane blocks per plane), so with rpb (kSharedRpb) its
-// contributions to grad_rpb go to one bias table, summed in shared memory first. The body's team reductions need
-// every lane: pixels past the plane's end stand in as its last pixel and store nothing.
-template <typename scalar_t, int CPT, typename grad_t, bool kSharedRpb>
+// The whole backward, a team per pixel (backward_pixel): grad_weights (or, deterministic, the logit gradients in the
+// accumulation type) and grad_value. Every block covers pixels of one plane (blocks_per_plane blocks per plane), so
+// with rpb (kSharedRpb) its contributions to grad_rpb go to one bias table, summed in shared memory first. The body's
+// team reductions need every lane: pixels past the plane's end stand in as its last pixel and store nothing.
+template <typename scalar_t, int CPT, bool kVec, typename grad_t, bool kSharedRpb>
 __global__ void __launch_bounds__(kBlock)
-    grad_weights_kernel(const Shape s, const int team_size, const int64_t blocks_per_plane,
-                        const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ w,
-                        const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
-                        const at::opmath_type<scalar_t>* __restrict__ stats, grad_t* __restrict__ grad_logits,
-                        at::opmath_type<scalar_t>* __restrict__ grad_rpb) {
+    backward_kernel(const Shape s, const int team_size, const int64_t blocks_per_plane,
+                    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ w,
+                    const scalar_t* __restrict__ v, const at::opmath_type<scalar_t>* __restrict__ rpb,
+                    const scalar_t* __restrict__ out, const at::opmath_type<scalar_t>* __restrict__ lse,
+                    grad_t* __restrict__ grad_logits, scalar_t* __restrict__ grad_value,
+                    at::opmath_type<scalar_t>* __restrict__ grad_rpb) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(sizeof(double)) unsigned char shared_raw[];
   acc_t* rpb_acc = reinterpret_cast<acc_t*>(shared_raw);  // [R * R] when kSharedRpb
-  const int64_t plane = blockIdx.x / blocks_per_plane, RR = s.R * s.R;
+  const int64_t plane = blockIdx.x / blocks_per_plane;
+  const int RR = static_cast<int>(s.R * s.R), plane_size = static_cast<int>(s.H * s.W);
   if constexpr (kSharedRpb) {
-    for (int64_t k = threadIdx.x; k < RR; k += blockDim.x) rpb_acc[k] = 0;
+    for (int k = threadIdx.x; k < RR; k += blockDim.x) rpb_acc[k] = 0;
     __syncthreads();
   }
-  const int64_t local = (blockIdx.x - plane * blocks_per_plane) * (kBlock / team_size) + threadIdx.x / team_size;
-  const bool valid = local < s.H * s.W;
-  const int64_t pix = plane * s.H * s.W + (valid ? local : s.H * s.W - 1);
+  const int local = static_cast<int>(blockIdx.x - plane * blocks_per_plane) * (kBlock / team_size) +
+                    static_cast<int>(threadIdx.x) / team_size;
+  const bool valid = local < plane_size;
+  const PixelPos at = pixel_in_plane(plane, valid ? local : plane_size - 1, s);
   if constexpr (kSharedRpb) {
-    grad_weights_pixel<scalar_t, CPT>(this_team(team_size), s, pix, valid, grad_out, w, v, rpb, stats, grad_logits,
-                                      SharedBiasSink<acc_t>{rpb_acc});
-  } else {
-    grad_weights_pixel<scalar_t, CPT>(this_team(team_size), s, pix, valid, grad_out, w, v, rpb, stats, grad_logits,
-                                      NoBiasSink{});
-  }
-  if constexpr (kSharedRpb) {
+    backward_pixel<scalar_t, CPT, kVec>(this_team(team_size), s, at, valid, grad_out, w, v, rpb, out, lse,
+                                        grad_logits, grad_value, SharedBiasSink<acc_t>{rpb_acc});
     __syncthreads();
-    acc_t* dst = grad_rpb + (plane % s.G) * RR;
-    for (int64_t k = threadIdx.x; k < RR; k += blockDim.x) {
+    acc_t* dst = grad_rpb + static_cast<int64_t>(at.group) * RR;
+    for (int k = threadIdx.x; k < RR; k += blockDim.x) {
       if (rpb_acc[k] != acc_t(0)) atomicAdd(dst + k, rpb_acc[k]);
     }
+  } else {
+    backward_pixel<scalar_t, CPT, kVec>(this_team(team_size), s, at, valid, grad_out, w, v, rpb, out, lse,
+                                        grad_logits, grad_value, NoBiasSink{});
   }
 }
 
-// Deterministic grad_rpb: a warp per table entry (G * R * R of them), gathering from the logit gradients.
+// Deterministic grad_rpb, step 1 (bias_row_entry): a thread per (plane row, tap row a, table column x); consecutive
+// threads read consecutive taps of a pixel.
 template <typename acc_t>
 __global__ void __launch_bounds__(kBlock)
-    bias_grad_kernel(const Shape s, const acc_t* __restrict__ grad_logits, acc_t* __restrict__ grad_rpb) {
-  constexpr int kTeam = 32;
-  const int64_t entries = s.G * s.R * s.R;
-  const int64_t n = team_index(kTeam);
-  const int64_t index = n < entries ? n : entries - 1;
-  const acc_t sum = bias_grad_entry<acc_t>(this_team(kTeam), s, index / (s.R * s.R), index % (s.R * s.R),
-                                           grad_logits);
-  if (n < entries && threadIdx.x % kTeam == 0) grad_rpb[index] = sum;
+    bias_rows_kernel(const Shape s, const acc_t* __restrict__ grad_logits, acc_t* __restrict__ rows) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  const int KR = static_cast<int>(s.K * s.R), R = static_cast<int>(s.R);
+  if (n >= s.B * s.G * s.H * KR) return;
+  const int64_t row = n / KR;
+  const int rest = static_cast<int>(n - row * KR), a = rest / R;
+  rows[n] = bias_row_entry<acc_t>(s, row, a, rest - a * R, grad_logits);
+}
+
+// Step 2 (bias_grad_entry): a thread per table entry.
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlock)
+    bias_grad_kernel(const Shape s, const acc_t* __restrict__ rows, acc_t* __restrict__ grad_rpb) {
+  const int n = static_cast<int>(blockIdx.x) * kBlock + static_cast<int>(threadIdx.x);
+  const int R = static_cast<int>(s.R), RR = R * R;
+  if (n >= s.G * RR) return;
+  const int g = n / RR, u = (n - g * RR) / R;
+  grad_rpb[n] = bias_grad_entry<acc_t>(s, g, u, n - g * RR - u * R, rows);
 }
 
 int next_pow2(int64_t n) {
@@ -174,82 +194,96 @@ void check_kernel_size(int64_t K) {
                     " (use backend='torch' for larger windows)");
 }
 
-}  // namespace
-
-void forward_cuda(const at::Tensor& weights, const at::Tensor& value, const at::Tensor& rpb, int64_t kernel_size,
-                  bool softmax, at::Tensor& out) {
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& weights, const at::Tensor& value,
+                                                const std::optional<at::Tensor>& rpb, int64_t kernel_size,
+                                                bool softmax) {
   check_kernel_size(kernel_size);
-  const Shape s = make_shape(value, kernel_size, softmax);
-  if (s.npix == 0 || s.C == 0) return;
+  const Inputs in = prepare_inputs(weights, value, rpb, kernel_size);
+  const c10::cuda::CUDAGuard guard(in.value.device());
+  at::Tensor out = at::empty(in.value.sizes(), in.value.options()), lse = allocate_lse(in.value, softmax);
+  const Shape s = make_shape(in.value, kernel_size, softmax);
+  if (s.npix == 0) return {out, lse};  // with C = 0 the kernel still saves lse
   check_plane_indices(s);
-  const c10::cuda::CUDAGuard guard(value.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_forward_cuda", [&] {
-    with_channels_per_lane(s.C, [&](auto cpt) {
-      constexpr int CPT = decltype(cpt)::value;
-      const int team = channel_team(s.C, CPT);
-      forward_kernel<scalar_t, CPT, false><<<checked_grid(blocks_for(s.npix, team), "forward"), kBlock, 0, stream>>>(
-          s, team, weights.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), optional_ptr<at::opmath_type<scalar_t>>(rpb),
-          nullptr, out.mutable_data_ptr<scalar_t>(), nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-}
-
-void backward_cuda(const at::Tensor& grad_out, const at::Tensor& weights, const at::Tensor& value,
-                   const at::Tensor& rpb, int64_t kernel_size, bool softmax, bool deterministic,
-                   BackwardBuffers& buffers) {
-  check_kernel_size(kernel_size);
-  const Shape s = make_shape(value, kernel_size, softmax);
-  if (s.npix == 0) return;
-  check_plane_indices(s);
-  const c10::cuda::CUDAGuard guard(value.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(value.device().index());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix_backward_cuda", [&] {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.value.device().index());
+  dispatch_channel_layout(in.value, s.C, {in.value, out}, [&](auto zero, auto cpt, auto vec) {
+    using scalar_t = decltype(zero);
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* w = weights.const_data_ptr<scalar_t>();
-    const scalar_t* v = value.const_data_ptr<scalar_t>();
-    const acc_t* b = optional_ptr<acc_t>(rpb);
-    acc_t* st = softmax ? buffers.stats.mutable_data_ptr<acc_t>() : nullptr;
-    const bool gather_rpb = b != nullptr && deterministic;
-    with_channels_per_lane(std::max<int64_t>(s.C, 1), [&](auto cpt) {
-      constexpr int CPT = decltype(cpt)::value;
-      const int team = channel_team(std::max<int64_t>(s.C, 1), CPT);
-      if (softmax) {
-        forward_kernel<scalar_t, CPT, true><<<checked_grid(blocks_for(s.npix, team), "stats"), kBlock, 0, stream>>>(
-            s, team, w, v, b, go, nullptr, st);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (s.C > 0) {
-        grad_value_kernel<scalar_t, CPT><<<checked_grid(blocks_for(s.npix, team), "grad_value"), kBlock, 0, stream>>>(
-            s, team, go, w, b, st, buffers.grad_value.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      // One plane per block (blocks_per_plane consecutive blocks), so B * G has no grid limit of its own.
-      const int64_t blocks_per_plane = blocks_for(s.H * s.W, team);
-      const unsigned blocks = checked_grid(blocks_per_plane * s.B * s.G, "grad_weights");
-      if (!gather_rpb) {
-        const size_t shared = b != nullptr ? static_cast<size_t>(s.R * s.R) * sizeof(acc_t) : 0;
-        const auto kernel = b != nullptr ? grad_weights_kernel<scalar_t, CPT, scalar_t, true>
-                                         : grad_weights_kernel<scalar_t, CPT, scalar_t, false>;
-        kernel<<<blocks, kBlock, shared, stream>>>(s, team, blocks_per_plane, go, w, v, b, st,
-                                                  buffers.grad_weights.mutable_data_ptr<scalar_t>(),
-                                                  b != nullptr ? buffers.grad_rpb.mutable_data_ptr<acc_t>() : nullptr);
-      } else {
-        // Deterministic grad_rpb: the logit gradients in the accumulation type (grad_logits is grad_weights itself
-        // when that has the accumulation type), gathered per table entry in a fixed order below.
-        grad_weights_kernel<scalar_t, CPT, acc_t, false><<<blocks, kBlock, 0, stream>>>(
-            s, team, blocks_per_plane, go, w, v, b, st, buffers.grad_logits.mutable_data_ptr<acc_t>(), nullptr);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (!gather_rpb) return;
-    acc_t* logits = buffers.grad_logits.mutable_data_ptr<acc_t>();
-    bias_grad_kernel<acc_t><<<checked_grid(blocks_for(s.G * s.R * s.R, 32), "grad_rpb"), kBlock, 0, stream>>>(
-        s, logits, buffers.grad_rpb.mutable_data_ptr<acc_t>());
+    constexpr int CPT = decltype(cpt)::value;
+    const int team = channel_team(s.C, CPT);
+    forward_kernel<scalar_t, CPT, decltype(vec)::value>
+        <<<checked_grid(blocks_for(s.npix, team), "forward"), kBlock, 0, stream>>>(
+            s, team, in.weights.const_data_ptr<scalar_t>(), in.value.const_data_ptr<scalar_t>(),
+            optional_ptr<acc_t>(in.rpb), out.mutable_data_ptr<scalar_t>(),
+            softmax ? lse.mutable_data_ptr<acc_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& weights,
+                                                             const at::Tensor& value,
+                                                             const std::optional<at::Tensor>& rpb,
+                                                             const std::optional<at::Tensor>& saved_out,
+                                                             const std::optional<at::Tensor>& saved_lse,
+                                                             int64_t kernel_size, bool softmax) {
+  check_kernel_size(kernel_size);
+  const Inputs in = prepare_inputs(weights, value, rpb, kernel_size);
+  check_grad_out(grad_out, value);
+  const c10::cuda::CUDAGuard guard(in.value.device());
+  const at::Tensor go = grad_out.contiguous();
+  at::Tensor out, lse;
+  if (softmax) std::tie(out, lse) = saved_forward(saved_out, saved_lse, in.value);
+  // Under torch.use_deterministic_algorithms(True) grad_rpb is gathered in a fixed order from the logit gradients.
+  const bool gather_rpb = in.rpb.defined() && at::globalContext().deterministicAlgorithms();
+  BackwardBuffers r = allocate_backward(in.weights, in.value, in.rpb, gather_rpb);
+  const Shape s = make_shape(in.value, kernel_size, softmax);
+  if (s.npix == 0) return finish_backward(r, rpb, in.value);
+  check_plane_indices(s);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.value.device().index());
+  const int64_t C = std::max<int64_t>(s.C, 1);
+  dispatch_channel_layout(in.value, C, {go, in.value, out, r.grad_value}, [&](auto zero, auto cpt, auto vec) {
+    using scalar_t = decltype(zero);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int CPT = decltype(cpt)::value;
+    constexpr bool kVec = decltype(vec)::value;
+    const BackwardData<scalar_t> d(go, in, out, lse, r.grad_value);
+    const int team = channel_team(C, CPT);
+    // One plane per block (blocks_per_plane consecutive blocks), so B * G has no grid limit of its own.
+    const int64_t blocks_per_plane = blocks_for(s.H * s.W, team);
+    const unsigned blocks = checked_grid(blocks_per_plane * s.B * s.G, "backward");
+    if (!gather_rpb) {
+      const bool with_rpb = d.rpb != nullptr;
+      const size_t shared = with_rpb ? static_cast<size_t>(s.R * s.R) * sizeof(acc_t) : 0;
+      const auto kernel = with_rpb ? backward_kernel<scalar_t, CPT, kVec, scalar_t, true>
+                                   : backward_kernel<scalar_t, CPT, kVec, scalar_t, false>;
+      kernel<<<blocks, kBlock, shared, stream>>>(s, team, blocks_per_plane, d.grad_out, d.w, d.v, d.rpb, d.out, d.lse,
+                                                r.grad_weights.mutable_data_ptr<scalar_t>(), d.grad_value,
+                                                with_rpb ? r.grad_rpb.mutable_data_ptr<acc_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    // The logit gradients in the accumulation type (grad_logits is grad_weights itself when that has the
+    // accumulation type), then grad_rpb gathered from them in a fixed order.
+    backward_kernel<scalar_t, CPT, kVec, acc_t, false><<<blocks, kBlock, 0, stream>>>(
+        s, team, blocks_per_plane, d.grad_out, d.w, d.v, d.rpb, d.out, d.lse, r.grad_logits.mutable_data_ptr<acc_t>(),
+        d.grad_value, nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    acc_t* rows = r.bias_rows.mutable_data_ptr<acc_t>();
+    bias_rows_kernel<acc_t><<<checked_grid((r.bias_rows.numel() + kBlock - 1) / kBlock, "grad_rpb rows"), kBlock, 0,
+                              stream>>>(s, r.grad_logits.const_data_ptr<acc_t>(), rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    bias_grad_kernel<acc_t><<<checked_grid((s.G * s.R * s.R + kBlock - 1) / kBlock, "grad_rpb"), kBlock, 0, stream>>>(
+        s, rows, r.grad_rpb.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return finish_backward(r, rpb, in.value);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmoverlock, CUDA, m) {
+  m.impl("contmix_forward", &forward_impl);
+  m.impl("contmix_backward", &backward_impl);
 }
 
 }  // namespace contmix

@@ -40,7 +40,7 @@ __global__ void grad_weight_kernel(Shape s, bool channels_last, const scalar_t* 
                                    const scalar_t* __restrict__ x, scalar_t* __restrict__ grad_w) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t buf[kGradWeightThreads];
-  const int64_t block = blockIdx.x, c = block / (s.K * s.K), a = (block / s.K) % s.K, e = block % s.K;
+  const int block = blockIdx.x, K = static_cast<int>(s.K), c = block / (K * K), a = (block / K) % K, e = block % K;
   const int t = threadIdx.x;
   buf[t] = grad_weight_partial<scalar_t, acc_t>(s, c, a, e, t, kGradWeightThreads, channels_last, grad_out, x);
   __syncthreads();
@@ -56,6 +56,7 @@ at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const
   check_forward(input, weight, bias, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
   const Shape s = make_shape(input, weight, padding, dilation);
+  check_image_indices(s);
   const bool cl = use_channels_last(input);
   const at::Tensor x = input.contiguous(format_of(cl)), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -79,6 +80,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
   check_backward(grad_out, input, weight, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
   const Shape s = make_shape(input, weight, padding, dilation);
+  check_image_indices(s);
   const bool cl = use_channels_last(input);
   const at::Tensor go = grad_out.contiguous(format_of(cl)), x = input.contiguous(format_of(cl));
   at::Tensor grad_input = at::empty({0}, x.options()), grad_weight = at::empty({0}, x.options());

@@ -29,6 +29,7 @@ at::Tensor bodies_forward(const at::Tensor& input, const at::Tensor& weight, con
   check_forward(input, weight, bias, padding, dilation);
   TORCH_CHECK(input.device().is_cpu(), "depthwise_bodies: the CPU driver takes CPU tensors, got ", input.device());
   const Shape s = make_shape(input, weight, padding, dilation);
+  check_image_indices(s);
   const bool cl = use_channels_last(input);
   const at::Tensor x = input.contiguous(format_of(cl)), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -49,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor> bodies_backward(const at::Tensor& grad_out, c
                                                    const at::Tensor& weight, int64_t padding, int64_t dilation) {
   check_backward(grad_out, input, weight, padding, dilation);
   const Shape s = make_shape(input, weight, padding, dilation);
+  check_image_indices(s);
   const bool cl = use_channels_last(input);
   const at::Tensor go = grad_out.contiguous(format_of(cl)), x = input.contiguous(format_of(cl));
   at::Tensor grad_input = bodies_forward(go, flipped_weight(weight), std::nullopt, grad_input_padding(s), dilation);
@@ -57,8 +59,9 @@ std::tuple<at::Tensor, at::Tensor> bodies_backward(const at::Tensor& grad_out, c
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> buf(kGradWeightThreads);
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
-    for (int64_t block = 0; block < s.C * s.K * s.K; ++block) {  // one CUDA block per weight
-      const int64_t c = block / (s.K * s.K), a = (block / s.K) % s.K, e = block % s.K;
+    const int K = static_cast<int>(s.K);
+    for (int block = 0; block < s.C * K * K; ++block) {  // one CUDA block per weight
+      const int c = block / (K * K), a = (block / K) % K, e = block % K;
       for (int t = 0; t < kGradWeightThreads; ++t) {
         buf[t] = grad_weight_partial<scalar_t, acc_t>(s, c, a, e, t, kGradWeightThreads, cl,
                                                       go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>());
