@@ -25,7 +25,7 @@ struct Simd {
 // Accumulator vectors a register block may hold (of 16 registers on SSE/AVX2, 32 on AVX-512).
 constexpr int kAccumulators = 8;
 
-#include "cpu_vector_ops.h"  // load, store, splat, hsum, round_up, imin, imax
+#include "cpu_vector_ops.h"  // load, store, splat, hsum, hmax, round_up, imin, imax
 
 // Calls f(std::integral_constant<int, B>, start) for consecutive blocks that cover [start, count): blocks of the
 // template's B while they fit, then of B/2, ..., 1 (so every block size is a compile-time constant).
@@ -59,13 +59,19 @@ inline void in_register(V& v) {
 #endif
 }
 
-// Calls f(std::integral_constant<int, I>{}) for I = 0, ..., N - 1, unrolled at compile time.
+// Forced inlining: GCC's size limits would otherwise leave some unrolled register tiles as calls that pass the
+// accumulators through memory.
+#define DEPTHWISE_ALWAYS __attribute__((always_inline))
+#define DEPTHWISE_INLINE inline DEPTHWISE_ALWAYS
+
+// Calls f(std::integral_constant<int, I>{}) for I = 0, ..., N - 1, unrolled at compile time (f must be
+// DEPTHWISE_INLINE too).
 template <typename F, int... I>
-inline void unrolled(F&& f, std::integer_sequence<int, I...>) {
+DEPTHWISE_INLINE void unrolled(F&& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
 }
 template <int N, typename F>
-inline void unroll(F&& f) {
+DEPTHWISE_INLINE void unroll(F&& f) {
   unrolled(f, std::make_integer_sequence<int, N>{});
 }
 
@@ -126,13 +132,13 @@ enum class Source { kPacked, kDirect, kDirectChecked };
 // reads it (up to E FMAs); the E weight vectors stay in registers. Tail: only `tail` < E taps are left (the missing
 // weights are zero, the input vectors only they would read are not loaded). `col0`: input column of xr (kDirect*).
 template <typename V, int B, int E, bool Tail, Source src, typename scalar_t>
-inline void nhwc_chunk(const Shape& s, const scalar_t* xr, const scalar_t* wr, int64_t tail, int64_t col0,
+DEPTHWISE_INLINE void nhwc_chunk(const Shape& s, const scalar_t* xr, const scalar_t* wr, int64_t tail, int64_t col0,
                        V (&acc)[B]) {
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
   const int64_t step = s.dil * s.C;
   V w[E];
-  unroll<E>([&](auto e) { w[e] = !Tail || e < tail ? load<V>(wr + e * L) : V{}; });
-  unroll<B + E - 1>([&](auto t) {
+  unroll<E>([&](auto e) DEPTHWISE_ALWAYS { w[e] = !Tail || e < tail ? load<V>(wr + e * L) : V{}; });
+  unroll<B + E - 1>([&](auto t) DEPTHWISE_ALWAYS {
     bool read = !Tail || t < B - 1 + tail;
     if constexpr (src == Source::kDirectChecked) read = read && col0 + s.dil * t >= 0 && col0 + s.dil * t < s.W;
     V x{};
@@ -142,7 +148,7 @@ inline void nhwc_chunk(const Shape& s, const scalar_t* xr, const scalar_t* wr, i
       asm("" : "+r"(xr));  // one pointer stepped along, not one address register per input column
     }
     in_register(x);
-    unroll<B>([&](auto m) {
+    unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
       constexpr int e = decltype(t)::value - decltype(m)::value;
       if constexpr (e >= 0 && e < E) acc[m] += w[e] * x;
     });
@@ -162,7 +168,7 @@ inline void nhwc_block(const Shape& s, const scalar_t* xs, const scalar_t* ws, V
   const int64_t row_step = src == Source::kPacked ? s.dil * residue_length(s) * L : s.W * s.C;
   const int64_t first = src == Source::kPacked ? q0 * L : (j0 - s.pad) * s.C;
   V acc[B];
-  unroll<B>([&](auto m) { acc[m] = b; });
+  unroll<B>([&](auto m) DEPTHWISE_ALWAYS { acc[m] = b; });
   for (int64_t a = a0; a < a1; ++a) {
     const scalar_t* xr = xs + (i - s.pad + s.dil * a) * row_step + first;
     const scalar_t* wr = ws + a * s.K * L;
@@ -174,7 +180,7 @@ inline void nhwc_block(const Shape& s, const scalar_t* xs, const scalar_t* ws, V
                                      j0 - s.pad + full * E * s.dil, acc);
     }
   }
-  unroll<B>([&](auto m) {
+  unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
     scalar_t* o = orow + (j0 + s.dil * m) * s.C + c0;
     if (c0 + L <= s.C) {
       store(o, acc[m]);
@@ -442,6 +448,9 @@ void grad_weight_nchw(const Shape& s, const scalar_t* grad_out, const scalar_t* 
 }
 
 }  // namespace
+
+#undef DEPTHWISE_INLINE
+#undef DEPTHWISE_ALWAYS
 
 extern const Kernels kernels;
 constexpr Kernels kernels = {
