@@ -18,6 +18,7 @@ struct KernelTable {
   // Channels-last forward: the input is first packed (pack_nhwc, input rows [begin, end) of the N*H rows) into
   // nhwc_packed_size(s) elements; forward_nhwc then computes output rows [begin, end) of the N*Ho rows from it,
   // with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be null).
+  // A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself.
   int64_t (*nhwc_packed_size)(const Shape& s);
   void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end);
   void (*forward_nhwc)(const Shape& s, const scalar_t* packed, const scalar_t* wp, const scalar_t* bp,
