@@ -37,7 +37,7 @@ struct Simd<double> {
   static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(double);
 };
 
-#include "cpu_vector_ops.h"  // load, store, splat, hsum, round_up, imin, imax
+#include "cpu_vector_ops.h"  // load, store, splat, hsum, hmax, round_up, imin, imax
 
 // Lane numbers 0, 1, ..., L - 1: compared with a count, they mask the lanes past the end of a row of taps.
 template <typename scalar_t>
@@ -50,17 +50,6 @@ inline typename Simd<scalar_t>::ivec lane_numbers() {
 template <typename V>
 inline V vmax(V a, V b) {
   return a > b ? a : b;
-}
-
-// Horizontal maximum, by halving over the lanes of a local copy (as hsum).
-template <typename scalar_t, typename V>
-inline scalar_t hmax(V v) {
-  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
-  scalar_t x[L];
-  store(x, v);
-  for (int64_t w = L / 2; w >= 1; w /= 2)
-    for (int64_t l = 0; l < w; ++l) x[l] = x[l] > x[l + w] ? x[l] : x[l + w];
-  return x[0];
 }
 
 // exp(x) for x <= 0 in branch-free float arithmetic (Cephes' expf polynomial, about 1 ulp), on a vector or a scalar.

@@ -20,16 +20,26 @@ inline V splat(scalar_t x) {
   return x - V{};  // a broadcast (x - 0 is x for every x, unlike x + 0); for V = scalar_t this is x itself
 }
 
-// Horizontal sum by halving over the lanes of a local copy (a tree, not a chain; the vector itself is never
-// addressed, so loops that accumulate it keep it in a register).
-template <typename scalar_t, typename V>
-inline scalar_t hsum(V v) {
+// Horizontal reduction by halving over the lanes of a local copy (a tree, not a chain; the vector itself is never
+// addressed, so loops that accumulate it keep it in a register). `op` combines two scalars.
+template <typename scalar_t, typename V, typename Op>
+inline scalar_t hreduce(V v, Op op) {
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
   scalar_t x[L];
   store(x, v);
   for (int64_t w = L / 2; w >= 1; w /= 2)
-    for (int64_t l = 0; l < w; ++l) x[l] += x[l + w];
+    for (int64_t l = 0; l < w; ++l) x[l] = op(x[l], x[l + w]);
   return x[0];
+}
+
+template <typename scalar_t, typename V>
+inline scalar_t hsum(V v) {
+  return hreduce<scalar_t>(v, [](scalar_t a, scalar_t b) { return a + b; });
+}
+
+template <typename scalar_t, typename V>
+inline scalar_t hmax(V v) {  // a NaN lane may or may not win, as with the max of scalars
+  return hreduce<scalar_t>(v, [](scalar_t a, scalar_t b) { return a > b ? a : b; });
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -60,10 +61,25 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (channels_last) {
-      const at::Tensor wt = weight.reshape({s.C, s.K * s.K}).t().contiguous();  // tap-major [K*K, C]
-      const scalar_t* w = wt.const_data_ptr<scalar_t>();
+      // Weight [slices][K*K][lanes] and bias [slices][lanes], zero past C (see KernelTable::forward_nhwc).
+      const int64_t L = k.lanes, padded = (s.C + L - 1) / L * L;
+      auto pack = [&](const at::Tensor& t, int64_t taps) {
+        return at::constant_pad_nd(t.reshape({s.C, taps}), {0, 0, 0, padded - s.C})
+            .reshape({padded / L, L, taps}).transpose(1, 2).contiguous();
+      };
+      const at::Tensor wp = pack(weight, s.K * s.K);
+      const at::Tensor bp = bias.defined() ? pack(bias, 1) : at::Tensor();
+      at::Tensor packed = at::empty({k.nhwc_packed_size(s)}, input.options());
+      scalar_t* xp = packed.mutable_data_ptr<scalar_t>();
+      if (packed.numel() > 0) {  // else the kernels read the input itself
+        at::parallel_for(0, s.N * s.H, cpu::grain(s.W * s.C), [&](int64_t begin, int64_t end) {
+          k.pack_nhwc(s, x, xp, begin, end);
+        });
+      }
+      const scalar_t* w = wp.const_data_ptr<scalar_t>();
+      const scalar_t* bpp = bias.defined() ? bp.const_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, s.N * s.Ho, cpu::grain(s.Wo * s.C * s.K * s.K), [&](int64_t begin, int64_t end) {
-        k.forward_nhwc(s, x, w, b, o, begin, end);
+        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end);
       });
     } else {
       const scalar_t* w = weight.const_data_ptr<scalar_t>();

@@ -2,6 +2,7 @@
 // this ISA's namespace; the dispatcher picks it only where the CPU supports it (see depthwise_cpu.cpp).
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "depthwise_common.h"
 #include "depthwise_cpu_isa.h"

@@ -2,10 +2,11 @@
 // per instruction set (depthwise_cpu_<isa>.cpp includes this file after switching the target, as ContMix's kernels).
 // No include guard and no includes: the wrapper includes every header before the target switch.
 //
-// Channels-last maps are vectorised over channels, a 64-byte cache line of channels at a time, and register-blocked
-// over output columns (forward) or taps (weight gradient): each loaded weight vector (forward) or grad_out vector
-// (weight gradient) feeds a block of independent FMAs, 8 accumulator vectors in all on every ISA. Columns whose
-// taps all read inside the map take a branch-free loop; border columns take their own tap ranges.
+// Channels-last maps are vectorised over channels. The forward (and so the input gradient) keeps a tile of output
+// columns x the taps of a kernel-row chunk in registers and slides the input columns through it, one load per
+// input vector for all the FMAs that use it; larger kernels first pack the input into zero-padded slices of one
+// vector of channels (no border tests, compile-time offsets), small ones read it in place. The weight gradient is
+// register-blocked over taps: each loaded grad_out vector feeds a block of independent FMAs.
 // NCHW maps are vectorised over output columns of a zero-padded copy of the input plane (per thread scratch), with
 // the kernel taps broadcast, so no border tests at all.
 #if !defined(DEPTHWISE_VEC_BYTES)
@@ -24,7 +25,7 @@ struct Simd {
 // Accumulator vectors a register block may hold (of 16 registers on SSE/AVX2, 32 on AVX-512).
 constexpr int kAccumulators = 8;
 
-#include "cpu_vector_ops.h"  // load, store, splat, hsum, round_up, imin, imax
+#include "cpu_vector_ops.h"  // load, store, splat, hsum, hmax, round_up, imin, imax
 
 // Calls f(std::integral_constant<int, B>, start) for consecutive blocks that cover [start, count): blocks of the
 // template's B while they fit, then of B/2, ..., 1 (so every block size is a compile-time constant).
@@ -35,91 +36,222 @@ inline void for_blocks(int64_t count, int64_t& start, F&& f) {
 }
 
 // ---- channels-last forward -----------------------------------------------------------------------------------
+//
+// The input is first repacked (pack_nhwc) into slices of one vector of channels (the last slice zero-filled past C):
+// packed[n][slice][y][q] holds the channels of input row y at zero-padded column c = w + p, stored at position
+// q = (c mod r) * R + c / r with R = ceil((W + 2p) / r), r the dilation. The padded columns of one residue modulo r
+// are then contiguous, and output column j with tap e reads padded column j + r*e: the output columns of one
+// residue form a dense, border-free problem whose loads all sit at compile-time offsets of two pointers.
 
-// Output column j of row i, channels [c0, c0 + NV * lanes(V)), with the taps that read inside the map.
-template <typename V, int NV, typename scalar_t>
-inline void nhwc_column(const Shape& s, const scalar_t* xn, const scalar_t* wt, const scalar_t* bias,
-                        scalar_t* orow, int64_t i, int64_t j, int64_t c0, int64_t a0, int64_t a1) {
-  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
-  V acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = bias != nullptr ? load<V>(bias + c0 + v * L) : V{};
-  int64_t e0, e1;
-  valid_taps(j, s.W, s, &e0, &e1);
-  for (int64_t a = a0; a < a1; ++a) {
-    const scalar_t* xr = xn + (i - s.pad + s.dil * a) * s.W * s.C + (j - s.pad) * s.C + c0;
-    const scalar_t* wr = wt + a * s.K * s.C + c0;
-    for (int64_t e = e0; e < e1; ++e)
-      for (int v = 0; v < NV; ++v) acc[v] += load<V>(wr + e * s.C + v * L) * load<V>(xr + s.dil * e * s.C + v * L);
-  }
-  for (int v = 0; v < NV; ++v) store(orow + j * s.C + c0 + v * L, acc[v]);
+// Register tile: up to kColumns output columns (one accumulator vector each) times the taps of a kernel row in
+// chunks of up to kTapChunk weight vectors, all in registers (32 vector registers with AVX-512, 16 below).
+constexpr int kColumns = DEPTHWISE_VEC_BYTES == 64 ? 16 : 8;
+constexpr int kTapChunk = DEPTHWISE_VEC_BYTES == 64 ? 8 : 4;
+// Kernel sizes up to this read the channels-last input directly (see nhwc_direct).
+constexpr int kDirectMaxK = 5;
+
+// Keeps v in a register from here on: GCC would otherwise fold the load that made it into each FMA that uses it
+// (one load per FMA, the very traffic register blocking avoids).
+template <typename V>
+inline void in_register(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+v"(v));
+#endif
 }
 
-// JB interior output columns [j, j + JB) of row i (every tap inside the map), channels [c0, c0 + NV * lanes).
-// KS > 0 fixes the kernel size and dilation 1 at compile time: the loops unroll and the input vector of column
-// j + jj + e, the same address for every (jj, e) with one sum, is loaded once and feeds several FMAs.
-template <typename V, int NV, int JB, int KS, typename scalar_t>
-inline void nhwc_block(const Shape& s, const scalar_t* xn, const scalar_t* wt, const scalar_t* bias, scalar_t* orow,
-                       int64_t i, int64_t j, int64_t c0, int64_t a0, int64_t a1) {
-  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
-  const int64_t K = KS > 0 ? KS : s.K, dil = KS > 0 ? 1 : s.dil, C = s.C;
-  V acc[JB][NV];
-  for (int v = 0; v < NV; ++v) {
-    const V b = bias != nullptr ? load<V>(bias + c0 + v * L) : V{};
-    for (int jj = 0; jj < JB; ++jj) acc[jj][v] = b;
-  }
-  for (int64_t a = a0; a < a1; ++a) {
-    const scalar_t* xr = xn + (i - s.pad + dil * a) * s.W * C + (j - s.pad) * C + c0;
-    const scalar_t* wr = wt + a * K * C + c0;
-    for (int64_t e = 0; e < K; ++e) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load<V>(wr + e * C + v * L);
-      for (int jj = 0; jj < JB; ++jj)
-        for (int v = 0; v < NV; ++v) acc[jj][v] += w[v] * load<V>(xr + (jj + dil * e) * C + v * L);
-    }
-  }
-  for (int jj = 0; jj < JB; ++jj)
-    for (int v = 0; v < NV; ++v) store(orow + (j + jj) * C + c0 + v * L, acc[jj][v]);
-}
+// Forced inlining: GCC's size limits would otherwise leave some unrolled register tiles as calls that pass the
+// accumulators through memory.
+#define DEPTHWISE_ALWAYS __attribute__((always_inline))
+#define DEPTHWISE_INLINE inline DEPTHWISE_ALWAYS
 
-// One output row, channels [c0, c0 + NV * lanes(V)): border columns one by one, interior ones in blocks.
-template <typename V, int NV, typename scalar_t>
-inline void nhwc_row(const Shape& s, const scalar_t* xn, const scalar_t* wt, const scalar_t* bias, scalar_t* orow,
-                     int64_t i, int64_t c0, int64_t a0, int64_t a1) {
-  constexpr int JB = kAccumulators / NV;
-  const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // interior columns [lo, hi)
-  int64_t j = 0;
-  for (; j < lo; ++j) nhwc_column<V, NV>(s, xn, wt, bias, orow, i, j, c0, a0, a1);
-  // Interior columns in blocks of JB, then JB/2, ..., 1; the dense kernel sizes of most of OverLoCK's depthwise
-  // convs take blocks compiled for their size.
-  const int ks = s.dil == 1 && (s.K == 3 || s.K == 5 || s.K == 7) ? int(s.K) : 0;
-  for_blocks<JB>(hi, j, [&](auto jb, int64_t j0) {
-    constexpr int B = decltype(jb)::value;
-    switch (ks) {
-      case 3: nhwc_block<V, NV, B, 3>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
-      case 5: nhwc_block<V, NV, B, 5>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
-      case 7: nhwc_block<V, NV, B, 7>(s, xn, wt, bias, orow, i, j0, c0, a0, a1); break;
-      default: nhwc_block<V, NV, B, 0>(s, xn, wt, bias, orow, i, j0, c0, a0, a1);
-    }
-  });
-  for (; j < s.Wo; ++j) nhwc_column<V, NV>(s, xn, wt, bias, orow, i, j, c0, a0, a1);
+// Calls f(std::integral_constant<int, I>{}) for I = 0, ..., N - 1, unrolled at compile time (f must be
+// DEPTHWISE_INLINE too).
+template <typename F, int... I>
+DEPTHWISE_INLINE void unrolled(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+DEPTHWISE_INLINE void unroll(F&& f) {
+  unrolled(f, std::make_integer_sequence<int, N>{});
 }
 
 template <typename scalar_t>
-void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wt, const scalar_t* bias, scalar_t* out,
+inline int64_t channel_slices(const Shape& s) {
+  return (s.C + Simd<scalar_t>::lanes - 1) / Simd<scalar_t>::lanes;
+}
+
+// R: the positions of one residue in a packed row (of r * R positions).
+inline int64_t residue_length(const Shape& s) { return (s.W + 2 * s.pad + s.dil - 1) / s.dil; }
+
+template <typename scalar_t>
+bool nhwc_direct(const Shape& s);
+
+template <typename scalar_t>
+int64_t nhwc_packed_size(const Shape& s) {
+  if (nhwc_direct<scalar_t>(s)) return 0;
+  return s.N * channel_slices<scalar_t>(s) * s.H * s.dil * residue_length(s) * Simd<scalar_t>::lanes;
+}
+
+// Packs input rows [begin, end) of the N*H rows (see above); padding positions are zero.
+template <typename scalar_t>
+void pack_nhwc(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s), row_len = s.dil * R * L;
+  const int64_t Wp = s.W + 2 * s.pad;
+  auto position = [&](int64_t c) { return (c % s.dil) * R + c / s.dil; };
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / s.H, y = row % s.H;
+    scalar_t* dst = packed + (n * S * s.H + y) * row_len;  // slice k's row at dst + k * H * row_len
+    const int64_t slice_step = s.H * row_len;
+    for (int64_t k = 0; k < S; ++k) {
+      for (int64_t c = 0; c < s.pad; ++c) store(dst + k * slice_step + position(c) * L, V{});
+      for (int64_t c = s.pad + s.W; c < Wp; ++c) store(dst + k * slice_step + position(c) * L, V{});
+    }
+    const scalar_t* src = x + row * s.W * s.C;
+    for (int64_t w = 0; w < s.W; ++w) {
+      scalar_t* d = dst + position(w + s.pad) * L;
+      int64_t k = 0;
+      for (; (k + 1) * L <= s.C; ++k) store(d + k * slice_step, load<V>(src + w * s.C + k * L));
+      if (k < S) {  // the channel tail, zero-filled to a whole vector
+        scalar_t tail[L] = {};
+        for (int64_t l = 0; k * L + l < s.C; ++l) tail[l] = src[w * s.C + k * L + l];
+        store(d + k * slice_step, load<V>(tail));
+      }
+    }
+  }
+}
+
+// Where a block reads its input: the packed input (compile-time offsets), or the channels-last input itself
+// (consecutive input columns r*C elements apart; Checked: some of them lie outside the map and read as zero).
+enum class Source { kPacked, kDirect, kDirectChecked };
+
+// Output columns j0 + r*m (m < B) of one output row and one vector of channels, over the taps [e0, e0 + E) of one
+// kernel row: `xr` points at the input vector that tap e0 of output column j0 reads, `wr` at the weight of tap e0
+// (the weights of consecutive taps L apart). Each input vector is loaded once and feeds every output column that
+// reads it (up to E FMAs); the E weight vectors stay in registers. Tail: only `tail` < E taps are left (the missing
+// weights are zero, the input vectors only they would read are not loaded). `col0`: input column of xr (kDirect*).
+template <typename V, int B, int E, bool Tail, Source src, typename scalar_t>
+DEPTHWISE_INLINE void nhwc_chunk(const Shape& s, const scalar_t* xr, const scalar_t* wr, int64_t tail, int64_t col0,
+                       V (&acc)[B]) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  const int64_t step = s.dil * s.C;
+  V w[E];
+  unroll<E>([&](auto e) DEPTHWISE_ALWAYS { w[e] = !Tail || e < tail ? load<V>(wr + e * L) : V{}; });
+  unroll<B + E - 1>([&](auto t) DEPTHWISE_ALWAYS {
+    bool read = !Tail || t < B - 1 + tail;
+    if constexpr (src == Source::kDirectChecked) read = read && col0 + s.dil * t >= 0 && col0 + s.dil * t < s.W;
+    V x{};
+    if (read) x = load<V>(src == Source::kPacked ? xr + t * L : xr);
+    if constexpr (src != Source::kPacked) {
+      xr += step;
+      asm("" : "+r"(xr));  // one pointer stepped along, not one address register per input column
+    }
+    in_register(x);
+    unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
+      constexpr int e = decltype(t)::value - decltype(m)::value;
+      if constexpr (e >= 0 && e < E) acc[m] += w[e] * x;
+    });
+  });
+}
+
+// Output columns j0 + r*m (m < B) of output row i, channels [c0, c0 + L), kernel rows [a0, a1) (those that read
+// inside the map). kPacked: `xs` is the image's packed slice of these channels and `q0` the packed position of
+// padded column j0; kDirect*: `xs` is the image's channels-last input. `ws`: the slice's packed weights [K*K][L].
+template <typename V, int B, int E, Source src, typename scalar_t>
+inline void nhwc_block(const Shape& s, const scalar_t* xs, const scalar_t* ws, V b, scalar_t* orow, int64_t i,
+                       int64_t j0, int64_t q0, int64_t c0, int64_t a0, int64_t a1) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  const int64_t full = s.K / E, tail = s.K % E;
+  // Elements between the input vectors of consecutive taps, and between kernel rows.
+  const int64_t tap_step = src == Source::kPacked ? L : s.dil * s.C;
+  const int64_t row_step = src == Source::kPacked ? s.dil * residue_length(s) * L : s.W * s.C;
+  const int64_t first = src == Source::kPacked ? q0 * L : (j0 - s.pad) * s.C;
+  V acc[B];
+  unroll<B>([&](auto m) DEPTHWISE_ALWAYS { acc[m] = b; });
+  for (int64_t a = a0; a < a1; ++a) {
+    const scalar_t* xr = xs + (i - s.pad + s.dil * a) * row_step + first;
+    const scalar_t* wr = ws + a * s.K * L;
+    for (int64_t k = 0; k < full; ++k) {
+      nhwc_chunk<V, B, E, false, src>(s, xr + k * E * tap_step, wr + k * E * L, E, j0 - s.pad + k * E * s.dil, acc);
+    }
+    if (tail > 0) {
+      nhwc_chunk<V, B, E, true, src>(s, xr + full * E * tap_step, wr + full * E * L, tail,
+                                     j0 - s.pad + full * E * s.dil, acc);
+    }
+  }
+  unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
+    scalar_t* o = orow + (j0 + s.dil * m) * s.C + c0;
+    if (c0 + L <= s.C) {
+      store(o, acc[m]);
+    } else {
+      scalar_t part[L];
+      store(part, acc[m]);
+      __builtin_memcpy(o, part, (s.C - c0) * sizeof(scalar_t));
+    }
+  });
+}
+
+// The chunk size for a kernel row of K taps: the fewest chunks of at most kTapChunk, as even as possible (9 taps:
+// 5 + 4, not 8 + 1, whose 1-tap chunk would reload every input vector for one FMA).
+inline int tap_chunk(int64_t K) {
+  const int64_t chunks = (K + kTapChunk - 1) / kTapChunk;
+  return int((K + chunks - 1) / chunks);
+}
+
+// Whether the channels-last forward reads the input directly rather than packing it first: for short kernel rows,
+// whose few FMAs per input vector do not pay for a copy of the input, and whole vectors of channels.
+template <typename scalar_t>
+bool nhwc_direct(const Shape& s) {
+  return s.C % Simd<scalar_t>::lanes == 0 && s.K <= kDirectMaxK;
+}
+
+// Output rows [begin, end) of the N*Ho rows, from the packed input (or x itself, see nhwc_direct); `wp`
+// [slices][K*K][L] and `bp` [slices][L] are the weights and bias packed likewise (zero past C; bp may be null).
+template <typename scalar_t>
+void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const scalar_t* bp, scalar_t* out,
                   int64_t begin, int64_t end) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  constexpr int NL = Simd<scalar_t>::per_line;
+  const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s);
+  const bool direct = nhwc_direct<scalar_t>(s);
+  const int64_t image_len = direct ? s.H * s.W * s.C : S * s.H * s.dil * R * L;
+  const int64_t slice_len = direct ? L : s.H * s.dil * R * L;
+  const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // columns whose taps all read inside
+  const int chunk = tap_chunk(s.K);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
     valid_taps(i, s.H, s, &a0, &a1);
-    const scalar_t* xn = x + n * s.H * s.W * s.C;
     scalar_t* orow = out + row * s.Wo * s.C;
-    int64_t c0 = 0;
-    for (; c0 + NL * L <= s.C; c0 += NL * L) nhwc_row<V, NL>(s, xn, wt, bias, orow, i, c0, a0, a1);
-    for (; c0 + L <= s.C; c0 += L) nhwc_row<V, 1>(s, xn, wt, bias, orow, i, c0, a0, a1);
-    for (; c0 < s.C; ++c0) nhwc_row<scalar_t, 1>(s, xn, wt, bias, orow, i, c0, a0, a1);
+    // The output columns of each residue modulo the dilation, in blocks of kColumns, kColumns / 2, ..., 1; each
+    // block over every channel slice.
+    for (int64_t res = 0; res < imin(s.dil, s.Wo); ++res) {
+      int64_t m = 0;
+      for_blocks<kColumns>((s.Wo - res + s.dil - 1) / s.dil, m, [&](auto nb, int64_t m0) {
+        constexpr int B = decltype(nb)::value;
+        const int64_t j0 = res + s.dil * m0, q0 = res * R + m0;
+        const bool inside = j0 >= lo && j0 + s.dil * (B - 1) < hi;
+        for (int64_t k = 0; k < S; ++k) {
+          const scalar_t* xs = x + n * image_len + k * slice_len;
+          const scalar_t* ws = wp + k * s.K * s.K * L;
+          const V b = bp != nullptr ? load<V>(bp + k * L) : V{};
+          [&]<int... E>(std::integer_sequence<int, E...>) {  // the chunk size as a compile-time constant
+            auto run = [&](auto e) {
+              constexpr int Ec = decltype(e)::value;
+              if (!direct) {
+                nhwc_block<V, B, Ec, Source::kPacked>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
+              } else if (inside) {
+                nhwc_block<V, B, Ec, Source::kDirect>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
+              } else {
+                nhwc_block<V, B, Ec, Source::kDirectChecked>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
+              }
+            };
+            ((chunk == E + 1 ? run(std::integral_constant<int, E + 1>{}) : void()), ...);
+          }(std::make_integer_sequence<int, kTapChunk>{});
+        }
+      });
+    }
   }
 }
 
@@ -317,11 +449,14 @@ void grad_weight_nchw(const Shape& s, const scalar_t* grad_out, const scalar_t* 
 
 }  // namespace
 
+#undef DEPTHWISE_INLINE
+#undef DEPTHWISE_ALWAYS
+
 extern const Kernels kernels;
 constexpr Kernels kernels = {
     DEPTHWISE_CPU_CAPABILITY_NAME,
-    {&forward_nhwc<float>, &forward_nchw<float>, &grad_weight_nhwc<float>, &grad_weight_nchw<float>,
-     &nchw_scratch<float>},
-    {&forward_nhwc<double>, &forward_nchw<double>, &grad_weight_nhwc<double>, &grad_weight_nchw<double>,
-     &nchw_scratch<double>},
+    {Simd<float>::lanes, &nhwc_packed_size<float>, &pack_nhwc<float>, &forward_nhwc<float>, &forward_nchw<float>,
+     &grad_weight_nhwc<float>, &grad_weight_nchw<float>, &nchw_scratch<float>},
+    {Simd<double>::lanes, &nhwc_packed_size<double>, &pack_nhwc<double>, &forward_nhwc<double>,
+     &forward_nchw<double>, &grad_weight_nhwc<double>, &grad_weight_nchw<double>, &nchw_scratch<double>},
 };

@@ -13,9 +13,16 @@ namespace cpu {
 
 template <typename scalar_t>
 struct KernelTable {
-  // Channels-last: out rows [begin, end) of the N*Ho rows. `wt` is the kernel tap-major [K*K, C]; bias may be null.
-  void (*forward_nhwc)(const Shape& s, const scalar_t* x, const scalar_t* wt, const scalar_t* bias, scalar_t* out,
-                       int64_t begin, int64_t end);
+  // Channels of one vector: the channels-last forward works on slices of this many channels.
+  int64_t lanes;
+  // Channels-last forward: the input is first packed (pack_nhwc, input rows [begin, end) of the N*H rows) into
+  // nhwc_packed_size(s) elements; forward_nhwc then computes output rows [begin, end) of the N*Ho rows from it,
+  // with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be null).
+  // A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself.
+  int64_t (*nhwc_packed_size)(const Shape& s);
+  void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end);
+  void (*forward_nhwc)(const Shape& s, const scalar_t* packed, const scalar_t* wp, const scalar_t* bp,
+                       scalar_t* out, int64_t begin, int64_t end);
   // NCHW: out planes [begin, end) of the N*C planes; `w` is [C, K*K]. Scratch: nchw_scratch(s) elements.
   void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
                        int64_t begin, int64_t end, scalar_t* scratch);
