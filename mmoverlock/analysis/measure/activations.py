@@ -168,6 +168,7 @@ def saved_activations_in_fresh_process(target: str, kwargs: Optional[dict] = Non
 def activations_of_target(target: str, kwargs: dict, device: str, threads: Optional[int], warmup: int) -> dict:
     """The child's side of :func:`saved_activations_in_fresh_process`."""
     from .timing import set_threads
+    return_freed_memory_to_os()  # before anything is allocated, as the memory child does
     set_threads(threads)
     group_depth = kwargs.pop('_group_depth', 2)
     model, forward, inputs = load_factory(target)(**kwargs)

@@ -17,8 +17,9 @@ lazy initialisation (oneDNN primitives, optimizer state) is not counted.
 
 **Where.** The allocator setting slows every later allocation, and oneDNN keeps scratch buffers sized by the largest
 call it has seen, so on the CPU a comparison measures each candidate in a fresh process
-(:func:`peak_memory_in_fresh_process`), and a process that measures memory itself (:func:`peak_memory_mib`) times
-nothing afterwards.
+(:func:`peak_memory_in_fresh_process`), which sets glibc up before it builds anything (set after the warm-up, the
+heap blocks glibc's dynamic threshold handed out earlier are reused by the call and not returned when freed), and a
+process that measures memory itself (:func:`peak_memory_mib`) times nothing afterwards.
 """
 import ctypes
 import gc
@@ -157,6 +158,9 @@ def run_in_fresh_process(command: str, target: str, kwargs: Optional[dict], devi
 def measure_target(target: str, kwargs: dict, device: str, threads: Optional[int], warmup: int) -> Dict[str, float]:
     """The child's side of :func:`peak_memory_in_fresh_process`."""
     from .timing import set_threads
+    # Before anything is allocated: set later, glibc would keep serving the call from heap blocks its dynamic mmap
+    # threshold gave the model's construction and warm-up, and not return them when freed (they would count).
+    return_freed_memory_to_os()
     set_threads(threads)
     fn = load_factory(target)(**kwargs)
     return peak_memory_mib(fn, device, warmup)
