@@ -14,6 +14,7 @@ from ..ops import accumulation_dtype, contmix_aggregate
 from ..ops.depthwise import DepthwiseConv2d
 from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
                      is_channels_last)
+from .recompute import recompute_into_conv
 
 
 def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
@@ -186,6 +187,10 @@ class ContMixBlock(nn.Module):
         out = torch.cat([out1.permute(0, 1, 4, 2, 3), out2.permute(0, 1, 4, 2, 3)], dim=1)  # [B, 2G, c, H, W]
         return out.reshape(b, self.dim, height, width)
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``mlp(norm2(x))``, keeping ``x`` rather than the normalised map for the first conv's backward."""
+        return self.mlp[1:](recompute_into_conv(self.norm2, (x, ), [self.norm2], self.mlp[0]))
+
     def _aggregate(self, logits: torch.Tensor, value: torch.Tensor, kernel_size: int,
                    rpb: torch.Tensor) -> torch.Tensor:
         """The ContMix core: ``softmax(logits + rpb)``-weighted K x K neighbourhood sums of ``value``."""
@@ -205,8 +210,10 @@ class ContMixBlock(nn.Module):
         identity = f
         f = self.norm1(f)
         x = self.fusion(f)
-        gate = self.gate(x)
-        lepe = self.lepe(x)
+        # gate, lepe and dyconv_proj end in cheap layers (BN, SiLU) that feed proj with SE: their outputs are
+        # recomputed in the backward from the convs' outputs (recompute_into_conv) instead of being kept.
+        gate, gate_tail = self.gate.split_cheap_tail(x)
+        lepe, lepe_tail = self.lepe.split_cheap_tail(x)
 
         size = self._working_size(height, width)
         if size is not None:
@@ -216,17 +223,21 @@ class ContMixBlock(nn.Module):
         if size is not None:
             x = F.adaptive_avg_pool2d(x, (height, width))
 
-        x = self.dyconv_proj(x) + lepe
-        x = self.se_layer(x)
-        x = self.proj(gate * x)
+        x, dyconv_tail = self.dyconv_proj.split_cheap_tail(x)
+        bn, conv = self.proj
+
+        def gated(x: torch.Tensor, lepe: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+            return bn(gate_tail(gate) * self.se_layer(dyconv_tail(x) + lepe_tail(lepe)))
+
+        x = recompute_into_conv(gated, (x, lepe, gate), [dyconv_tail, lepe_tail, gate_tail, self.se_layer, bn], conv)
         if self.res_scale:
             x = self.ls1(identity) + self.drop_path(x)
             x = self.dwconv2(x)
-            x = self.ls2(x) + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.ls2(x) + self.drop_path(self._mlp(x))
         else:
             x = identity + self.drop_path(self.ls1(x))
             x = self.dwconv2(x)
-            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+            x = x + self.drop_path(self.ls2(self._mlp(x)))
 
         if self.is_last:
             return x, None

@@ -3,8 +3,9 @@
 Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode.
-For training memory, the ``DilatedReparamBlock`` training form and ``FusingSequential``'s GELU + ``ResDWConv`` step
-keep only their inputs for the backward and recompute the rest there, with the plain formulation's gradients.
+For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequential``'s GELU + ``ResDWConv`` step and
+its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
+the plain formulation's gradients.
 """
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -15,6 +16,7 @@ from torch import nn
 from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, gelu_res_dwconv, recomputed_branch_sum,
                              sum_branch_kernels)
 from ..ops.tracing import is_tracing
+from .recompute import recompute_into_conv
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
@@ -118,6 +120,10 @@ class ResDWConv(DepthwiseConv2d):
 class FusingSequential(nn.Sequential):
     """An ``nn.Sequential`` (same keys and indexing) that fuses some neighbouring layers, with the same results:
 
+    * a run of cheap layers (``CHEAP_LAYERS``: BN, SE, GRN, GELU, SiLU, LayerNorm2d, a 3 x 3 ``ResDWConv``) that
+      feeds a plain or depthwise conv: when a gradient is wanted, one step that keeps only the run's input for the
+      backward and recomputes the run there (``recompute_into_conv``), e.g. ``BN -> SE -> conv`` keeps the BN's
+      input alone, ``GELU -> ResDWConv -> GRN -> conv`` the GELU's;
     * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
       (see ``ResDWConv.forward_after_gelu``);
     * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
@@ -130,6 +136,10 @@ class FusingSequential(nn.Sequential):
         i = 0
         while i < len(layers):
             layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            end = _cheap_run_end(layers, i)
+            if end is not None:
+                x, i = self._into_conv(x, layers[i:end], layers, end)
+                continue
             if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
                 x = following.forward_after_gelu(x, layer.approximate)
             elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
@@ -145,6 +155,49 @@ class FusingSequential(nn.Sequential):
                 continue
             i += 2
         return x
+
+    def split_cheap_tail(self, x: torch.Tensor) -> Tuple[torch.Tensor, nn.Sequential]:
+        """Run the layers before the trailing run of ``CHEAP_LAYERS`` (a BN folded into the conv before it stays
+        with the conv) and return their output and the trailing layers, for a caller that recomputes them
+        (``tail(out)`` is ``self(x)``)."""
+        layers = list(self)
+        start = len(layers)
+        while start > 0 and _is_cheap(layers[start - 1]):
+            start -= 1
+        if 0 < start < len(layers) and _uses_running_stats(layers[start]):
+            start += 1  # the conv (or block) before it absorbs it
+        return self[:start](x), nn.Sequential(*layers[start:])
+
+    @staticmethod
+    def _into_conv(x: torch.Tensor, cheap: List[nn.Module], layers: List[nn.Module],
+                   end: int) -> Tuple[torch.Tensor, int]:
+        """``layers[end](cheap(x))`` (with a following eval-mode BN folded into the conv) through
+        ``recompute_into_conv``; returns the output and the index after the layers it ran."""
+        conv = layers[end]
+        following = layers[end + 1] if end + 1 < len(layers) else None
+        weight, bias, after = conv.weight, conv.bias, end + 1
+        if _uses_running_stats(following):
+            (weight, bias), after = fuse_conv_bn(conv, following), end + 2
+        return recompute_into_conv(FusingSequential(*cheap), (x, ), cheap, conv, weight, bias), after
+
+
+#: Layers that cost a few elementwise passes (or per-channel / per-pixel statistics) to run again; a 3 x 3
+#: ``ResDWConv`` (9 multiply-adds per value) is cheap next to the 1 x 1 conv it feeds (C multiply-adds per value).
+CHEAP_LAYERS = (nn.BatchNorm2d, SEModule, GRN, nn.GELU, nn.SiLU, LayerScale, LayerNorm2d, nn.Identity, ResDWConv)
+
+
+def _is_cheap(layer: nn.Module) -> bool:
+    return isinstance(layer, CHEAP_LAYERS) and (not isinstance(layer, ResDWConv) or layer.kernel_size[0] <= 3)
+
+
+def _cheap_run_end(layers: List[nn.Module], start: int) -> Optional[int]:
+    """The index of the plain or depthwise conv that a run of ``CHEAP_LAYERS`` from ``start`` feeds, if one does."""
+    end = start
+    while end < len(layers) and _is_cheap(layers[end]):
+        end += 1
+    if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d):
+        return None
+    return end
 
 
 def _uses_running_stats(module: Optional[nn.Module]) -> bool:

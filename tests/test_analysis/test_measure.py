@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, command_line, current_isa_setting, interleaved_times,
-                                         isa_environment, isa_output, peak_memory_in_fresh_process, peak_memory_mib,
-                                         record, rounds_within, set_threads, write_isa_comparison)
+                                         isa_environment, isa_output, machine_info, peak_memory_in_fresh_process,
+                                         peak_memory_mib, record, rounds_within, saved_activations,
+                                         saved_activations_in_fresh_process, set_threads, write_isa_comparison,
+                                         write_saved_activations)
 
 MIB_200MB = 200e6 / 2**20  # a float32 tensor of 50 M elements
 
@@ -93,6 +95,48 @@ def test_peak_memory_in_a_fresh_process(tmp_path):
     assert 0.9 * MIB_200MB < result['peak_mib'] < 1.3 * MIB_200MB
     with pytest.raises(RuntimeError, match='failed in its subprocess'):
         peak_memory_in_fresh_process(f'{factory}:no_such_factory', {})
+
+
+_SAVED_FACTORY = """import torch
+from torch import nn
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1, ), 2.))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def make(n):
+    model = nn.Sequential(Scale(), nn.Sequential(nn.GELU()))
+    x = torch.randn(n, requires_grad=True)
+    return model, lambda: model(x).sum(), [x]
+"""
+
+
+def test_saved_activations_by_module(tmp_path):
+    """``x * w`` saves x (an input) and w (a parameter): neither counts; GELU saves the product, charged to it."""
+    factory = tmp_path / 'factory.py'
+    factory.write_text(_SAVED_FACTORY)
+    n = 25_000_000
+    result = saved_activations_in_fresh_process(f'{factory}:make', dict(n=n), threads=1, group_depth=1)
+    mib = n * 4 / 2**20
+    assert result['saved_mib'] == mib
+    assert [(e['module'], e['type'], e['shape'], e['block'], e['role']) for e in result['entries']] == [
+        ('1.0', 'GELU', [n], '1', 'Sequential.0 (GELU)')]
+    assert result['by_block'] == {'1': dict(bytes=n * 4, tensors=1)}
+    # the product stays for the backward; GELU's output lived until the sum
+    assert 0.9 * mib < result['kept_mib'] < 1.3 * mib and 1.8 * mib < result['forward_peak_mib'] < 2.5 * mib
+    assert result['backward_peak_mib'] >= result['kept_mib']
+    write_saved_activations(str(tmp_path / 'saved'), 'test', 'cmd', machine_info('cpu'), dict(chain=result))
+    markdown = (tmp_path / 'saved.md').read_text()
+    assert '`Sequential.0 (GELU)` | 95.4 | 100.0% | 1 |' in markdown
+    assert json.loads((tmp_path / 'saved.json').read_text())['results']['chain']['saved_mib'] == mib
+    with pytest.raises(ValueError, match='group_depth must be a positive int'):
+        saved_activations(torch.nn.Identity(), lambda: None, group_depth=0)
 
 
 def test_isa_settings_from_the_environment():

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_compare_backbones_writes_ratios(tmp_path):
-    run_tool(['tools/analysis_tools/compare_backbones.py', '--sizes', '64', '--models', 'overlock', 'overlock-deploy', 'overlock-authors',
-              '--rounds', '1', '--threads', '1', '--no-flops', '--profile-sizes', '--out-dir', tmp_path / 'out'],
+    run_tool(['tools/analysis_tools/compare_backbones.py', '--sizes', '64', '--models', 'overlock', 'overlock-deploy',
+              'overlock-authors', '--rounds', '1', '--threads', '1', '--no-flops', '--profile-sizes', '--saved-sizes',
+              '64', '--out-dir', tmp_path / 'out'],
              cwd=tmp_path)
     payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
     summary = payload['summary']['64x64']
@@ -28,3 +29,9 @@ def test_compare_backbones_writes_ratios(tmp_path):
     markdown = (tmp_path / 'out' / 'results.md').read_text()
     assert 'overlock-deploy' in markdown and payload['machine']['cpu'] in markdown
     assert 'Command: `python tools/analysis_tools/compare_backbones.py --sizes 64' in markdown
+    saved = json.loads((tmp_path / 'out' / 'saved_64x64.json').read_text())['results']
+    assert set(saved) == {'convnext', 'overlock'}  # the trainable models
+    for result in saved.values():
+        assert result['saved_mib'] > 0 and result['backward_peak_mib'] > 0
+        assert sum(g['bytes'] for g in result['by_block'].values()) == sum(e['bytes'] for e in result['entries'])
+    assert '## overlock: saved by role' in (tmp_path / 'out' / 'saved_64x64.md').read_text()

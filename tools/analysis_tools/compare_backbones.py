@@ -14,13 +14,15 @@ of every model per round, median over rounds; :mod:`mmoverlock.analysis.measure`
 alike. Peak memory follows the measuring module's one definition, each (model, size) in a fresh process. FLOPs come
 from mmengine's jit-trace counter (one multiply-add = one FLOP) with the ContMix core counted as ``B*G*H*W*C*K^2``. A
 torch.profiler run of ``overlock`` (eval) splits its time by module type (exclusive of child modules) and by operator.
+``--saved-sizes`` counts, per model and in a fresh process, the bytes each module's layers save for the backward of a
+training step and the backward's own transient memory (``OUT_DIR/saved_<size>.{md,json}``).
 With ``--isa best avx2`` the whole comparison runs once per instruction-set setting (``avx2`` in a child process
 with AVX2 forced on mmoverlock, oneDNN, ATen and MKL), each in ``OUT_DIR/<setting>/``, and
 ``OUT_DIR/isa_comparison.{md,json}`` puts the settings side by side.
 
 Usage:
     python tools/analysis_tools/compare_backbones.py [--sizes 224 512 800x1333] [--models ...] [--rounds 3]
-        [--threads 2] [--isa best avx2] [--out-dir benchmarks/backbone/cpu]
+        [--threads 2] [--saved-sizes 512] [--isa best avx2] [--out-dir benchmarks/backbone/cpu]
 """
 import argparse
 import os.path as osp
@@ -33,8 +35,9 @@ from torch import nn
 
 from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, interleaved_times,
                                          isa_output, machine_info, markdown_table, measure_per_isa,
-                                         peak_memory_in_fresh_process, ratio, record, report_header, set_threads,
-                                         time_call, with_ratio, write_json, write_markdown)
+                                         peak_memory_in_fresh_process, ratio, record, report_header,
+                                         saved_activations_in_fresh_process, set_threads, time_call, with_ratio,
+                                         write_json, write_markdown, write_saved_activations)
 
 MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
 TRAINABLE = ('overlock', 'overlock-authors', 'convnext', 'swin')
@@ -79,10 +82,14 @@ class Runner:
         with torch.inference_mode():
             self.model(self.image)
 
-    def train_step(self) -> None:
+    def loss(self) -> torch.Tensor:
+        """The forward of a training step: its loss, ready for ``backward()``."""
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        _loss(self.model(self.image)).backward()
+        return _loss(self.model(self.image))
+
+    def train_step(self) -> None:
+        self.loss().backward()
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -95,6 +102,20 @@ def train_memory_mib(name: str, height: int, width: int, threads: int) -> float:
     """Peak memory of one training step, in a fresh process (the measuring module's definition)."""
     kwargs = dict(name=name, height=height, width=width, phase='train_step')
     return peak_memory_in_fresh_process(f'{osp.abspath(__file__)}:phase_call', kwargs, threads=threads)['peak_mib']
+
+
+def saved_call(name: str, height: int, width: int):
+    """What a fresh process hooks to count a training step's saved tensors: the model, its forward, its input."""
+    runner = Runner(name, height, width)
+    return runner.model, runner.loss, [runner.image]
+
+
+def saved_activations(models: Sequence[str], size: str, threads: int) -> dict:
+    """Saved tensors by module and the backward's transient memory of each model's training step (fresh processes)."""
+    height, width = parse_size(size)
+    return {name: saved_activations_in_fresh_process(f'{osp.abspath(__file__)}:saved_call',
+                                                     dict(name=name, height=height, width=width), threads=threads)
+            for name in models if name in TRAINABLE}
 
 
 def flops(name: str, height: int, width: int) -> float:
@@ -238,6 +259,9 @@ def parse_args(argv=None):
     parser.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
     parser.add_argument('--profile-sizes', nargs='*', default=['512'],
                         help='sizes at which to profile overlock inference and training (none: skip)')
+    parser.add_argument('--saved-sizes', nargs='*', default=[],
+                        help='sizes at which to count the tensors each model\'s training step saves for its backward, '
+                        'by module, with the backward\'s transient memory (OUT_DIR/saved_<size>.{md,json})')
     parser.add_argument('--out-dir', default='benchmarks/backbone/cpu')
     add_isa_argument(parser)
     return parser.parse_args(argv)
@@ -276,6 +300,12 @@ def measure(args, command: str, setting=None) -> dict:
             results['profiles'].append(profile('overlock', height, width, phase))
     results['summary'] = summarise(results)
     out_dir = isa_output(args.out_dir, setting)
+    for size in args.saved_sizes:
+        height, width = parse_size(size)
+        stem = osp.join(out_dir, f'saved_{height}x{width}')
+        write_saved_activations(stem, f'Saved tensors of one training step at {height}x{width}', command,
+                                results['machine'], saved_activations(models, size, args.threads))
+        print(f'wrote {stem}.md and {stem}.json', flush=True)
     write_json(osp.join(out_dir, 'results.json'), results)
     write_report(osp.join(out_dir, 'results.md'), results)
     write_plot(osp.join(out_dir, 'results.png'), results)

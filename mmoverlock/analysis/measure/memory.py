@@ -17,8 +17,9 @@ lazy initialisation (oneDNN primitives, optimizer state) is not counted.
 
 **Where.** The allocator setting slows every later allocation, and oneDNN keeps scratch buffers sized by the largest
 call it has seen, so on the CPU a comparison measures each candidate in a fresh process
-(:func:`peak_memory_in_fresh_process`), and a process that measures memory itself (:func:`peak_memory_mib`) times
-nothing afterwards.
+(:func:`peak_memory_in_fresh_process`), which sets glibc up before it builds anything (set after the warm-up, the
+heap blocks glibc's dynamic threshold handed out earlier are reused by the call and not returned when freed), and a
+process that measures memory itself (:func:`peak_memory_mib`) times nothing afterwards.
 """
 import ctypes
 import gc
@@ -63,7 +64,7 @@ def return_freed_memory_to_os() -> None:
     libc.malloc_trim(0)
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
@@ -97,14 +98,14 @@ def peak_memory_mib(fn: Callable[[], object], device: Device = 'cpu', warmup: in
     else:
         return_freed_memory_to_os()
         base = status_kib('VmRSS') * 1024
-        _reset_peak_rss()
+        reset_peak_rss()
         result = fn()
         peak = status_kib('VmHWM') * 1024
     del result
     return dict(peak_mib=(peak - base) / 2**20, baseline_mib=base / 2**20)
 
 
-def _load_factory(target: str) -> Callable[..., Callable[[], object]]:
+def load_factory(target: str) -> Callable[..., Callable[[], object]]:
     """``'package.module:function'`` or ``'path/to/script.py:function'`` -> the function."""
     where, sep, name = target.rpartition(':')
     if not sep or not where or not name:
@@ -137,13 +138,19 @@ def peak_memory_in_fresh_process(target: str, kwargs: Optional[dict] = None, dev
     Returns:
         dict: As :func:`peak_memory_mib`.
     """
-    cmd = [sys.executable, '-m', 'mmoverlock.analysis.measure', 'memory', '--target', target,
+    return run_in_fresh_process('memory', target, kwargs, device, threads, warmup, env)
+
+
+def run_in_fresh_process(command: str, target: str, kwargs: Optional[dict], device: str, threads: Optional[int],
+                         warmup: int, env: Optional[Dict[str, str]]) -> dict:
+    """Run ``python -m mmoverlock.analysis.measure <command>`` on a factory and return the JSON it prints."""
+    cmd = [sys.executable, '-m', 'mmoverlock.analysis.measure', command, '--target', target,
            '--kwargs', json.dumps(kwargs or {}), '--device', device, '--warmup', str(warmup)]
     if threads is not None:
         cmd += ['--threads', str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
-        raise RuntimeError(f'peak memory of {target}({kwargs}) failed in its subprocess (exit {proc.returncode}):\n'
+        raise RuntimeError(f'{command} of {target}({kwargs}) failed in its subprocess (exit {proc.returncode}):\n'
                            f'{proc.stderr[-3000:]}')
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -151,6 +158,9 @@ def peak_memory_in_fresh_process(target: str, kwargs: Optional[dict] = None, dev
 def measure_target(target: str, kwargs: dict, device: str, threads: Optional[int], warmup: int) -> Dict[str, float]:
     """The child's side of :func:`peak_memory_in_fresh_process`."""
     from .timing import set_threads
+    # Before anything is allocated: set later, glibc would keep serving the call from heap blocks its dynamic mmap
+    # threshold gave the model's construction and warm-up, and not return them when freed (they would count).
+    return_freed_memory_to_os()
     set_threads(threads)
-    fn = _load_factory(target)(**kwargs)
+    fn = load_factory(target)(**kwargs)
     return peak_memory_mib(fn, device, warmup)
