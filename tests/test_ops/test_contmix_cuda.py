@@ -16,8 +16,9 @@ wrapper, which needs only a CUDA build.
 """
 import pytest
 import torch
-from test_contmix_cuda_bodies import BODY_SHAPES, DTYPES, assert_results_close, expected_results, make_case, shape_id
 
+from _helpers.contmix_cases import (BODY_SHAPES, DTYPES, assert_results_close, expected_results, make_case,
+                                   shape_id)
 from _helpers.contmix_reference import reference
 from mmoverlock.ops import available_backends, contmix_aggregate
 from mmoverlock.ops.contmix_torch import Windows
