@@ -30,7 +30,7 @@ def test_compare_backbones_writes_ratios(tmp_path):
     assert 'overlock-deploy' in markdown and payload['machine']['cpu'] in markdown
     assert 'Command: `python tools/analysis_tools/compare_backbones.py --sizes 64' in markdown
     saved = json.loads((tmp_path / 'out' / 'saved_64x64.json').read_text())['results']
-    assert set(saved) == {'convnext', 'overlock'}  # the trainable models
+    assert set(saved) == {'convnext', 'overlock', 'overlock-authors'}  # the trainable models
     for result in saved.values():
         assert result['saved_mib'] > 0 and result['backward_peak_mib'] > 0
         assert sum(g['bytes'] for g in result['by_block'].values()) == sum(e['bytes'] for e in result['entries'])
