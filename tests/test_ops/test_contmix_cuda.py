@@ -38,7 +38,8 @@ def cuda_results(inputs, grad_out, K, softmax, device='cuda'):
     present = [t for t in leaves if t is not None]
     got = iter(torch.autograd.grad(out, present, grad_out.to(device)))
     results = [out.detach()] + [next(got) if t is not None else None for t in leaves]
-    assert all(r.device == torch.device(device) for r in results if r is not None)
+    placed = torch.empty(0, device=device).device  # 'cuda' names the current device: cuda:0 here
+    assert all(r.device == placed for r in results if r is not None)
     return [r.cpu() if r is not None else None for r in results]
 
 
@@ -140,7 +141,7 @@ def test_cuda_kernel_size_limit_on_cuda_tensors():
     weights, value = weights.cuda(), value.cuda()
     with pytest.raises(ValueError, match='kernel_size must be at most 31'):
         contmix_aggregate(weights, value, 33)  # the automatic choice for CUDA tensors
-    with pytest.raises(ValueError, match='kernel_size must be at most 31'):  # the operator itself, no launch
+    with pytest.raises(RuntimeError, match='kernel_size must be at most 31'):  # the operator itself, no launch
         torch.ops.mmoverlock.contmix_forward(weights, value, None, 33, False)
     torch.testing.assert_close(contmix_aggregate(weights, value, 33, backend='torch').cpu(),
                                reference(weights, value, 33).float().cpu())
@@ -172,8 +173,8 @@ def test_cuda_non_default_stream_and_graph_capture():
     ops = torch.ops.mmoverlock
 
     def step():
-        return (ops.contmix_forward(weights, value, rpb, 3, True),
-                *ops.contmix_backward(grad_out, weights, value, rpb, 3, True))
+        out, lse = ops.contmix_forward(weights, value, rpb, 3, True)
+        return (out, lse, *ops.contmix_backward(grad_out, weights, value, rpb, out, lse, 3, True))
 
     eager = step()
     side = torch.cuda.Stream()

@@ -68,10 +68,19 @@ def expected_targets():
     return elf, ptx
 
 
+def embedded_elf_arches():
+    """The architectures of the library's ELF (cubin) images, e.g. {'80', '90'}; fails showing cuobjdump's listing
+    when it names none."""
+    listing = cuobjdump('--list-elf')
+    arches = set(re.findall(r'\.sm_(\d+a?)\.cubin', listing))
+    assert arches, f'no sm_XX cubin in cuobjdump --list-elf of {extension_path()}:\n{listing[:2000]}'
+    return arches
+
+
 def test_library_embeds_the_requested_architectures():
     """Without a visible GPU: sm_80, 86, 89, 90 and PTX of sm_90 (setup.py's default), so the library runs on A100,
     A10/RTX 30xx, L4/L40/RTX 40xx, H100/H200 and, through the PTX, newer GPUs."""
-    elf = set(re.findall(r'\.sm_(\d+a?)\.cubin', cuobjdump('--list-elf')))
+    elf = embedded_elf_arches()
     ptx = set(re.findall(r'\.sm_(\d+a?)\.ptx', cuobjdump('--list-ptx')))
     want_elf, want_ptx = expected_targets()
     assert want_elf <= elf and want_ptx <= ptx, f'embedded ELF {sorted(elf)} PTX {sorted(ptx)}; ' \
@@ -115,8 +124,8 @@ MANGLED = {'contmix': 'mmoverlock7contmix', 'depthwise': 'mmoverlock9depthwise'}
 
 def test_hot_kernels_make_no_per_tap_64bit_divisions():
     """The kernels of both ops, by namespace (their kernel names overlap)."""
-    elf = sorted(re.findall(r'\.sm_(\d+)\.cubin', cuobjdump('--list-elf')))
-    counts = division_calls(cuobjdump('--dump-sass', '-arch', f'sm_{elf[-1]}'))
+    newest = max(embedded_elf_arches(), key=lambda arch: (int(arch.rstrip('a')), arch))
+    counts = division_calls(cuobjdump('--dump-sass', '-arch', f'sm_{newest}'))
     found = {(ns, kind): {n: c for n, c in counts.items() if MANGLED[ns] in n and f'{len(kind)}{kind}I' in n}
              for ns, kind in MAX_DIVISIONS}
     assert all(found.values()), f'kernels not found in the SASS: {[k for k, v in found.items() if not v]}'

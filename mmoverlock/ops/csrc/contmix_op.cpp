@@ -6,6 +6,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -51,6 +53,23 @@ void check_grad_out(const at::Tensor& grad_out, const at::Tensor& value) {
               grad_out.scalar_type(), " for value ", value.sizes(), " ", value.scalar_type());
   TORCH_CHECK(grad_out.device() == value.device(), "contmix: grad_out is on ", grad_out.device(),
               " but value is on ", value.device(), "; they must be on the same device");
+}
+
+void check_plane_indices(const Shape& s) {
+  const int64_t extent = s.H * s.W * std::max(s.C, s.T);
+  TORCH_CHECK(extent <= std::numeric_limits<int32_t>::max(), "contmix: one [H, W] plane is too large for the CUDA ",
+              "kernels' 32-bit in-plane indexing (H * W * max(C, K*K) = ", extent,
+              ", at most 2^31 - 1); use backend='torch' or split the input");
+}
+
+void check_cuda_kernel_size(int64_t kernel_size) {
+  TORCH_CHECK(kernel_size <= kCudaMaxKernelSize, "contmix: kernel_size must be at most ", kCudaMaxKernelSize,
+              " for the CUDA kernels, got ", kernel_size, " (use backend='torch' for larger windows)");
+}
+
+void check_cuda_grid(int64_t blocks, int64_t block_threads, const char* kernel) {
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "contmix: the input is too large for the CUDA ", kernel,
+              " kernel (", blocks, " blocks of ", block_threads, " threads; at most 2^31 - 1)");
 }
 
 Inputs prepare_inputs(const at::Tensor& weights, const at::Tensor& value, const std::optional<at::Tensor>& rpb,

@@ -15,6 +15,12 @@ namespace contmix {
 void check_inputs(const at::Tensor& weights, const at::Tensor& value, const std::optional<at::Tensor>& rpb,
                   int64_t kernel_size);
 void check_grad_out(const at::Tensor& grad_out, const at::Tensor& value);
+// The CUDA launchers' limits: kernel_size <= kCudaMaxKernelSize, and a one-dimensional grid of at most 2^31 - 1
+// blocks. They throw here, in the C++ compiler's object like every other check, not from the nvcc-compiled
+// launcher: the first GPU run (H200, torch 2.11, nvcc 13) crashed with a segmentation fault when the kernel-size
+// check threw c10::ValueError from the .cu file, while the checks thrown from this file reached Python.
+void check_cuda_kernel_size(int64_t kernel_size);
+void check_cuda_grid(int64_t blocks, int64_t block_threads, const char* kernel);
 
 // The inputs as every launcher reads them, after check_inputs: weights and value contiguous, the bias table
 // contiguous in the accumulation dtype (undefined without rpb).

@@ -23,13 +23,9 @@ inline Shape make_shape(const at::Tensor& value, int64_t K, bool softmax) {
   return s;
 }
 
-// The shared bodies (contmix_bodies.h) index inside one plane in int32: H * W * max(C, K*K) must fit.
-inline void check_plane_indices(const Shape& s) {
-  const int64_t extent = s.H * s.W * std::max(s.C, s.T);
-  TORCH_CHECK(extent <= std::numeric_limits<int32_t>::max(), "contmix: one [H, W] plane is too large for the CUDA ",
-              "kernels' 32-bit in-plane indexing (H * W * max(C, K*K) = ", extent,
-              ", at most 2^31 - 1); use backend='torch' or split the input");
-}
+// The shared bodies (contmix_bodies.h) index inside one plane in int32: H * W * max(C, K*K) must fit (contmix_op.cpp:
+// thrown from the C++ compiler's object, as check_cuda_kernel_size in contmix_kernels.h explains).
+void check_plane_indices(const Shape& s);
 
 // Data of an optional (possibly undefined) input, or null: the kernels test the bias pointer for "no rpb".
 template <typename scalar_t>

@@ -179,25 +179,16 @@ int channel_team(int64_t C, int cpt) { return next_pow2((C + cpt - 1) / cpt); }
 
 int64_t blocks_for(int64_t teams, int team_size) { return (teams + kBlock / team_size - 1) / (kBlock / team_size); }
 
-// A one-dimensional grid of `blocks` blocks, within CUDA's x limit (2^31 - 1).
+// A one-dimensional grid of `blocks` blocks, within CUDA's x limit (2^31 - 1; checked in contmix_op.cpp).
 unsigned checked_grid(int64_t blocks, const char* kernel) {
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "contmix: the input is too large for the CUDA ",
-              kernel, " kernel (", blocks, " blocks of ", kBlock, " threads; at most 2^31 - 1)");
+  check_cuda_grid(blocks, kBlock, kernel);
   return static_cast<unsigned>(blocks);
-}
-
-// kCudaMaxKernelSize (contmix_common.h). contmix_aggregate raises a ValueError for it first; this guards direct calls
-// of the operators.
-void check_kernel_size(int64_t K) {
-  TORCH_CHECK_VALUE(K <= kCudaMaxKernelSize, "contmix: kernel_size must be at most ", kCudaMaxKernelSize,
-                    " for the CUDA kernels, got ", K,
-                    " (use backend='torch' for larger windows)");
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& weights, const at::Tensor& value,
                                                 const std::optional<at::Tensor>& rpb, int64_t kernel_size,
                                                 bool softmax) {
-  check_kernel_size(kernel_size);
+  check_cuda_kernel_size(kernel_size);  // contmix_aggregate raises a ValueError first
   const Inputs in = prepare_inputs(weights, value, rpb, kernel_size);
   const c10::cuda::CUDAGuard guard(in.value.device());
   at::Tensor out = at::empty(in.value.sizes(), in.value.options()), lse = allocate_lse(in.value, softmax);
@@ -226,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
                                                              const std::optional<at::Tensor>& saved_out,
                                                              const std::optional<at::Tensor>& saved_lse,
                                                              int64_t kernel_size, bool softmax) {
-  check_kernel_size(kernel_size);
+  check_cuda_kernel_size(kernel_size);  // contmix_aggregate raises a ValueError first
   const Inputs in = prepare_inputs(weights, value, rpb, kernel_size);
   check_grad_out(grad_out, value);
   const c10::cuda::CUDAGuard guard(in.value.device());
