@@ -3,7 +3,8 @@
 
 Every CPU instruction set this CPU runs, both memory formats, float32 and float64, kernel sizes 1 to 19 (OverLoCK's
 largest) with the dilations of its DilatedReparamBlocks, channel counts that leave vector tails, maps smaller than
-the kernel's span; gradcheck and opcheck; the CUDA kernels' bodies through their CPU driver; bad inputs.
+the kernel's span; gradcheck and opcheck; the CUDA kernels' bodies through their CPU driver, and the CUDA kernels
+themselves on a GPU (all four dtypes, both layouts); bad inputs.
 """
 import pytest
 import torch
@@ -178,6 +179,74 @@ def test_cuda_bodies_match_float64_conv(shape, dtype, layout, testing_ops):
         scale = expected.abs().max().item()
         torch.testing.assert_close(actual.double(), expected, rtol=0, atol=tol * scale)
     assert out.is_contiguous(memory_format=FORMATS[layout])
+
+
+HAS_CUDA = 'cuda' in available_backends() and torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA GPU and mmoverlock._ext built with CUDA '
+                                   '(FORCE_CUDA=1)')
+CUDA_TOLERANCES = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@requires_cuda
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('dtype', list(CUDA_TOLERANCES))
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_cuda_kernels_match_float64_conv(shape, dtype, layout, monkeypatch):
+    """The CUDA kernels through ``depthwise_conv2d`` and autograd (F.conv2d patched to fail), against float64."""
+    x, weight, bias, p, r = _inputs(shape, dtype, layout)
+    leaves = [t.cuda().requires_grad_() for t in (x, weight, bias)]
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, 'conv2d', lambda *a, **k: pytest.fail('fell back to F.conv2d'))
+    out = depthwise_conv2d(*leaves, p, r)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    out.backward(grad_out.cuda())
+    monkeypatch.setattr(F, 'conv2d', conv2d)
+    ref, expected_grads = _reference(x, weight, bias, p, r, grad_out)
+    for actual, expected in zip([out] + [t.grad for t in leaves], [ref] + expected_grads):
+        assert actual.dtype == dtype
+        scale = expected.abs().max().clamp_min(1.0).item()
+        torch.testing.assert_close(actual.double().cpu(), expected, rtol=0, atol=CUDA_TOLERANCES[dtype] * scale)
+    assert leaves[0].grad.is_contiguous(memory_format=FORMATS[layout])
+
+
+@requires_cuda
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_cuda_opcheck_and_run_to_run_identical_weight_gradient(layout):
+    """opcheck on CUDA tensors; the weight gradient's fixed summation tree gives the same bits on every run."""
+    x, weight, b, p, r = _inputs((2, 24, 33, 31, 7, 1), torch.float32, layout)
+    x, weight, b = x.cuda(), weight.cuda(), b.cuda()
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward, (x.requires_grad_(), weight.requires_grad_(), b,
+                                                                   p, r))
+    grad_out = torch.randn(2, 24, 33, 31, device='cuda').contiguous(memory_format=FORMATS[layout])
+    args = (grad_out, x.detach(), weight.detach(), p, r, [True, True])
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_backward, args)
+    first = torch.ops.mmoverlock.depthwise_backward(*args)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, torch.ops.mmoverlock.depthwise_backward(*args)))
+
+
+@requires_cuda
+def test_cuda_inputs_on_another_device_raise_naming_the_argument():
+    x, weight = torch.randn(1, 4, 8, 8, device='cuda'), torch.randn(4, 1, 3, 3)
+    with pytest.raises(RuntimeError, match='weight is on cpu but input is on cuda'):
+        torch.ops.mmoverlock.depthwise_forward(x, weight, None, 1, 1)
+    with pytest.raises(RuntimeError, match='bias must have the dtype and device of input'):
+        torch.ops.mmoverlock.depthwise_forward(x, weight.cuda(), torch.zeros(4), 1, 1)
+
+
+@requires_cuda
+def test_cuda_autocast_returns_what_conv2d_returns():
+    """Under CUDA autocast ``depthwise_conv2d`` gives F.conv2d's autocast result (float16), float32 weight grads."""
+    x, weight, bias, p, r = _inputs((2, 16, 12, 12, 7, 1), torch.float32, 'nhwc')
+    x, weight = x.cuda(), weight.cuda().requires_grad_()
+    with torch.autocast('cuda', dtype=torch.float16):
+        out = depthwise_conv2d(x, weight, bias.cuda(), p, r)
+        expected = F.conv2d(x, weight, bias.cuda(), 1, p, r, 16)
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32
 
 
 @requires_op
