@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # One prepared validation of mmoverlock on a GPU machine, run from the working tree: the full check in at most
-# 8 minutes, --quick in at most 4 (each step's limit below; the limits add up to the deadline, full / quick):
+# 9 min 15 s, --quick in at most 4 (each step's limit below; the limits add up to the deadline, full / quick):
 #   wheels     15 / 20 s  install the carried pure-Python wheels (tools/gpu_check/wheels.txt, from .whl/) with pip
 #              --target; missing ones are fetched when the registry is reachable, else named with the fix
-#   build      160 / 130 s  compile mmoverlock._ext with its CUDA kernels in place, for the visible GPU (or
+#   build      120 / 130 s  compile mmoverlock._ext with its CUDA kernels in place, for the visible GPU (or
 #              TORCH_CUDA_ARCH_LIST), with the CUDA toolkit found at CUDA_HOME, nvcc on PATH or torch's guess
 #   imports    20 / 15 s  mmoverlock.models and the ContMix backends ('cuda' must be built)
-#   op_tests   95 / 55 s  CUDA op tests: float64/float32/float16/bfloat16 against the float64 definition,
+#   op_tests   90 / 55 s  CUDA op tests: float64/float32/float16/bfloat16 against the float64 definition,
 #              deterministic mode, device/stream/grid/kernel-size behaviours, opcheck and torch.compile, the built
-#              library's architectures and division calls (tests/test_ops); --quick: test_contmix_cuda.py and
-#              test_cuda_binary.py only
+#              library's architectures and division calls, the depthwise conv's CUDA kernels (tests/test_ops);
+#              --quick: test_contmix_cuda.py, test_cuda_binary.py and test_depthwise.py's CUDA tests
 #   model_tests  80 s (full only)  backbone parity on CUDA in float64 against tests/data/reference, float16 and
 #              bfloat16 autocast training steps, float16 GradScaler recovery (tests/test_models)
 #   contmix_bench  50 / 20 s  the ContMix op benchmark on CUDA: fused vs the unfused chain vs the authors' unfold,
 #              forward and forward+backward, with roofline figures ($CONTMIX_BENCH); --quick: the fused kernels
 #              at the default case only
-#   backbone   60 s (full only)  an OverLoCK-T backbone training step at 800x1333, batch 2: time and memory
+#   backbone   45 s (full only)  an OverLoCK-T backbone training step at 800x1333, batch 2: time and memory
+#   depthwise_bench  60 s (full only)  the depthwise op's CUDA kernels against cuDNN on OverLoCK-T's depthwise shapes
+#              (1024x1024, batch 2)
+#   backbone_compare  75 s (full only)  OverLoCK-T (fused and the authors' ContMix), ConvNeXt-T and Swin-T: inference,
+#              training step and its peak memory at 800x1333, batch 2, float32
 # Writes to OUT: gpu_check.log (every step's output), summary.json and summary.md (steps, tests, figures),
-# backbone.json and contmix/results.{json,md,png}. Exits non-zero when any step fails, or when a
+# backbone.json, contmix/results.{json,md,png}, depthwise/cuda/depthwise.{json,md} and
+# backbone_compare/results.{json,md,png}. Exits non-zero when any step fails, or when a
 # GPU test was skipped for a reason other than a missing second GPU.
 #
 # Usage:
@@ -30,7 +35,7 @@
 #   tools/gpu_check.sh --fetch-wheels   downloads the wheels of tools/gpu_check/wheels.txt for Python 3.12 into .whl/
 # Environment: PYTHON (python3; for --dry-run .venv/bin/python when present), WHEEL_DIR (.whl), CONTMIX_BENCH (the
 # op benchmark script, default: tools/analysis_tools/benchmark_contmix.py),
-# CONTMIX_BENCH_ARGS, TORCH_CUDA_ARCH_LIST, CUDA_HOME, MAX_JOBS, TIME_LIMIT_S (480; 240 with --quick).
+# CONTMIX_BENCH_ARGS, TORCH_CUDA_ARCH_LIST, CUDA_HOME, MAX_JOBS, TIME_LIMIT_S (555; 240 with --quick).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,8 +80,8 @@ PY="${PYTHON:-python3}"
 CONTMIX_BENCH="${CONTMIX_BENCH:-tools/analysis_tools/benchmark_contmix.py}"
 # The dry run rehearses on a CPU machine, often a loaded one: it gets twice the time, for every step.
 SLOW=$([[ $MODE == dry ]] && echo 2 || echo 1)
-DEADLINE=$(( $(date +%s) + ${TIME_LIMIT_S:-$(( SLOW * (QUICK ? 240 : 480) ))} ))
-# limit FULL QUICK: a step's limit in seconds in this run (the full run's limits add up to 480, --quick's to 240).
+DEADLINE=$(( $(date +%s) + ${TIME_LIMIT_S:-$(( SLOW * (QUICK ? 240 : 555) ))} ))
+# limit FULL QUICK: a step's limit in seconds in this run (the full run's limits add up to 555, --quick's to 240).
 limit() { echo $(( SLOW * (QUICK ? $2 : $1) )); }
 FAILED=()
 STOP=""
@@ -199,7 +204,7 @@ build_extension() {
   MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py -q build_ext --inplace
 }
 export -f build_extension find_cuda_home
-run_step build "$(limit 160 130)" build_extension
+run_step build "$(limit 120 130)" build_extension
 [[ " ${FAILED[*]} " == *" build "* ]] && STOP="the build failed"
 
 # ---- imports ---------------------------------------------------------------------------------------------------
@@ -215,23 +220,25 @@ assert torch.cuda.is_available() or not $NEED_CUDA, 'torch sees no GPU'
 [[ " ${FAILED[*]} " == *" imports "* ]] && STOP="the imports failed"
 
 # ---- tests -----------------------------------------------------------------------------------------------------
+# -k keeps the CUDA tests of the files that also hold CPU ones (the bodies' CPU-driver tests need _ext_testing).
 if (( QUICK )); then
-  OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_cuda_binary.py)
+  OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_cuda_binary.py tests/test_ops/test_depthwise.py
+            -k '(cuda or binary) and not bodies')
 else
   OP_TESTS=(tests/test_ops/test_contmix_cuda.py tests/test_ops/test_cuda_binary.py tests/test_ops/test_contmix.py
-            -k 'cuda or binary')
+            tests/test_ops/test_depthwise.py -k '(cuda or binary) and not bodies')
 fi
 MODEL_TESTS=(tests/test_models/test_overlock_cuda.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
 if [[ $MODE == gpu ]]; then
-  # Four workers (pytest-xdist, when installed) share the GPU; the float64 references run on the CPU cores.
-  WORKERS=(); "$PY" -c 'import xdist' 2>/dev/null && WORKERS=(-n 4)
-  run_step op_tests "$(limit 95 55)" env OMP_NUM_THREADS=4 "${PYTEST[@]}" "${WORKERS[@]}" \
+  # Eight workers (pytest-xdist, when installed) share the GPU; the float64 references run on the CPU cores.
+  WORKERS=(); "$PY" -c 'import xdist' 2>/dev/null && WORKERS=(-n 8)
+  run_step op_tests "$(limit 90 55)" env OMP_NUM_THREADS=2 "${PYTEST[@]}" "${WORKERS[@]}" \
     --junitxml "$WORK/op_tests.xml" "${OP_TESTS[@]}"
   (( QUICK )) || run_step model_tests "$(limit 80 0)" "${PYTEST[@]}" --junitxml "$WORK/model_tests.xml" \
     "${MODEL_TESTS[@]}"
 else
-  run_step op_tests "$(limit 95 55)" "${PYTEST[@]}" --collect-only "${OP_TESTS[@]}"
+  run_step op_tests "$(limit 90 55)" "${PYTEST[@]}" --collect-only "${OP_TESTS[@]}"
   (( QUICK )) || run_step model_tests "$(limit 80 0)" "${PYTEST[@]}" --collect-only "${MODEL_TESTS[@]}"
 fi
 
@@ -240,12 +247,21 @@ QUICK_BENCH_ARGS="--cases 2,8,50,84,16,13 --methods fused-cuda,fused-torch --bud
 if [[ $MODE == gpu ]]; then
   run_step contmix_bench "$(limit 50 20)" "$PY" "$CONTMIX_BENCH" --device cuda --out "$OUT/contmix" \
     ${CONTMIX_BENCH_ARGS:-$( (( QUICK )) && echo "$QUICK_BENCH_ARGS" || echo --budget 0.2)}
-  (( QUICK )) || run_step backbone "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch t \
+  (( QUICK )) || run_step backbone "$(limit 45 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch t \
     --shape 800 1333 --batch-size 2 --device cuda --out "$OUT/backbone.json"
+  (( QUICK )) || run_step depthwise_bench "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_depthwise.py \
+    --device cuda --size 1024 --batch 2 --iters 3 --out "$OUT/depthwise"
+  (( QUICK )) || run_step backbone_compare "$(limit 75 0)" "$PY" tools/analysis_tools/compare_backbones.py \
+    --device cuda --batch 2 --sizes 800x1333 --models overlock overlock-authors convnext swin --no-flops \
+    --out-dir "$OUT/backbone_compare"
 else  # the same programs on the CPU at toy sizes; the op benchmark (another tool, tested on its own) imports only
   run_step contmix_bench "$(limit 50 20)" "$PY" "$CONTMIX_BENCH" --help
-  (( QUICK )) || run_step backbone "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch xt \
+  (( QUICK )) || run_step backbone "$(limit 45 0)" "$PY" tools/analysis_tools/benchmark_backbone.py --arch xt \
     --shape 64 64 --batch-size 1 --iters 1 --warmup 0 --device cpu --out "$OUT/backbone.json"
+  (( QUICK )) || run_step depthwise_bench "$(limit 60 0)" "$PY" tools/analysis_tools/benchmark_depthwise.py \
+    --size 64 --iters 1 --isa best --out "$OUT/depthwise"
+  (( QUICK )) || run_step backbone_compare "$(limit 75 0)" "$PY" tools/analysis_tools/compare_backbones.py \
+    --sizes 64 --models overlock --rounds 1 --no-flops --no-memory --profile-sizes --out-dir "$OUT/backbone_compare"
 fi
 
 # ---- summary -----------------------------------------------------------------------------------------------------

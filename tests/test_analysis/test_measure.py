@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, command_line, current_isa_setting, interleaved_times,
+from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, command_line, current_isa_setting, dispatched_ops,
+                                         interleaved_times,
                                          isa_environment, isa_output, machine_info, peak_memory_in_fresh_process,
                                          peak_memory_mib, record, rounds_within, saved_activations,
                                          saved_activations_in_fresh_process, set_threads, write_isa_comparison,
@@ -174,3 +175,11 @@ def test_isa_comparison_table(tmp_path):
     assert json.loads((tmp_path / 'cmp.json').read_text())['settings'] == ['best', 'avx2']
     text = (tmp_path / 'cmp.md').read_text()
     assert '| m | time s | 2 (1.00×) | 5 (2.50×) | 2.50× |' in text and 'CPU X' in text
+
+
+def test_dispatched_ops_counts_forward_and_backward_operators():
+    x = torch.randn(4, 3, requires_grad=True)
+    forward = dispatched_ops(lambda: (x * 2).sum())
+    assert forward['by_operator'] == {'aten.mul': 1, 'aten.sum': 1} and forward['total'] == 2
+    both = dispatched_ops(lambda: (x * 2).sum().backward())
+    assert both['total'] > forward['total'] and both['by_operator']['aten.mul'] >= 2  # the backward's mul too

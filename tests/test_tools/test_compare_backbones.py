@@ -3,7 +3,7 @@ machine and the peak memory of each model's training step."""
 import json
 
 import pytest
-from _helpers import run_tool
+from _helpers import REPO_ROOT, run_tool
 
 # Runs command-line tools, whole models or configs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -25,6 +25,11 @@ def test_compare_backbones_writes_ratios(tmp_path):
     assert summary['overlock']['train_s'] > 0 and summary['overlock-deploy']['train_s'] is None  # inference only
     for name in ('convnext', 'overlock', 'overlock-authors'):  # measured in fresh processes
         assert summary[name]['train_mem_mib'] > 0
+    # Dispatched operators (about a GPU's kernel launches): the deploy form folds its branches once, so it
+    # dispatches fewer than the eval form, which refolds them on every call; inference only for the deploy form.
+    assert summary['overlock-deploy']['infer_ops'] < summary['overlock']['infer_ops']
+    assert summary['overlock']['train_ops'] > summary['overlock']['infer_ops'] > 0
+    assert summary['overlock-deploy']['train_ops'] is None
     assert payload['machine']['cpu'] and payload['machine']['torch_threads'] == 1
     markdown = (tmp_path / 'out' / 'results.md').read_text()
     assert 'overlock-deploy' in markdown and payload['machine']['cpu'] in markdown
@@ -35,3 +40,12 @@ def test_compare_backbones_writes_ratios(tmp_path):
         assert result['saved_mib'] > 0 and result['backward_peak_mib'] > 0
         assert sum(g['bytes'] for g in result['by_block'].values()) == sum(e['bytes'] for e in result['entries'])
     assert '## overlock: saved by role' in (tmp_path / 'out' / 'saved_64x64.md').read_text()
+
+
+@pytest.mark.parametrize('options', [['--isa', 'best'], ['--saved-sizes', '64']])
+def test_cuda_refuses_the_cpu_only_options(options):
+    import subprocess
+    import sys
+    tool = f'{REPO_ROOT}/tools/analysis_tools/compare_backbones.py'
+    proc = subprocess.run([sys.executable, tool, '--device', 'cuda', *options], capture_output=True, text=True)
+    assert proc.returncode == 2 and '--isa and --saved-sizes measure the CPU' in proc.stderr

@@ -39,7 +39,7 @@ import torch
 from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, describe_machine,
                                          interleaved_times, isa_output, machine_info, measure_per_isa,
                                          peak_memory_in_fresh_process, peak_memory_mib, ratio, record, set_threads,
-                                         write_json)
+                                         synchronize, write_json)
 from mmoverlock.ops import available_backends
 from mmoverlock.testing.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
 
@@ -61,6 +61,23 @@ def time_methods(fns, inputs, K, device, backward, budget_s):
     calls = {method: (lambda fn=fn: run_once(fn, inputs, K, backward)) for method, fn in fns.items()}
     timings = interleaved_times(calls, MAX_RUNS, warmup=1, device=device, budget_s=budget_s)
     return {m: (1e3 * t.median_s, 1e3 * t.cpu_median_s, len(t.wall_s)) for m, t in timings.items()}
+
+
+def runnable(fns, inputs, K, device):
+    """The methods whose forward + backward runs at this case, and why each other one fails (the authors' unfold
+    needs a [B, G, C, K*K, H, W] tensor: past 2^31 elements CUDA refuses its padding, or memory runs out)."""
+    ok, failed = {}, {}
+    for method, fn in fns.items():
+        try:
+            run_once(fn, inputs, K, True)
+            synchronize(device)
+            ok[method] = fn
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            failed[method] = f'{type(err).__name__}: {str(err).splitlines()[0][:200]}'
+        gc.collect()
+        if device == 'cuda':
+            torch.cuda.empty_cache()
+    return ok, failed
 
 
 def copy_bandwidth_gbs(device, mib=256):
@@ -108,7 +125,7 @@ def summarise(results, device):
     return summary
 
 
-def write_markdown(path, command, info, results, summary, memory_method):
+def write_markdown(path, command, info, results, summary, memory_method, failures=()):
     lines = ['# ContMix core benchmark', '', f'Produced by `{command}`.', '', f'- machine: {describe_machine(info)}',
              f"- backends: {', '.join(info['backends'])}; copy bandwidth {info['copy_bandwidth_gbs']} GB/s"]
     lines += [f'- memory: {memory_method}',
@@ -127,6 +144,9 @@ def write_markdown(path, command, info, results, summary, memory_method):
                      f"{r['fwd_bwd_ms']:.3g} ({r['fwd_bwd_cpu_ms']:.3g}) | {rf['multiply_adds'] / 1e6:.3g} | "
                      f"{rf['exps'] / 1e6:.3g} | {rf['bytes'] / 1e6:.3g} | {rf['gflops']:.3g} | {rf['gbs']:.3g} | "
                      f"{rf['copy_fraction']:.3g} | {mem} |")
+    if failures:
+        lines += ['', '## Methods that do not run at a case', '']
+        lines += [f"- {case_label(f['case'])} {f['method']}: {f['error']}" for f in failures]
     if summary:
         lines += ['', f"## Default case {case_label(summary['case'])}, forward + backward ({summary['fused']})", '']
         lines += [f'- {k}: {v:.3g}' for k, v in summary.items() if k.startswith(('speedup', 'memory'))]
@@ -251,12 +271,16 @@ def measure(args, command, setting=None):
     memory_method = PEAK_MEMORY_DEFINITION + ' (inputs not counted); timings come from this process'
     print(describe_machine(info), flush=True)
 
-    results = []
+    results, failures = [], []
     for case in cases:
         K = case[5]
         inputs = random_inputs(case, device)
         names = methods + (isa_methods if case == DEFAULT_CASE else [])
-        fns = {method: contmix_method(method, device) for method in names}
+        fns, failed = runnable({method: contmix_method(method, device) for method in names}, inputs, K, device)
+        for method, error in failed.items():
+            failures.append(dict(case=list(case), method=method, error=error))
+            print(f'{case_label(case):>28} {method:>18}: fails: {error}', flush=True)
+        names = [m for m in names if m in fns]
         forward = time_methods(fns, inputs, K, device, False, args.budget)
         both = time_methods(fns, inputs, K, device, True, args.budget)
         for method in names:
@@ -276,9 +300,10 @@ def measure(args, command, setting=None):
         gc.collect()
 
     summary = summarise(results, device)
-    payload = dict(command=command, machine=info, memory_method=memory_method, results=results, summary=summary)
+    payload = dict(command=command, machine=info, memory_method=memory_method, results=results, failures=failures,
+                   summary=summary)
     write_json(osp.join(out_dir, 'results.json'), payload)
-    write_markdown(osp.join(out_dir, 'results.md'), command, info, results, summary, memory_method)
+    write_markdown(osp.join(out_dir, 'results.md'), command, info, results, summary, memory_method, failures)
     plotted = write_plot(osp.join(out_dir, 'results.png'), results, device)
     print(json.dumps(summary, indent=1))
     print(f"wrote {out_dir}/results.json, results.md{', results.png' if plotted else ''}")

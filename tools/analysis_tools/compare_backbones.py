@@ -1,6 +1,6 @@
-"""OverLoCK-T against its peers on the CPU: inference and training-step time, peak training memory, FLOPs.
+"""OverLoCK-T against its peers on the CPU or a GPU: inference and training-step time, peak training memory, FLOPs.
 
-Models (all batch 1, random weights, as a user builds them by default):
+Models (batch 1 unless ``--batch``, random weights, as a user builds them by default):
 
 * ``overlock``: ``OverLoCK(arch='t', overview_fusion=True)`` (the detection form), eval form for inference;
 * ``overlock-deploy``: the same after ``switch_to_deploy()`` (inference only);
@@ -12,7 +12,9 @@ Models (all batch 1, random weights, as a user builds them by default):
 Every figure is also given as a ratio to ConvNeXt-T measured in the same process: timings are interleaved (one call
 of every model per round, median over rounds; :mod:`mmoverlock.analysis.measure`), so a load change hits all models
 alike. Peak memory follows the measuring module's one definition, each (model, size) in a fresh process. FLOPs come
-from mmengine's jit-trace counter (one multiply-add = one FLOP) with the ContMix core counted as ``B*G*H*W*C*K^2``. A
+from mmengine's jit-trace counter (one multiply-add = one FLOP) with the ContMix core counted as ``B*G*H*W*C*K^2``.
+"ops" count the operators one inference and one training step dispatch (about the kernels they launch on a GPU,
+each a few microseconds of host time whatever its size). A
 torch.profiler run of ``overlock`` (eval) splits its time by module type (exclusive of child modules) and by operator.
 ``--saved-sizes`` counts, per model and in a fresh process, the bytes each module's layers save for the backward of a
 training step and the backward's own transient memory (``OUT_DIR/saved_<size>.{md,json}``).
@@ -20,9 +22,15 @@ With ``--isa best avx2`` the whole comparison runs once per instruction-set sett
 with AVX2 forced on mmoverlock, oneDNN, ATen and MKL), each in ``OUT_DIR/<setting>/``, and
 ``OUT_DIR/isa_comparison.{md,json}`` puts the settings side by side.
 
+``--device cuda`` runs the same comparison on the GPU (``OUT_DIR`` defaults to ``benchmarks/backbone/cuda``): times
+synchronise the GPU around every call, peak memory is the measuring module's CUDA definition (each model in a fresh
+process), ``--amp`` runs the forwards under float16 autocast, as mixed-precision training does, and a profile
+splits the GPU time by operator and by kernel. Saved-tensor counts and ISA settings do not apply there.
+
 Usage:
     python tools/analysis_tools/compare_backbones.py [--sizes 224 512 800x1333] [--models ...] [--rounds 3]
         [--threads 2] [--saved-sizes 512] [--isa best avx2] [--out-dir benchmarks/backbone/cpu]
+    python tools/analysis_tools/compare_backbones.py --device cuda --batch 2 --sizes 800x1333 [--amp] --no-flops
 """
 import argparse
 import os.path as osp
@@ -33,7 +41,8 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argument, command_line, interleaved_times,
+from mmoverlock.analysis.measure import (DISPATCHED_OPS_DEFINITION, PEAK_MEMORY_DEFINITION, add_isa_argument,
+                                         command_line, dispatched_ops, interleaved_times,
                                          isa_output, machine_info, markdown_table, measure_per_isa,
                                          peak_memory_in_fresh_process, ratio, record, report_header,
                                          saved_activations_in_fresh_process, set_threads, time_call, with_ratio,
@@ -45,7 +54,8 @@ BASELINE = 'convnext'
 DEFAULT_SIZES = ('224', '512', '800x1333')
 TIMM_NAMES = dict(convnext='convnext_tiny', swin='swin_tiny_patch4_window7_224')
 METRICS = (('infer_s', 'inference s', '{:.3f}'), ('train_s', 'training step s', '{:.3f}'),
-           ('train_mem_mib', 'training peak MiB', '{:.0f}'), ('gflops', 'GFLOPs', '{:.2f}'))
+           ('train_mem_mib', 'training peak MiB', '{:.0f}'), ('gflops', 'GFLOPs', '{:.2f}'),
+           ('infer_ops', 'inference ops', '{:.0f}'), ('train_ops', 'training-step ops', '{:.0f}'))
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -71,37 +81,43 @@ def _loss(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 class Runner:
     """One model at one size: an inference call and a training step (forward, backward) on a fixed input."""
 
-    def __init__(self, name: str, height: int, width: int, seed: int = 0):
+    def __init__(self, name: str, height: int, width: int, seed: int = 0, device: str = 'cpu', batch: int = 1,
+                 amp: bool = False):
         torch.manual_seed(seed)
         self.name = name
-        self.model = build(name, height, width)
-        self.image = torch.rand(1, 3, height, width)
+        self.model = build(name, height, width).to(device)
+        self.image = torch.rand(batch, 3, height, width, device=device)
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=amp)
 
     def infer(self) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast:
             self.model(self.image)
 
     def loss(self) -> torch.Tensor:
         """The forward of a training step: its loss, ready for ``backward()``."""
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        return _loss(self.model(self.image))
+        with self.autocast:
+            return _loss(self.model(self.image))
 
     def train_step(self) -> None:
         self.loss().backward()
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def phase_call(name: str, height: int, width: int, phase: str):
+def phase_call(name: str, height: int, width: int, phase: str, device: str = 'cpu', batch: int = 1,
+               amp: bool = False):
     """A model's ``phase`` call at a size: what a fresh memory-measuring process runs."""
-    return getattr(Runner(name, height, width), phase)
+    return getattr(Runner(name, height, width, device=device, batch=batch, amp=amp), phase)
 
 
-def train_memory_mib(name: str, height: int, width: int, threads: int) -> float:
+def train_memory_mib(name: str, height: int, width: int, threads: int, device: str = 'cpu', batch: int = 1,
+                     amp: bool = False) -> float:
     """Peak memory of one training step, in a fresh process (the measuring module's definition)."""
-    kwargs = dict(name=name, height=height, width=width, phase='train_step')
-    return peak_memory_in_fresh_process(f'{osp.abspath(__file__)}:phase_call', kwargs, threads=threads)['peak_mib']
+    kwargs = dict(name=name, height=height, width=width, phase='train_step', device=device, batch=batch, amp=amp)
+    return peak_memory_in_fresh_process(f'{osp.abspath(__file__)}:phase_call', kwargs, device=device,
+                                        threads=threads)['peak_mib']
 
 
 def saved_call(name: str, height: int, width: int):
@@ -126,11 +142,15 @@ def flops(name: str, height: int, width: int) -> float:
     return float(flop_analyzer(runner.model, (runner.image, )).total())
 
 
-def profile(name: str, height: int, width: int, phase: str, top: int = 12) -> dict:
-    """Where one call's time goes: per module type (exclusive of child modules) and per operator (self time)."""
+def profile(name: str, height: int, width: int, phase: str, top: int = 12, device: str = 'cpu', batch: int = 1,
+            amp: bool = False) -> dict:
+    """Where one call's time goes: per module type (exclusive of child modules) and per operator (self time); on a
+    GPU per operator by the GPU time of the kernels it launched, and per kernel."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
-    runner = Runner(name, height, width)
-    getattr(runner, phase)()  # warm-up (oneDNN primitive creation)
+    runner = Runner(name, height, width, device=device, batch=batch, amp=amp)
+    getattr(runner, phase)()  # warm-up (oneDNN primitive creation, cuDNN autotuning)
+    cuda = torch.device(device).type == 'cuda'
     contexts = []
 
     def enter(module, args):
@@ -141,10 +161,11 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12) -> di
     def leave(module, args, output):
         contexts.pop().__exit__(None, None, None)
 
-    handles = [m.register_forward_pre_hook(enter) for m in runner.model.modules()]
-    handles += [m.register_forward_hook(leave) for m in runner.model.modules()]
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        total = time_call(getattr(runner, phase)).wall_s[0]
+    handles = [] if cuda else [m.register_forward_pre_hook(enter) for m in runner.model.modules()]
+    handles += [] if cuda else [m.register_forward_hook(leave) for m in runner.model.modules()]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        total = time_call(getattr(runner, phase), device).wall_s[0]
     for handle in handles:
         handle.remove()
     per_module = Counter()
@@ -152,15 +173,25 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12) -> di
         if event.name.startswith('module::'):
             children = sum(c.cpu_time_total for c in event.cpu_children if c.name.startswith('module::'))
             per_module[event.name[len('module::'):]] += (event.cpu_time_total - children) / 1e6
-    per_op = Counter()
+    per_op, kernels = Counter(), Counter()
     for avg in prof.key_averages():
-        if not avg.key.startswith('module::'):
+        if avg.key.startswith('module::'):
+            continue
+        if not cuda:
             per_op[avg.key] += avg.self_cpu_time_total / 1e6
-    wall = sum(per_module.values())
-    return dict(model=name, size=[height, width], phase=phase, profiled_s=total,
-                modules={k: round(v, 4) for k, v in per_module.most_common()},
-                module_share={k: round(v / wall, 4) for k, v in per_module.most_common()},
-                ops={k: round(v, 4) for k, v in per_op.most_common(top)})
+        elif avg.device_type == DeviceType.CUDA:
+            kernels[avg.key[:120]] += avg.self_device_time_total / 1e6
+        elif avg.self_device_time_total > 0:
+            per_op[avg.key] += avg.self_device_time_total / 1e6
+    wall = sum(per_module.values()) or 1.0
+    result = dict(model=name, size=[height, width], phase=phase, profiled_s=total, device=device,
+                  modules={k: round(v, 4) for k, v in per_module.most_common()},
+                  module_share={k: round(v / wall, 4) for k, v in per_module.most_common()},
+                  ops={k: round(v, 4) for k, v in per_op.most_common(top)})
+    if cuda:
+        result.update(gpu_busy_s=round(sum(kernels.values()), 4),
+                      kernels={k: round(v, 4) for k, v in kernels.most_common(top)})
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -187,12 +218,17 @@ def comparison_records(results: dict) -> list:
 
 
 def write_report(path: str, results: dict) -> None:
-    notes = [f"Batch 1; times are medians of {results['rounds']} interleaved calls (after one warm-up); ratios in "
+    cuda = results.get('device', 'cpu') == 'cuda'
+    notes = [f"Batch {results.get('batch', 1)}{', float16 autocast' if results.get('amp') else ''}; times are "
+             f"medians of {results['rounds']} interleaved calls (after one warm-up"
+             f"{', the GPU synchronised around each' if cuda else ''}); ratios in "
              'brackets are to ConvNeXt-T in the same process. Training = one forward + backward of the sum of the '
              f'feature-map means. Peak memory of one training step: {PEAK_MEMORY_DEFINITION}. GFLOPs = '
-             "multiply-adds of one inference (mmengine's counter, ContMix core included). ContMix core: the "
+             "multiply-adds of one inference (mmengine's counter, ContMix core included). Ops: "
+             f"{DISPATCHED_OPS_DEFINITION}. ContMix core: the "
              f"compiled op of this checkout ({results['contmix_backend']})."]
-    lines = report_header('OverLoCK-T against ConvNeXt-T and Swin-T on the CPU', results['command'],
+    where = f"on {results['machine']['gpu']}" if cuda else 'on the CPU'
+    lines = report_header(f'OverLoCK-T against ConvNeXt-T and Swin-T {where}', results['command'],
                           results['machine'], notes)
     for size, rows in results['summary'].items():
         lines += [f'## {size}', '']
@@ -203,13 +239,18 @@ def write_report(path: str, results: dict) -> None:
     for prof in results.get('profiles', []):
         size = 'x'.join(map(str, prof['size']))
         lines += [f"## Profile: {prof['model']} {prof['phase']} at {size} ({prof['profiled_s']:.3f} s under the "
-                  'profiler)', '']
-        lines += markdown_table(['module type (exclusive)', 's', 'share'],
-                                [[k, f'{v:.3f}', f"{prof['module_share'][k]:.1%}"]
-                                 for k, v in list(prof['modules'].items())[:12]])
+                  'profiler' + (f", GPU busy {prof['gpu_busy_s']:.3f} s" if 'gpu_busy_s' in prof else '') + ')', '']
+        if prof['modules']:
+            lines += markdown_table(['module type (exclusive)', 's', 'share'],
+                                    [[k, f'{v:.3f}', f"{prof['module_share'][k]:.1%}"]
+                                     for k, v in list(prof['modules'].items())[:12]])
+            lines.append('')
+        what = 'GPU time of its kernels' if 'kernels' in prof else 'self time'
+        lines += markdown_table([f'operator ({what})', 's'], [[f'`{k}`', f'{v:.4f}'] for k, v in prof['ops'].items()])
         lines.append('')
-        lines += markdown_table(['operator (self time)', 's'], [[f'`{k}`', f'{v:.3f}'] for k, v in prof['ops'].items()])
-        lines.append('')
+        if 'kernels' in prof:
+            lines += markdown_table(['GPU kernel', 's'], [[f'`{k}`', f'{v:.4f}'] for k, v in prof['kernels'].items()])
+            lines.append('')
     write_markdown(path, lines)
 
 
@@ -257,14 +298,27 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
     parser.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
-    parser.add_argument('--profile-sizes', nargs='*', default=['512'],
-                        help='sizes at which to profile overlock inference and training (none: skip)')
+    parser.add_argument('--profile-sizes', nargs='*', default=None,
+                        help='sizes at which to profile overlock inference and training (default 512 on the CPU, '
+                        'none on CUDA; none: skip)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu', help='where to run (default cpu)')
+    parser.add_argument('--batch', type=int, default=1, help='images per call (default 1)')
+    parser.add_argument('--amp', action='store_true', help='float16 autocast for the forwards (mixed precision)')
     parser.add_argument('--saved-sizes', nargs='*', default=[],
                         help='sizes at which to count the tensors each model\'s training step saves for its backward, '
                         'by module, with the backward\'s transient memory (OUT_DIR/saved_<size>.{md,json})')
-    parser.add_argument('--out-dir', default='benchmarks/backbone/cpu')
+    parser.add_argument('--out-dir', default=None,
+                        help='output folder (default benchmarks/backbone/cpu, or benchmarks/backbone/cuda)')
     add_isa_argument(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.device == 'cuda' and (args.isa or args.saved_sizes):
+        parser.error('--isa and --saved-sizes measure the CPU; leave them out with --device cuda')
+    if args.batch < 1:
+        parser.error(f'--batch must be at least 1, got {args.batch}')
+    if args.profile_sizes is None:
+        args.profile_sizes = ['512'] if args.device == 'cpu' else []
+    args.out_dir = args.out_dir or osp.join('benchmarks', 'backbone', args.device)
+    return args
 
 
 def measure(args, command: str, setting=None) -> dict:
@@ -272,23 +326,32 @@ def measure(args, command: str, setting=None) -> dict:
     set_threads(args.threads)
     models = [BASELINE] + [m for m in args.models if m != BASELINE]
     from mmoverlock.ops import available_backends
-    results = dict(command=command, machine=machine_info('cpu'), threads=args.threads, rounds=args.rounds,
-                   models=models, contmix_backend=available_backends()[0], sizes={})
+    device = args.device
+    backend = [b for b in available_backends() if b == device or b == 'torch'][0]
+    results = dict(command=command, machine=machine_info(device), device=device, batch=args.batch, amp=args.amp,
+                   threads=args.threads, rounds=args.rounds, models=models, contmix_backend=backend, sizes={})
     for height, width in (parse_size(s) for s in args.sizes):
         key = f'{height}x{width}'
         print(f'== {key}', flush=True)
         per_size = {metric: {} for metric, _, _ in METRICS}
-        runners = {name: Runner(name, height, width) for name in models}
-        for name, timing in interleaved_times({n: r.infer for n, r in runners.items()}, args.rounds).items():
+        runners = {name: Runner(name, height, width, device=device, batch=args.batch, amp=args.amp)
+                   for name in models}
+        timings = interleaved_times({n: r.infer for n, r in runners.items()}, args.rounds, device=device)
+        for name, timing in timings.items():
             per_size['infer_s'][name] = timing.median_s
         trainable = {n: r.train_step for n, r in runners.items() if n in TRAINABLE}
-        for name, timing in interleaved_times(trainable, args.rounds).items():
+        for name, timing in interleaved_times(trainable, args.rounds, device=device).items():
             per_size['train_s'][name] = timing.median_s
+        for name, runner in runners.items():  # after the timed calls: the counting mode slows the call it sees
+            per_size['infer_ops'][name] = dispatched_ops(runner.infer)['total']
+            if name in TRAINABLE:
+                per_size['train_ops'][name] = dispatched_ops(runner.train_step)['total']
         del runners, trainable
         print('   times', {m: {n: round(v, 3) for n, v in d.items()} for m, d in per_size.items() if d}, flush=True)
         for name in models:
             if not args.no_memory and name in TRAINABLE:
-                per_size['train_mem_mib'][name] = train_memory_mib(name, height, width, args.threads)
+                per_size['train_mem_mib'][name] = train_memory_mib(name, height, width, args.threads, device,
+                                                                   args.batch, args.amp)
             if not args.no_flops and name != 'overlock-deploy':  # the deploy form has the eval form's FLOPs + fold
                 per_size['gflops'][name] = flops(name, height, width) / 1e9
         print('   memory/flops', per_size['train_mem_mib'], per_size['gflops'], flush=True)
@@ -297,7 +360,8 @@ def measure(args, command: str, setting=None) -> dict:
     for size in args.profile_sizes:
         height, width = parse_size(size)
         for phase in ('infer', 'train_step'):
-            results['profiles'].append(profile('overlock', height, width, phase))
+            results['profiles'].append(profile('overlock', height, width, phase, top=25 if device == 'cuda' else 12,
+                                               device=device, batch=args.batch, amp=args.amp))
     results['summary'] = summarise(results)
     out_dir = isa_output(args.out_dir, setting)
     for size in args.saved_sizes:

@@ -44,6 +44,11 @@ def load_json(path):
     return None
 
 
+def existing(out, relative):
+    """``relative`` when that file exists under ``out``, else ``None``."""
+    return relative if osp.exists(osp.join(out, relative)) else None
+
+
 def markdown(summary):
     mode = summary['mode'] + (', quick' if summary.get('quick') else '')
     lines = [f"# gpu_check ({mode}): {'passed' if summary['ok'] else 'FAILED'}", '',
@@ -61,9 +66,11 @@ def markdown(summary):
                   f"batch {backbone['batch_size']}, {backbone['shape'][0]}x{backbone['shape'][1]}, amp "
                   f"{backbone['amp']}: {backbone['step_s_median'] * 1e3:.1f} ms median of {backbone['iters']}, "
                   f"peak memory {backbone['peak_memory_mib']:.0f} MiB ({backbone['peak_memory_method']})"]
-    contmix_md = summary.get('contmix_results_md')
-    if contmix_md:
-        lines += ['', f'## ContMix op benchmark: see {contmix_md}']
+    for title, path in (('ContMix op benchmark', summary.get('contmix_results_md')),
+                        ('Depthwise op benchmark', summary.get('depthwise_results_md')),
+                        ('Backbones compared', summary.get('backbone_compare_md'))):
+        if path:
+            lines += ['', f'## {title}: see {path}']
     return '\n'.join(lines) + '\n'
 
 
@@ -83,8 +90,10 @@ def main(argv=None):
     summary = dict(mode=args.mode, quick=args.quick, steps=steps, tests=tests,
                    backbone=load_json(osp.join(args.out, 'backbone.json')),
                    contmix=load_json(osp.join(args.out, 'contmix', 'results.json')),
-                   contmix_results_md='contmix/results.md' if osp.exists(osp.join(args.out, 'contmix', 'results.md'))
-                   else None)
+                   contmix_results_md=existing(args.out, 'contmix/results.md'),
+                   depthwise_results_md=existing(args.out, f"depthwise/{'cuda' if args.mode == 'gpu' else 'best'}"
+                                                 '/depthwise.md'),
+                   backbone_compare_md=existing(args.out, 'backbone_compare/results.md'))
     summary['unexpected_skips'] = unexpected_skips if args.mode == 'gpu' else []
     summary['ok'] = bool(steps) and all(s['ok'] for s in steps) and not summary['unexpected_skips']
     with open(osp.join(args.out, 'summary.json'), 'w') as f:

@@ -1,9 +1,10 @@
 """The one measuring module of mmoverlock's benchmarks: interleaved timing of callables, the single definition of
-peak memory, where a training step's memory goes (saved tensors by module), the machine and instruction sets a
-figure was measured on, instruction-set settings run in child processes, and the result writers (JSON + markdown
-with the command)."""
+peak memory, where a training step's memory goes (saved tensors by module), how many operators a call dispatches
+(its kernel launches on a GPU), the machine and instruction sets a figure was measured on, instruction-set settings
+run in child processes, and the result writers (JSON + markdown with the command)."""
 from .activations import (SAVED_ACTIVATIONS_DEFINITION, saved_activations, saved_activations_in_fresh_process,
                           write_saved_activations)
+from .dispatch import DISPATCHED_OPS_DEFINITION, dispatched_ops
 from .isa import (ISA_ENV_VARS, ISA_SETTINGS, add_isa_argument, current_isa_setting, isa_environment, isa_output,
                   run_isa_settings)
 from .machine import cpu_isa_flags, cpu_model, describe_machine, machine_info, onednn_isa
@@ -14,7 +15,7 @@ from .report import (command_line, markdown_table, measure_per_isa, ratio, recor
 from .timing import Timing, interleaved_times, rounds_within, set_threads, synchronize, time_call
 
 __all__ = [
-    'Timing', 'interleaved_times', 'rounds_within', 'set_threads', 'synchronize', 'time_call',
+    'DISPATCHED_OPS_DEFINITION', 'dispatched_ops', 'Timing', 'interleaved_times', 'rounds_within', 'set_threads', 'synchronize', 'time_call',
     'SAVED_ACTIVATIONS_DEFINITION', 'saved_activations', 'saved_activations_in_fresh_process',
     'write_saved_activations', 'PEAK_MEMORY_DEFINITION', 'peak_memory_mib', 'peak_memory_in_fresh_process', 'return_freed_memory_to_os',
     'status_kib', 'cpu_isa_flags', 'cpu_model', 'machine_info', 'describe_machine', 'onednn_isa', 'ISA_SETTINGS',
