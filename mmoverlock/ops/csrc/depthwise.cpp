@@ -30,30 +30,23 @@ namespace {
 
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         int64_t padding, int64_t dilation) {
-  check_forward(input, weight, bias, padding, dilation);
-  const Shape s = make_shape(input, weight, padding, dilation);
-  const bool cl = use_channels_last(input);
-  const at::Tensor x = input.contiguous(format_of(cl)), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(format_of(cl)));
-  forward_cpu(s, x, w, b, cl, out);
-  return out;
+  ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/false);
+  forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out);
+  return call.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& input,
                                                  const at::Tensor& weight, int64_t padding, int64_t dilation,
                                                  std::array<bool, 2> output_mask) {
-  check_backward(grad_out, input, weight, padding, dilation);
-  const Shape s = make_shape(input, weight, padding, dilation);
-  const bool cl = use_channels_last(input);
-  const at::Tensor go = grad_out.contiguous(format_of(cl)), x = input.contiguous(format_of(cl));
-  at::Tensor grad_input = at::empty({0}, x.options()), grad_weight = at::empty({0}, x.options());
+  const BackwardCall call = prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/false);
+  at::Tensor grad_input = at::empty({0}, call.x.options()), grad_weight = at::empty({0}, call.x.options());
   if (output_mask[0]) {
-    grad_input = forward_impl(go, flipped_weight(weight), std::nullopt, grad_input_padding(s), dilation);
+    grad_input = forward_impl(call.grad_out, flipped_weight(weight), std::nullopt, grad_input_padding(call.s),
+                              dilation);
   }
   if (output_mask[1]) {
     grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-    grad_weight_cpu(s, go, x, cl, grad_weight);
+    grad_weight_cpu(call.s, call.grad_out, call.x, call.channels_last, grad_weight);
   }
   return {grad_input, grad_weight};
 }

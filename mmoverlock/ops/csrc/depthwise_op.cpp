@@ -2,6 +2,7 @@
 // call's Shape and the layout choice. Compiled into mmoverlock._ext and into the test-only mmoverlock._ext_testing,
 // so it registers nothing.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/flip.h>
 
 #include <algorithm>
@@ -66,6 +67,26 @@ void check_image_indices(const Shape& s) {
 
 bool use_channels_last(const at::Tensor& input) {
   return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+ForwardCall prepare_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            int64_t padding, int64_t dilation, bool bounded_indices) {
+  check_forward(input, weight, bias, padding, dilation);
+  const Shape s = make_shape(input, weight, padding, dilation);
+  if (bounded_indices) check_image_indices(s);
+  const bool cl = use_channels_last(input);
+  const at::Tensor x = input.contiguous(format_of(cl));
+  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(format_of(cl)));
+  return {s, cl, x, weight.contiguous(), bias.has_value() ? bias->contiguous() : at::Tensor(), out};
+}
+
+BackwardCall prepare_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                              int64_t padding, int64_t dilation, bool bounded_indices) {
+  check_backward(grad_out, input, weight, padding, dilation);
+  const Shape s = make_shape(input, weight, padding, dilation);
+  if (bounded_indices) check_image_indices(s);
+  const bool cl = use_channels_last(input);
+  return {s, cl, grad_out.contiguous(format_of(cl)), input.contiguous(format_of(cl))};
 }
 
 at::Tensor flipped_weight(const at::Tensor& weight) { return weight.flip({2, 3}); }

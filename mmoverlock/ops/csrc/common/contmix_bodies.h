@@ -83,8 +83,9 @@ void with_channel_layout(int64_t C, bool aligned, const F& f) {
 }
 
 // Dispatch on value's dtype (float64, float32, float16, bfloat16) and then on the channel layout, as every launcher
-// and the CPU driver do: f(scalar_t{}, cpt, vec) with cpt and vec as in with_channel_layout. Vector loads only where
-// every tensor in `channel_rows` (undefined: absent) starts 16-byte aligned.
+// and the CPU driver do: f.template operator()<scalar_t, CPT, kVec>() (a template lambda) with CPT and kVec as in
+// with_channel_layout. Vector loads only where every tensor in `channel_rows` (undefined: absent) starts 16-byte
+// aligned.
 template <typename F>
 void dispatch_channel_layout(const at::Tensor& value, int64_t C, std::initializer_list<at::Tensor> channel_rows,
                              const F& f) {
@@ -93,7 +94,9 @@ void dispatch_channel_layout(const at::Tensor& value, int64_t C, std::initialize
     if (t.defined() && reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 != 0) aligned = false;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "contmix", [&] {
-    with_channel_layout<scalar_t>(C, aligned, [&](auto cpt, auto vec) { f(scalar_t{}, cpt, vec); });
+    with_channel_layout<scalar_t>(C, aligned, [&](auto cpt, auto vec) {
+      f.template operator()<scalar_t, decltype(cpt)::value, decltype(vec)::value>();
+    });
   });
 }
 

@@ -1,6 +1,6 @@
 // Host side of the depthwise operators, shared by every dispatch key (defined in depthwise_op.cpp; used by
-// depthwise.cpp: schema and CPU; the CUDA file; the test driver of the CUDA bodies): input checks, the call's Shape
-// and the layout choice.
+// depthwise.cpp: schema and CPU; the CUDA file; the test driver of the CUDA bodies): input checks, the call's Shape,
+// the layout choice and the tensors each implementation starts from.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,6 +28,24 @@ bool use_channels_last(const at::Tensor& input);
 inline at::MemoryFormat format_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
+
+// A call as every implementation runs it, after the checks: its shape, the memory format it computes in (the
+// input's), the tensors made contiguous in that format, and (forward) the output allocated in it. `bounded_indices`
+// adds check_image_indices, for the kernels that index an image in int32 (CUDA and its test driver).
+struct ForwardCall {
+  Shape s;
+  bool channels_last;
+  at::Tensor x, w, b, out;
+};
+ForwardCall prepare_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            int64_t padding, int64_t dilation, bool bounded_indices);
+struct BackwardCall {
+  Shape s;
+  bool channels_last;
+  at::Tensor grad_out, x;
+};
+BackwardCall prepare_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                              int64_t padding, int64_t dilation, bool bounded_indices);
 
 // The input gradient's problem: the correlation of grad_out with the flipped kernel, padding r * (K - 1) - p.
 at::Tensor flipped_weight(const at::Tensor& weight);

@@ -18,26 +18,10 @@
 
 namespace {
 
+#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, round_up, imin, imax
+
 template <typename scalar_t>
-struct Simd;
-
-template <>
-struct Simd<float> {
-  typedef float vec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
-  typedef int32_t ivec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
-  typedef int32_t index;
-  static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(float);
-};
-
-template <>
-struct Simd<double> {
-  typedef double vec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
-  typedef int64_t ivec __attribute__((vector_size(CONTMIX_VEC_BYTES)));
-  typedef int64_t index;
-  static constexpr int64_t lanes = CONTMIX_VEC_BYTES / sizeof(double);
-};
-
-#include "cpu_vector_ops.h"  // load, store, splat, hsum, hmax, round_up, imin, imax
+using Simd = SimdTraits<scalar_t, CONTMIX_VEC_BYTES>;
 
 // Lane numbers 0, 1, ..., L - 1: compared with a count, they mask the lanes past the end of a row of taps.
 template <typename scalar_t>
@@ -45,6 +29,18 @@ inline typename Simd<scalar_t>::ivec lane_numbers() {
   typename Simd<scalar_t>::ivec lane;
   for (int64_t l = 0; l < Simd<scalar_t>::lanes; ++l) lane[l] = static_cast<typename Simd<scalar_t>::index>(l);
   return lane;
+}
+
+// Calls f(a, e0, keep) for each row a of the K x K taps (flat, a * K + e) and each vector of taps e0.. of that row;
+// `keep` masks the lanes past the row's end, which belong to the next row.
+template <typename scalar_t, typename F>
+inline void for_tap_row_vectors(const Shape& s, F&& f) {
+  using IV = typename Simd<scalar_t>::ivec;
+  using I = typename Simd<scalar_t>::index;
+  const IV lane = lane_numbers<scalar_t>();
+  for (int64_t a = 0; a < s.K; ++a) {
+    for (int64_t e0 = 0; e0 < s.K; e0 += Simd<scalar_t>::lanes) f(a, e0, lane < IV{} + static_cast<I>(s.K - e0));
+  }
 }
 
 template <typename V>
@@ -273,16 +269,9 @@ struct PaddedTaps {
 template <typename scalar_t>
 inline void pad_taps(const Shape& s, const PaddedTaps& pt, const scalar_t* p, scalar_t* pq) {
   using V = typename Simd<scalar_t>::vec;
-  using IV = typename Simd<scalar_t>::ivec;
-  using I = typename Simd<scalar_t>::index;
-  constexpr int64_t L = Simd<scalar_t>::lanes;
-  const IV lane = lane_numbers<scalar_t>();
-  for (int64_t a = 0; a < s.K; ++a) {
-    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
-      const IV keep = lane < IV{} + static_cast<I>(s.K - e0);
-      store(pq + a * pt.row + pt.pad + e0, keep ? load<V>(p + a * s.K + e0) : V{});
-    }
-  }
+  for_tap_row_vectors<scalar_t>(s, [&](int64_t a, int64_t e0, auto keep) {
+    store(pq + a * pt.row + pt.pad + e0, keep ? load<V>(p + a * s.K + e0) : V{});
+  });
 }
 
 template <typename V, int NV, int U, typename scalar_t>
@@ -441,19 +430,10 @@ inline void logit_grads(const Shape& s, const scalar_t* p, const scalar_t* dp, s
 template <typename scalar_t>
 inline void add_rpb_partial(const Shape& s, const scalar_t* gl, int64_t cq0, int64_t slot_stride, scalar_t* slot) {
   using V = typename Simd<scalar_t>::vec;
-  using IV = typename Simd<scalar_t>::ivec;
-  using I = typename Simd<scalar_t>::index;
-  constexpr int64_t L = Simd<scalar_t>::lanes;
-  const IV lane = lane_numbers<scalar_t>();
-  for (int64_t a = 0; a < s.K; ++a) {
-    scalar_t* dst = slot + a * slot_stride + cq0;
-    const scalar_t* src = gl + a * s.K;
-    for (int64_t e0 = 0; e0 < s.K; e0 += L) {
-      const IV keep = lane < IV{} + static_cast<I>(s.K - e0);  // the taps of this row, not the next row's
-      const V g = keep ? load<V>(src + e0) : V{};
-      store(dst + e0, load<V>(dst + e0) + g);
-    }
-  }
+  for_tap_row_vectors<scalar_t>(s, [&](int64_t a, int64_t e0, auto keep) {
+    scalar_t* dst = slot + a * slot_stride + cq0 + e0;
+    store(dst, load<V>(dst) + (keep ? load<V>(gl + a * s.K + e0) : V{}));
+  });
 }
 
 template <typename scalar_t>

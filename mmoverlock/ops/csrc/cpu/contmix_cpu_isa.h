@@ -2,13 +2,15 @@
 // set (contmix_cpu_{default,avx2,avx512}.cpp, each including contmix_cpu_body.h).
 //
 // Only plain data and function pointers cross it: the dispatcher, compiled for the baseline ISA, owns threading and
-// allocation; a kernel table computes a range of tasks with raw pointers. Nothing here is an inline function, so no
-// code compiled for a wider ISA can be shared with (and picked by the linker for) baseline callers.
+// allocation; a kernel table computes a range of tasks with raw pointers. The wrappers include this (and
+// cpu_dispatch.h's few inline helpers) before they switch the target, so no code compiled for a wider ISA can be
+// shared with (and picked by the linker for) baseline callers.
 #pragma once
 
 #include <cstdint>
 
 #include "contmix_common.h"
+#include "cpu_dispatch.h"
 
 namespace mmoverlock {
 namespace contmix {
@@ -46,19 +48,8 @@ struct KernelTable {
                    scalar_t* scratch);
 };
 
-struct Kernels {
-  const char* name;
-  KernelTable<float> f32;
-  KernelTable<double> f64;
-};
-
-// One table per compiled instruction set; avx2 and avx512 exist on x86 only.
-namespace default_isa { extern const Kernels kernels; }
-#if defined(__x86_64__) || defined(__i386__)
-#define MMOVERLOCK_CPU_X86 1
-namespace avx2 { extern const Kernels kernels; }
-namespace avx512 { extern const Kernels kernels; }
-#endif
+using Kernels = cpu_dispatch::IsaKernels<KernelTable>;
+MMOVERLOCK_DECLARE_ISA_KERNELS(Kernels)
 
 // Name of the instruction set the CPU kernels use now: the best one this CPU supports, or the one named by the
 // environment variable MMOVERLOCK_CPU_CAPABILITY (default, avx2, avx512). Returns nullptr and fills `error` when the

@@ -2,6 +2,16 @@
 // GCC/Clang vector types of any width (or a plain scalar). Included *inside* a body's anonymous namespace, after the wrapper switched
 // the compiler's target, so there is no include guard and nothing is included here.
 
+// A body's vector types for vectors of `Bytes` bytes: `vec` of scalar_t, `ivec` of same-width integers (`index`:
+// int32 for float, int64 for double) and the lanes of each.
+template <typename scalar_t, int Bytes>
+struct SimdTraits {
+  using index = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  typedef scalar_t vec __attribute__((vector_size(Bytes)));
+  typedef index ivec __attribute__((vector_size(Bytes)));
+  static constexpr int64_t lanes = Bytes / sizeof(scalar_t);
+};
+
 // Unaligned loads and stores (a memcpy of a whole vector compiles to one move).
 template <typename V, typename scalar_t>
 inline V load(const scalar_t* p) {

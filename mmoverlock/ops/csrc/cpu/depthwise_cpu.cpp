@@ -34,7 +34,7 @@ const Kernels& kernels() {
   const char* name = contmix::cpu::selected_capability(&error);
   TORCH_CHECK(name != nullptr, "depthwise: environment variable MMOVERLOCK_CPU_CAPABILITY='",
               std::getenv("MMOVERLOCK_CPU_CAPABILITY"), "' ", error);
-#if defined(MMOVERLOCK_DEPTHWISE_X86)
+#if defined(MMOVERLOCK_CPU_X86)
   if (std::strcmp(name, "avx512") == 0) return avx512::kernels;
   if (std::strcmp(name, "avx2") == 0) return avx2::kernels;
 #endif

@@ -7,7 +7,7 @@
 #include "depthwise_common.h"
 #include "depthwise_cpu_isa.h"
 
-#if defined(MMOVERLOCK_DEPTHWISE_X86)
+#if defined(MMOVERLOCK_CPU_X86)
 #include "contmix_cpu_target.h"
 
 namespace mmoverlock {

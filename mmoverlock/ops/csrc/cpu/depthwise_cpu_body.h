@@ -15,17 +15,15 @@
 
 namespace {
 
+#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, round_up, imin, imax
+
 template <typename scalar_t>
-struct Simd {
-  typedef scalar_t vec __attribute__((vector_size(DEPTHWISE_VEC_BYTES)));
-  static constexpr int64_t lanes = DEPTHWISE_VEC_BYTES / sizeof(scalar_t);
+struct Simd : SimdTraits<scalar_t, DEPTHWISE_VEC_BYTES> {
   static constexpr int per_line = 64 / DEPTHWISE_VEC_BYTES;  // vectors per 64-byte cache line of channels
 };
 
 // Accumulator vectors a register block may hold (of 16 registers on SSE/AVX2, 32 on AVX-512).
 constexpr int kAccumulators = 8;
-
-#include "cpu_vector_ops.h"  // load, store, splat, hsum, hmax, round_up, imin, imax
 
 // Calls f(std::integral_constant<int, B>, start) for consecutive blocks that cover [start, count): blocks of the
 // template's B while they fit, then of B/2, ..., 1 (so every block size is a compile-time constant).

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cpu_dispatch.h"
 #include "depthwise_common.h"
 
 namespace mmoverlock {
@@ -35,18 +36,8 @@ struct KernelTable {
   int64_t (*nchw_scratch)(const Shape& s);
 };
 
-struct Kernels {
-  const char* name;
-  KernelTable<float> f32;
-  KernelTable<double> f64;
-};
-
-namespace default_isa { extern const Kernels kernels; }
-#if defined(__x86_64__) || defined(__i386__)
-#define MMOVERLOCK_DEPTHWISE_X86 1
-namespace avx2 { extern const Kernels kernels; }
-namespace avx512 { extern const Kernels kernels; }
-#endif
+using Kernels = cpu_dispatch::IsaKernels<KernelTable>;
+MMOVERLOCK_DECLARE_ISA_KERNELS(Kernels)
 
 }  // namespace cpu
 }  // namespace depthwise

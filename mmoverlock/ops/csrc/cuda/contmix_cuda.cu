@@ -196,12 +196,10 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& weights, const
   if (s.npix == 0) return {out, lse};  // with C = 0 the kernel still saves lse
   check_plane_indices(s);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.value.device().index());
-  dispatch_channel_layout(in.value, s.C, {in.value, out}, [&](auto zero, auto cpt, auto vec) {
-    using scalar_t = decltype(zero);
+  dispatch_channel_layout(in.value, s.C, {in.value, out}, [&]<typename scalar_t, int CPT, bool kVec>() {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr int CPT = decltype(cpt)::value;
     const int team = channel_team(s.C, CPT);
-    forward_kernel<scalar_t, CPT, decltype(vec)::value>
+    forward_kernel<scalar_t, CPT, kVec>
         <<<checked_grid(blocks_for(s.npix, team), "forward"), kBlock, 0, stream>>>(
             s, team, in.weights.const_data_ptr<scalar_t>(), in.value.const_data_ptr<scalar_t>(),
             optional_ptr<acc_t>(in.rpb), out.mutable_data_ptr<scalar_t>(),
@@ -232,11 +230,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   check_plane_indices(s);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.value.device().index());
   const int64_t C = std::max<int64_t>(s.C, 1);
-  dispatch_channel_layout(in.value, C, {go, in.value, out, r.grad_value}, [&](auto zero, auto cpt, auto vec) {
-    using scalar_t = decltype(zero);
+  dispatch_channel_layout(in.value, C, {go, in.value, out, r.grad_value},
+                          [&]<typename scalar_t, int CPT, bool kVec>() {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr int CPT = decltype(cpt)::value;
-    constexpr bool kVec = decltype(vec)::value;
     const BackwardData<scalar_t> d(go, in, out, lse, r.grad_value);
     const int team = channel_team(C, CPT);
     // One plane per block (blocks_per_plane consecutive blocks), so B * G has no grid limit of its own.

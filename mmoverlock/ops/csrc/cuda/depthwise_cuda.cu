@@ -53,14 +53,12 @@ __global__ void grad_weight_kernel(Shape s, bool channels_last, const scalar_t* 
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         int64_t padding, int64_t dilation) {
-  check_forward(input, weight, bias, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
-  const Shape s = make_shape(input, weight, padding, dilation);
-  check_image_indices(s);
-  const bool cl = use_channels_last(input);
-  const at::Tensor x = input.contiguous(format_of(cl)), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(format_of(cl)));
+  ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/true);
+  const Shape& s = call.s;
+  const bool cl = call.channels_last;
+  const at::Tensor &x = call.x, &w = call.w, &b = call.b;
+  at::Tensor& out = call.out;
   const int64_t total = out.numel();
   if (total == 0) return out;
   const int64_t blocks = std::min<int64_t>((total + kForwardThreads - 1) / kForwardThreads, int64_t(1) << 20);
@@ -77,12 +75,11 @@ at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, const at::Tensor& input,
                                                  const at::Tensor& weight, int64_t padding, int64_t dilation,
                                                  std::array<bool, 2> output_mask) {
-  check_backward(grad_out, input, weight, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
-  const Shape s = make_shape(input, weight, padding, dilation);
-  check_image_indices(s);
-  const bool cl = use_channels_last(input);
-  const at::Tensor go = grad_out.contiguous(format_of(cl)), x = input.contiguous(format_of(cl));
+  const BackwardCall call = prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/true);
+  const Shape& s = call.s;
+  const bool cl = call.channels_last;
+  const at::Tensor &go = call.grad_out, &x = call.x;
   at::Tensor grad_input = at::empty({0}, x.options()), grad_weight = at::empty({0}, x.options());
   if (output_mask[0]) {
     grad_input = forward_cuda(go, flipped_weight(weight), std::nullopt, grad_input_padding(s), dilation);

@@ -43,11 +43,10 @@ void check_cpu(const at::Tensor& value) {
 
 // The CUDA forward's bodies over every pixel: out and, with softmax, the saved log-sum-exp (`lse`).
 void run_forward(const Inputs& in, const Shape& s, at::Tensor& out, at::Tensor& lse) {
-  dispatch_channel_layout(in.value, s.C, {in.value, out}, [&](auto zero, auto cpt, auto vec) {
-    using scalar_t = decltype(zero);
+  dispatch_channel_layout(in.value, s.C, {in.value, out}, [&]<typename scalar_t, int CPT, bool kVec>() {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t pix = 0; pix < s.npix; ++pix) {
-      forward_pixel<scalar_t, decltype(cpt)::value, decltype(vec)::value>(
+      forward_pixel<scalar_t, CPT, kVec>(
           SoloTeam{}, s, pixel_pos(pix, s), true, in.weights.const_data_ptr<scalar_t>(),
           in.value.const_data_ptr<scalar_t>(), optional_ptr<acc_t>(in.rpb), out.mutable_data_ptr<scalar_t>(),
           s.softmax ? lse.mutable_data_ptr<acc_t>() : nullptr);
@@ -85,11 +84,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bodies_backward(const at::Tensor&
   at::Tensor out = at::empty(in.value.sizes(), in.value.options()), lse = allocate_lse(in.value, softmax);
   run_forward(in, s, out, lse);
   const int64_t C = std::max<int64_t>(s.C, 1);
-  dispatch_channel_layout(in.value, C, {go, in.value, out, r.grad_value}, [&](auto zero, auto cpt, auto vec) {
-    using scalar_t = decltype(zero);
+  dispatch_channel_layout(in.value, C, {go, in.value, out, r.grad_value},
+                          [&]<typename scalar_t, int CPT, bool kVec>() {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr int CPT = decltype(cpt)::value;
-    constexpr bool kVec = decltype(vec)::value;
     // What the CUDA backward reads: the forward's out and lse with softmax only.
     const BackwardData<scalar_t> d(go, in, softmax ? out : at::Tensor(), lse, r.grad_value);
     if (!gather_rpb) {

@@ -26,14 +26,12 @@ namespace {
 
 at::Tensor bodies_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           int64_t padding, int64_t dilation) {
-  check_forward(input, weight, bias, padding, dilation);
   TORCH_CHECK(input.device().is_cpu(), "depthwise_bodies: the CPU driver takes CPU tensors, got ", input.device());
-  const Shape s = make_shape(input, weight, padding, dilation);
-  check_image_indices(s);
-  const bool cl = use_channels_last(input);
-  const at::Tensor x = input.contiguous(format_of(cl)), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(format_of(cl)));
+  ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/true);
+  const Shape& s = call.s;
+  const bool cl = call.channels_last;
+  const at::Tensor &x = call.x, &w = call.w, &b = call.b;
+  at::Tensor& out = call.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_bodies_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
@@ -48,11 +46,10 @@ at::Tensor bodies_forward(const at::Tensor& input, const at::Tensor& weight, con
 
 std::tuple<at::Tensor, at::Tensor> bodies_backward(const at::Tensor& grad_out, const at::Tensor& input,
                                                    const at::Tensor& weight, int64_t padding, int64_t dilation) {
-  check_backward(grad_out, input, weight, padding, dilation);
-  const Shape s = make_shape(input, weight, padding, dilation);
-  check_image_indices(s);
-  const bool cl = use_channels_last(input);
-  const at::Tensor go = grad_out.contiguous(format_of(cl)), x = input.contiguous(format_of(cl));
+  const BackwardCall call = prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/true);
+  const Shape& s = call.s;
+  const bool cl = call.channels_last;
+  const at::Tensor &go = call.grad_out, &x = call.x;
   at::Tensor grad_input = bodies_forward(go, flipped_weight(weight), std::nullopt, grad_input_padding(s), dilation);
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_bodies_backward", [&] {
