@@ -236,6 +236,14 @@ def recomputed_branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dila
     return _RecomputedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
 
 
+def _with_statistics(ctx, out: torch.Tensor, stats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What a branch-sum Function's forward returns: its output and the branches' batch statistics stacked into
+    [branches, 2, C], marked non-differentiable."""
+    stats = torch.stack(stats)
+    ctx.mark_non_differentiable(stats)
+    return out, stats
+
+
 class _RecomputedBranchSum(torch.autograd.Function):
     """``recomputed_branch_sum``: the forward runs without recording, the backward recomputes and differentiates.
 
@@ -265,9 +273,7 @@ class _RecomputedBranchSum(torch.autograd.Function):
 
         with torch.no_grad():
             out = branch_sum(x, kernels, dilations, batch_norm)
-        stats = torch.stack(stats)
-        ctx.mark_non_differentiable(stats)
-        return out, stats
+        return _with_statistics(ctx, out, stats)
 
     @staticmethod
     @once_differentiable
@@ -358,9 +364,7 @@ class _FoldedBranchSum(torch.autograd.Function):
         out = op.depthwise_forward(x, folded, bias, kernels[0].shape[-1] // 2, 1)
         ctx.save_for_backward(x, *kernels, *weights, *means, *stds)
         ctx.dilations = dilations
-        stats = torch.stack(stats)
-        ctx.mark_non_differentiable(stats)
-        return out, stats
+        return _with_statistics(ctx, out, stats)
 
     @staticmethod
     @once_differentiable
