@@ -2,7 +2,8 @@
 
 Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
-and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode.
+and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode; without a
+gradient, ``FusingSequential`` folds a GRN into the 1 x 1 conv after it (``GRN.into_pointwise``).
 For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequential``'s GELU + ``ResDWConv`` step and
 its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
 the plain formulation's gradients.
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, gelu_res_dwconv, recomputed_branch_sum,
-                             sum_branch_kernels)
+                             residual_depthwise_conv2d, sum_branch_kernels)
 from ..ops.tracing import is_tracing
 from .recompute import recompute_into_conv
 
@@ -75,13 +76,28 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        return torch.addcmul(self.beta, x, self.scale(x))  # one pass over x
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample, per-channel factor [N, C, 1, 1] of ``x``: ``GRN(x) = scale(x) * x + beta``."""
+        if (torch.is_grad_enabled() and x.requires_grad) or not is_channels_last(x):
             # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN.
             norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
         else:  # the same sum of squares; vector_norm is ~10x slower over a channels-last map's H and W
             norm = x.square().sum(dim=(-2, -1), keepdim=True).sqrt()
-        norm = norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
-        return torch.addcmul(self.beta, x, self.gamma * norm + 1)  # one pass over x
+        return self.gamma * (norm / (norm.mean(dim=1, keepdim=True) + 1e-6)) + 1
+
+    def into_pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``conv1x1(GRN(x))`` with the GRN folded into the conv: two passes over ``x`` (the norms, the conv)
+        instead of four (the norms, the product, the conv reading it back).
+
+        ``W (s * x + beta) + b = (W s) x + (W beta + b)``: each sample's conv weight is ``weight`` scaled by its
+        ``scale(x)`` per input channel, one conv per sample.
+        """
+        scale = self.scale(x)
+        shift = F.conv2d(self.beta, weight, bias).flatten()  # W beta + b
+        outs = [F.conv2d(x[i:i + 1], weight * scale[i].view(1, -1, 1, 1), shift) for i in range(x.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 class SEModule(nn.Module):
@@ -109,8 +125,7 @@ class ResDWConv(DepthwiseConv2d):
         super().__init__(num_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place on the conv's fresh output, which its backward does not need: one map less to allocate.
-        return super().forward(x).add_(x)
+        return residual_depthwise_conv2d(x, self.weight, self.bias, self.padding[0])
 
     def forward_after_gelu(self, z: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
         """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``gelu_res_dwconv``)."""
@@ -128,7 +143,9 @@ class FusingSequential(nn.Sequential):
       (see ``ResDWConv.forward_after_gelu``);
     * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
       uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the
-      current parameters on every call (nothing cached, gradients reach both layers).
+      current parameters on every call (nothing cached, gradients reach both layers);
+    * without a gradient, a ``GRN`` that ends such a run and feeds a 1 x 1 conv: folded into that conv's weight
+      (``GRN.into_pointwise``), two passes over the map fewer.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +195,9 @@ class FusingSequential(nn.Sequential):
         weight, bias, after = conv.weight, conv.bias, end + 1
         if _uses_running_stats(following):
             (weight, bias), after = fuse_conv_bn(conv, following), end + 2
+        if isinstance(cheap[-1], GRN) and _is_pointwise(conv) and not torch.is_grad_enabled() and not is_tracing():
+            # Inference: the GRN folds into the 1 x 1 conv (no gradient wanted, so no map to keep either).
+            return cheap[-1].into_pointwise(FusingSequential(*cheap[:-1])(x), weight, bias), after
         return recompute_into_conv(FusingSequential(*cheap), (x, ), cheap, conv, weight, bias), after
 
 
@@ -198,6 +218,12 @@ def _cheap_run_end(layers: List[nn.Module], start: int) -> Optional[int]:
     if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d):
         return None
     return end
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain, dense 1 x 1 ``nn.Conv2d`` with stride 1 (a per-pixel linear map)."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+            and conv.padding == (0, 0))
 
 
 def _uses_running_stats(module: Optional[nn.Module]) -> bool:
@@ -272,8 +298,15 @@ class DilatedReparamBlock(nn.Module):
         Differentiable in every parameter, so the eval-mode forward can use it and still give each branch its
         gradient; it costs a few kernel-sized additions, far less than one branch's conv.
         """
-        kernels, biases = zip(*(fuse_conv_bn(conv, bn) for conv, bn in zip(self._convs(), self._batch_norms())))
-        return sum_branch_kernels(kernels, [conv.dilation[0] for conv in self._convs()]), sum(biases[1:], biases[0])
+        convs, bns = self._convs(), self._batch_norms()
+        # Every BN at once ([branches, C] stacks): a fixed number of operators for any branch count.
+        eps = {bn.eps for bn in bns}
+        eps = eps.pop() if len(eps) == 1 else bns[0].weight.new_tensor([bn.eps for bn in bns]).view(-1, 1)
+        running_var = torch.stack([bn.running_var for bn in bns])
+        scale = torch.stack([bn.weight for bn in bns]) / (running_var + eps).sqrt()
+        shift = torch.stack([bn.bias for bn in bns]) - torch.stack([bn.running_mean for bn in bns]) * scale
+        kernel = sum_branch_kernels([conv.weight for conv in convs], [conv.dilation[0] for conv in convs], scale)
+        return kernel, shift.sum(0)  # the convs have no bias
 
     def _convs(self) -> List[DepthwiseConv2d]:
         return [self.lk_origin] + [getattr(self, f'dil_conv_k{k}_{r}') for k, r in self.branches]

@@ -10,10 +10,12 @@ autocast) compute in float32 and return the half dtype, as ContMix's CPU kernels
 fallback (no extension, other devices, paddings outside ``[0, dilation * (k - 1)]``) and the path that tracing and
 export record.
 
+``residual_depthwise_conv2d`` (``x + dwconv(x)``) runs as one conv with the identity added to the kernel's centre.
 Two training-memory steps built on it keep only their inputs for the backward and recompute the rest there:
 ``gelu_res_dwconv`` (``u + dwconv(u)`` with ``u = gelu(z)``) and ``recomputed_branch_sum`` (the batch-normalised sum
 of parallel depthwise branches, i.e. a DilatedReparamBlock in training).
 """
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -30,17 +32,6 @@ _OP_DEVICES = tuple(d for d in ('cpu', 'cuda') if d in available_backends()
                     and hasattr(torch.ops.mmoverlock, 'depthwise_forward'))
 #: Dtypes the op computes in float32 (its CPU kernels are float32/float64), returning the input dtype.
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Spread a depthwise ``k x k`` kernel with the given dilation into the dense ``(d(k-1)+1)^2`` kernel it equals."""
-    if dilation == 1:
-        return kernel
-    k = kernel.shape[-1]
-    size = dilation * (k - 1) + 1
-    dense = kernel.new_zeros(kernel.shape[0], kernel.shape[1], size, size)
-    dense[:, :, ::dilation, ::dilation] = kernel
-    return dense
 
 
 def _output_size(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> Tuple[int, int]:
@@ -138,6 +129,39 @@ def depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
                                                [dilation, dilation], False, [0, 0], channels, list(output_mask))
 
 
+def _folds_identity(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``residual_depthwise_conv2d`` adds the identity to the kernel: float32/float64 without autocast. A
+    half-precision kernel would lose the small centre tap's low bits to the added 1 (an 11-bit mantissa)."""
+    return (x.dtype in (torch.float32, torch.float64) and weight.dtype in (torch.float32, torch.float64)
+            and not (x.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(x.device.type)))
+
+
+def residual_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                              padding: int) -> torch.Tensor:
+    """``x + depthwise_conv2d(x, weight, bias, padding)`` for an odd "same" kernel, as one conv where it can.
+
+    The identity is the kernel with a 1 at its centre, so the sum is one conv with that 1 added to the centre tap:
+    no pass over the map for the addition, none for its gradient, and the same weight gradient (the added 1 is a
+    constant). Exact up to the rounding of ``w + 1``; in half precision the two terms stay apart.
+    """
+    if not _folds_identity(x, weight):
+        return depthwise_conv2d(x, weight, bias, padding).add_(x)
+    return depthwise_conv2d(x, _plus_identity(weight), bias, padding)
+
+
+def _plus_identity(weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise kernel plus the identity's (a 1 at the centre tap); differentiable, one operator."""
+    return weight + _identity_kernel(weight.shape[-1], weight.dtype, weight.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_kernel(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The constant [1, 1, size, size] kernel of the identity (built once per size, dtype and device)."""
+    kernel = torch.zeros(1, 1, size, size, dtype=dtype, device=device)
+    kernel[..., size // 2, size // 2] = 1
+    return kernel
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """A stride-1 depthwise ``nn.Conv2d`` (same parameters and state-dict keys) that runs ``depthwise_conv2d``."""
 
@@ -163,8 +187,7 @@ def gelu_res_dwconv(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     # (autocast has no state for devices such as 'meta', where timm builds and runs models to check shapes)
     if (not wants_grad or is_tracing() or z.device.type not in ('cpu', 'cuda')
             or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES):
-        u = F.gelu(z, approximate=approximate)
-        return depthwise_conv2d(u, weight, bias, padding).add_(u)
+        return residual_depthwise_conv2d(F.gelu(z, approximate=approximate), weight, bias, padding)
     return _GeluResDWConv.apply(z, weight, bias, padding, approximate)
 
 
@@ -180,8 +203,10 @@ class _GeluResDWConv(torch.autograd.Function):
     def forward(ctx, z, weight, bias, padding: int, approximate: str):
         ctx.save_for_backward(z, weight)
         ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
-        u = F.gelu(z, approximate=approximate)
-        return depthwise_conv2d(u, weight, bias, padding).add_(u)
+        # The identity is folded into the kernel (see residual_depthwise_conv2d): the op's input gradient then
+        # includes grad_out's own term.
+        ctx.identity_in_kernel = _folds_identity(z, weight)
+        return residual_depthwise_conv2d(F.gelu(z, approximate=approximate), weight, bias, padding)
 
     @staticmethod
     @once_differentiable
@@ -189,10 +214,13 @@ class _GeluResDWConv(torch.autograd.Function):
         z, weight = ctx.saved_tensors
         u = F.gelu(z, approximate=ctx.approximate)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, weight, ctx.padding, 1, mask)
+        kernel = _plus_identity(weight) if ctx.identity_in_kernel else weight
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, ctx.padding, 1, mask)
         grad_z = None
         if ctx.needs_input_grad[0]:
-            grad_z = torch.ops.aten.gelu_backward(grad_u + grad_out, z, approximate=ctx.approximate)
+            if not ctx.identity_in_kernel:
+                grad_u = grad_u + grad_out
+            grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=ctx.approximate)
         return grad_z, grad_w, grad_b, None, None
 
 
@@ -309,19 +337,37 @@ def _folds(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence
 
 
 def sum_branch_kernels(kernels: Sequence[torch.Tensor], dilations: Sequence[int],
-                       scales: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                       scales: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The one depthwise kernel of parallel branches: ``sum_i scale_i[c] * kernel_i`` with each (dilated) kernel
-    spread and centred in the first kernel's K x K (every span at most K). ``scales`` default to one."""
+    spread and centred in the first kernel's K x K (every span at most K). ``scales`` [branches, C] default to one.
+
+    A fixed number of operators whatever the branch count (the eval-mode forward runs this on every call): the
+    scaled taps of every branch, side by side, are added at their positions in the K x K kernel by one index_add.
+    """
     size = kernels[0].shape[-1]
-    out = None
-    for i, (kernel, r) in enumerate(zip(kernels, dilations)):
-        dense = dilated_to_dense(kernel, r)
-        if scales is not None:
-            dense = dense * scales[i].view(-1, 1, 1, 1)
-        pad = (size - dense.shape[-1]) // 2
-        dense = F.pad(dense, [pad] * 4)
-        out = dense if out is None else out + dense
-    return out
+    taps = torch.cat([kernel.flatten(1) for kernel in kernels], dim=1)  # [C, sum k_i^2]
+    sizes = tuple(kernel.shape[-1] for kernel in kernels)
+    positions, owners = _tap_positions(size, sizes, tuple(dilations), kernels[0].device)
+    if scales is not None:
+        taps = taps * scales.t().index_select(1, owners)
+    out = taps.new_zeros(taps.shape[0], size * size).index_add_(1, positions, taps)
+    return out.view(-1, 1, size, size)
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_positions(size: int, sizes: Tuple[int, ...], dilations: Tuple[int, ...],
+                   device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For branch kernels of ``sizes`` and ``dilations`` centred in a ``size`` x ``size`` kernel: the flat position
+    of each of their taps (in ``torch.cat`` order) and the branch each tap belongs to (constants, built once)."""
+    positions, owners = [], []
+    for branch, (k, r) in enumerate(zip(sizes, dilations)):
+        offset = (size - r * (k - 1) - 1) // 2
+        for a in range(k):
+            for b in range(k):
+                positions.append((offset + r * a) * size + offset + r * b)
+                owners.append(branch)
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+    return as_tensor(positions), as_tensor(owners)
 
 
 class _FoldedBranchSum(torch.autograd.Function):
@@ -360,7 +406,7 @@ class _FoldedBranchSum(torch.autograd.Function):
             stats.append(torch.stack([mean, var * (count / (count - 1))]))
         scales = [w / std for w, std in zip(weights, stds)]
         bias = sum(b - mean * scale for b, mean, scale in zip(biases, means, scales))
-        folded = sum_branch_kernels(kernels, dilations, scales)
+        folded = sum_branch_kernels(kernels, dilations, torch.stack(scales))
         out = op.depthwise_forward(x, folded, bias, kernels[0].shape[-1] // 2, 1)
         ctx.save_for_backward(x, *kernels, *weights, *means, *stds)
         ctx.dilations = dilations

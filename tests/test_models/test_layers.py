@@ -90,13 +90,68 @@ def test_dilated_reparam_block_matches_branch_sum(kernel_size, training, layout)
 
 
 def test_folded_block_follows_parameter_changes():
-    """The eval-mode fold is recomputed per call: changing a branch weight changes the output as the sum does."""
+    """The eval-mode fold is recomputed per call: changing a branch weight (or one BN's eps) changes the output as
+    the sum does."""
     block = random_block(13, 4).eval()
     x = torch.randn(1, 4, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         block.dil_conv_k3_3.weight.mul_(3)
         assert rel_err(block(x), branch_sum(block, x)) <= TOLERANCE
+        block.dil_bn_k3_4.eps = 0.5  # branches with different eps
+        assert rel_err(block(x), branch_sum(block, x)) <= TOLERANCE
     assert set(block.state_dict()) == set(random_block(13, 4).state_dict())
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_res_dwconv_equals_input_plus_conv(layout, dtype):
+    """``ResDWConv`` runs ``x + dwconv(x)`` as one conv with the identity in its centre tap (float32/64): the
+    written-out sum's output and gradients, to the rounding of ``w + 1``; in bfloat16 the two terms stay apart."""
+    torch.manual_seed(0)
+    conv = ResDWConv(5).to(dtype)
+    x = torch.randn(2, 5, 9, 11, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    grad_out = torch.randn(2, 5, 9, 11, dtype=dtype)
+    results = []
+    for forward in (conv, lambda t: t + F.conv2d(t, conv.weight, conv.bias, 1, 1, 1, 5)):
+        conv.zero_grad()
+        inp = x.clone().requires_grad_(True)
+        out = forward(inp)
+        out.backward(grad_out)
+        results.append((out.detach(), inp.grad, conv.weight.grad, conv.bias.grad))
+    tolerance = {torch.float64: TOLERANCE, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert results[0][0].is_contiguous(memory_format=FORMATS[layout])
+    for ours, expected in zip(*results):
+        assert rel_err(ours.double(), expected.double()) <= tolerance
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch):
+    """Without a gradient, FusingSequential's ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` runs the GRN as per-sample
+    scales of the conv's weight (GRN's own forward never runs): the written-out chain's output, in its layout."""
+    torch.manual_seed(0)
+    layers = [torch.nn.GELU(), ResDWConv(6), GRN(6), torch.nn.Conv2d(6, 4, 1)]
+    seq = FusingSequential(*layers).double()
+    grn, pw = layers[2], layers[3]
+    with torch.no_grad():
+        grn.gamma.normal_()
+        grn.beta.normal_()
+    z = torch.randn(batch, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    grn_calls = []
+    grn.register_forward_hook(lambda *args: grn_calls.append(1))
+    with torch.no_grad():
+        out = seq(z)
+    assert not grn_calls
+    u = F.gelu(z)
+    y = u + F.conv2d(u, layers[1].weight, layers[1].bias, 1, 1, 1, 6)
+    norm = y.pow(2).sum((2, 3), keepdim=True).sqrt()
+    expected = F.conv2d(grn.gamma * y * (norm / (norm.mean(1, keepdim=True) + 1e-6)) + grn.beta + y,
+                        pw.weight, pw.bias).detach()
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(out, expected) <= TOLERANCE
+    # with a gradient the GRN runs as a layer (recomputed into the conv)
+    seq(z.clone().requires_grad_(True)).sum().backward()
+    assert grn_calls
 
 
 @pytest.mark.parametrize('layout', list(FORMATS))
