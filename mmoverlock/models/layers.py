@@ -232,12 +232,18 @@ def _uses_running_stats(module: Optional[nn.Module]) -> bool:
             and module.running_mean is not None)
 
 
+def bn_affine(weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+              eps) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of the affine map a BatchNorm in eval mode is, ``bn(y) = scale * y + shift``; elementwise,
+    so it also takes several BNs' parameters stacked ([branches, C], with ``eps`` a number or [branches, 1])."""
+    scale = weight / (running_var + eps).sqrt()
+    return scale, bias - running_mean * scale
+
+
 def fold_bn(kernel: torch.Tensor, bias: Optional[torch.Tensor],
             bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """The kernel and bias of ``bn(conv(x))`` for a conv with this kernel and bias (exact for a BN in eval mode)."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = bn_affine(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     if bias is not None:
         shift = shift + bias * scale
     return kernel * scale.reshape(-1, 1, 1, 1), shift
@@ -302,9 +308,8 @@ class DilatedReparamBlock(nn.Module):
         # Every BN at once ([branches, C] stacks): a fixed number of operators for any branch count.
         eps = {bn.eps for bn in bns}
         eps = eps.pop() if len(eps) == 1 else bns[0].weight.new_tensor([bn.eps for bn in bns]).view(-1, 1)
-        running_var = torch.stack([bn.running_var for bn in bns])
-        scale = torch.stack([bn.weight for bn in bns]) / (running_var + eps).sqrt()
-        shift = torch.stack([bn.bias for bn in bns]) - torch.stack([bn.running_mean for bn in bns]) * scale
+        scale, shift = bn_affine(*(torch.stack([getattr(bn, name) for bn in bns])
+                                   for name in ('weight', 'bias', 'running_mean', 'running_var')), eps)
         kernel = sum_branch_kernels([conv.weight for conv in convs], [conv.dilation[0] for conv in convs], scale)
         return kernel, shift.sum(0)  # the convs have no bias
 

@@ -197,16 +197,15 @@ class _GeluResDWConv(torch.autograd.Function):
     Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
     the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
     very kernels autograd would (``depthwise_conv2d``'s, ``gelu_backward``), so the gradients are the same.
+    ``gelu_res_dwconv`` calls it for float32/float64 without autocast only, where ``residual_depthwise_conv2d``
+    always folds the identity into the kernel: the conv's input gradient then includes grad_out's own term.
     """
 
     @staticmethod
     def forward(ctx, z, weight, bias, padding: int, approximate: str):
         ctx.save_for_backward(z, weight)
         ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
-        # The identity is folded into the kernel (see residual_depthwise_conv2d): the op's input gradient then
-        # includes grad_out's own term.
-        ctx.identity_in_kernel = _folds_identity(z, weight)
-        return residual_depthwise_conv2d(F.gelu(z, approximate=approximate), weight, bias, padding)
+        return depthwise_conv2d(F.gelu(z, approximate=approximate), _plus_identity(weight), bias, padding)
 
     @staticmethod
     @once_differentiable
@@ -214,12 +213,9 @@ class _GeluResDWConv(torch.autograd.Function):
         z, weight = ctx.saved_tensors
         u = F.gelu(z, approximate=ctx.approximate)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        kernel = _plus_identity(weight) if ctx.identity_in_kernel else weight
-        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, ctx.padding, 1, mask)
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, _plus_identity(weight), ctx.padding, 1, mask)
         grad_z = None
         if ctx.needs_input_grad[0]:
-            if not ctx.identity_in_kernel:
-                grad_u = grad_u + grad_out
             grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=ctx.approximate)
         return grad_z, grad_w, grad_b, None, None
 
