@@ -3,7 +3,9 @@
 Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode; without a
-gradient, ``FusingSequential`` folds a GRN into the 1 x 1 conv after it (``GRN.into_pointwise``).
+gradient, ``FusingSequential`` runs an MLP's ``GELU -> ResDWConv -> GRN`` as one fused pass (``fused_depthwise_conv2d``)
+and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``). With a gradient, GRN is one autograd
+function over per-channel statistics (``spatial_dot``).
 For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequential``'s GELU + ``ResDWConv`` step and
 its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
 the plain formulation's gradients.
@@ -13,9 +15,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, gelu_res_dwconv, recomputed_branch_sum,
-                             residual_depthwise_conv2d, sum_branch_kernels)
+from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, fused_depthwise_conv2d, gelu_res_dwconv,
+                             recomputed_branch_sum, residual_depthwise_conv2d, sum_branch_kernels)
+from ..ops.statistics import runs_compiled, spatial_dot
 from ..ops.tracing import is_tracing
 from .recompute import recompute_into_conv
 
@@ -68,36 +72,87 @@ class LayerScale(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global Response Normalisation (ConvNeXt V2) for NCHW maps; ``gamma`` and ``beta`` start at zero (identity)."""
+    """Global Response Normalisation (ConvNeXt V2) for NCHW maps; ``gamma`` and ``beta`` start at zero (identity).
+
+    ``GRN(x) = scale(x) * x + beta`` with a per-sample, per-channel ``scale`` from the channels' L2 norms over H and
+    W. With a gradient (CPU float32/float64, the compiled ``spatial_dot``) it runs as one autograd function
+    (``_GRNFunction``): two passes over ``x`` forward and four backward, where autograd's composition makes about
+    eleven, and no ``vector_norm`` over a channels-last map's H and W (~10x slower than the statistic itself).
+    """
 
     def __init__(self, num_channels: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.beta, x, self.scale(x))  # one pass over x
+    def forward(self, x: torch.Tensor, square_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (square_sums is None and torch.is_grad_enabled() and runs_compiled(x, self.gamma, self.beta)
+                and not torch.is_autocast_enabled('cpu')):
+            return _GRNFunction.apply(x, self.gamma, self.beta)
+        return torch.addcmul(self.beta, x, self.scale(x, square_sums))  # one pass over x
 
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-sample, per-channel factor [N, C, 1, 1] of ``x``: ``GRN(x) = scale(x) * x + beta``."""
-        if (torch.is_grad_enabled() and x.requires_grad) or not is_channels_last(x):
-            # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN.
+    def scale(self, x: torch.Tensor, square_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The per-sample, per-channel factor [N, C, 1, 1] of ``x``: ``GRN(x) = scale(x) * x + beta``.
+
+        ``square_sums`` [N, C]: ``x``'s sums of squares over H and W when the step that made ``x`` took them already
+        (``fused_depthwise_conv2d``), so no pass over ``x`` is needed here.
+        """
+        if square_sums is None and not (torch.is_grad_enabled() and x.requires_grad):
+            square_sums = spatial_dot(x, x)
+        if square_sums is not None:
+            norm = square_sums.sqrt().view(*square_sums.shape, 1, 1)
+        else:  # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN
             norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
-        else:  # the same sum of squares; vector_norm is ~10x slower over a channels-last map's H and W
-            norm = x.square().sum(dim=(-2, -1), keepdim=True).sqrt()
         return self.gamma * (norm / (norm.mean(dim=1, keepdim=True) + 1e-6)) + 1
 
-    def into_pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def into_pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       square_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``conv1x1(GRN(x))`` with the GRN folded into the conv: two passes over ``x`` (the norms, the conv)
         instead of four (the norms, the product, the conv reading it back).
 
         ``W (s * x + beta) + b = (W s) x + (W beta + b)``: each sample's conv weight is ``weight`` scaled by its
         ``scale(x)`` per input channel, one conv per sample.
         """
-        scale = self.scale(x)
+        scale = self.scale(x, square_sums)
         shift = F.conv2d(self.beta, weight, bias).flatten()  # W beta + b
         outs = [F.conv2d(x[i:i + 1], weight * scale[i].view(1, -1, 1, 1), shift) for i in range(x.shape[0])]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class _GRNFunction(torch.autograd.Function):
+    """GRN with a gradient, from per-channel statistics (``spatial_dot``) and per-channel factors only.
+
+    With ``G`` the norms [N, C], ``D = mean_c G + eps``, ``s = gamma G / D + 1`` and ``y = s x + beta``, and ``d =
+    <grad_y, x>`` per channel: ``dL/dG_k = gamma_k d_k / D - (1/C) sum_c gamma_c d_c G_c / D^2`` and ``grad_x = s
+    grad_y + x dL/dG / G``, zero where ``G`` is (``vector_norm``'s gradient there). Forward: the norms, the output;
+    backward: ``d``, ``beta``'s sum, the input gradient (a product and a multiply-add).
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta):
+        norm = spatial_dot(x, x).sqrt()  # [N, C]
+        denom = norm.mean(dim=1, keepdim=True) + 1e-6
+        normalised = norm / denom
+        scale = gamma.view(1, -1) * normalised + 1
+        ctx.save_for_backward(x, gamma, norm, denom, normalised, scale)
+        return torch.addcmul(beta, x, scale[:, :, None, None])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, gamma, norm, denom, normalised, scale = ctx.saved_tensors
+        grad_scale = spatial_dot(x, grad_out)  # [N, C], in x's memory format
+        grad_x = grad_gamma = grad_beta = None
+        if ctx.needs_input_grad[1]:
+            grad_gamma = (grad_scale * normalised).sum(0).view_as(gamma)
+        if ctx.needs_input_grad[2]:
+            grad_beta = grad_out.sum((0, 2, 3)).view_as(gamma)
+        if ctx.needs_input_grad[0]:
+            grad_norm_scaled = gamma.view(1, -1) * grad_scale  # dL/d(G / D)
+            grad_norm = (grad_norm_scaled - (grad_norm_scaled * normalised).mean(dim=1, keepdim=True)) / denom
+            per_norm = torch.where(norm > 0, grad_norm / norm, torch.zeros_like(norm))
+            grad_x = (grad_out * scale[:, :, None, None]).addcmul_(x, per_norm[:, :, None, None])
+        return grad_x, grad_gamma, grad_beta
 
 
 class SEModule(nn.Module):
@@ -131,6 +186,13 @@ class ResDWConv(DepthwiseConv2d):
         """``self(gelu(z))``; when a gradient is wanted, keeps only ``z`` for the backward (``gelu_res_dwconv``)."""
         return gelu_res_dwconv(z, self.weight, self.bias, self.padding[0], approximate)
 
+    def forward_with_square_sums(self, x: torch.Tensor,
+                                 gelu: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``y = self(x)`` (or ``self(gelu(x))``, ``gelu`` being the GELU's approximate mode) and ``y``'s per-sample,
+        per-channel sums of squares [N, C], in one pass without a gradient (``fused_depthwise_conv2d``)."""
+        return fused_depthwise_conv2d(x, self.weight, self.bias, self.padding[0], gelu=gelu, residual=True,
+                                      square_sums=True)
+
 
 class FusingSequential(nn.Sequential):
     """An ``nn.Sequential`` (same keys and indexing) that fuses some neighbouring layers, with the same results:
@@ -144,8 +206,10 @@ class FusingSequential(nn.Sequential):
     * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
       uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the
       current parameters on every call (nothing cached, gradients reach both layers);
-    * without a gradient, a ``GRN`` that ends such a run and feeds a 1 x 1 conv: folded into that conv's weight
-      (``GRN.into_pointwise``), two passes over the map fewer.
+    * without a gradient, a ``GRN`` after a ``ResDWConv`` (after a ``GELU`` or not): the conv takes the GELU of
+      its input and the GRN's sums of squares in its own pass (``ResDWConv.forward_with_square_sums``), and a
+      1 x 1 conv after the GRN absorbs it (``GRN.into_pointwise``): one pass over the MLP's hidden map where the
+      plain chain makes six.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +220,11 @@ class FusingSequential(nn.Sequential):
             end = _cheap_run_end(layers, i)
             if end is not None:
                 x, i = self._into_conv(x, layers[i:end], layers, end)
+                continue
+            grn = i + 2 if isinstance(layer, nn.GELU) else i + 1
+            if grn < len(layers) and _square_sums_start(layers, grn) == i:
+                x = layers[grn](*_with_square_sums(layers[i:grn], x))
+                i = grn + 1
                 continue
             if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
                 x = following.forward_after_gelu(x, layer.approximate)
@@ -197,7 +266,12 @@ class FusingSequential(nn.Sequential):
             (weight, bias), after = fuse_conv_bn(conv, following), end + 2
         if isinstance(cheap[-1], GRN) and _is_pointwise(conv) and not torch.is_grad_enabled() and not is_tracing():
             # Inference: the GRN folds into the 1 x 1 conv (no gradient wanted, so no map to keep either).
-            return cheap[-1].into_pointwise(FusingSequential(*cheap[:-1])(x), weight, bias), after
+            start = _square_sums_start(cheap, len(cheap) - 1)
+            if start is not None:
+                y, sums = _with_square_sums(cheap[start:-1], FusingSequential(*cheap[:start])(x))
+            else:
+                y, sums = FusingSequential(*cheap[:-1])(x), None
+            return cheap[-1].into_pointwise(y, weight, bias, sums), after
         return recompute_into_conv(FusingSequential(*cheap), (x, ), cheap, conv, weight, bias), after
 
 
@@ -218,6 +292,23 @@ def _cheap_run_end(layers: List[nn.Module], start: int) -> Optional[int]:
     if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d):
         return None
     return end
+
+
+def _square_sums_start(layers: List[nn.Module], grn: int) -> Optional[int]:
+    """Where the run starts that computes the input of the ``GRN`` at ``layers[grn]`` together with its sums of
+    squares (``_with_square_sums``): a ``ResDWConv`` right before it, from the ``GELU`` before that if there is one.
+    ``None`` where there is no such run, or a gradient may be wanted or a trace is recorded (the fused step is an
+    inference step: ``sqrt``'s gradient at an all-zero channel would be NaN, ``vector_norm``'s is zero)."""
+    if (torch.is_grad_enabled() or is_tracing() or not isinstance(layers[grn], GRN) or grn < 1
+            or not isinstance(layers[grn - 1], ResDWConv)):
+        return None
+    return grn - 2 if grn >= 2 and isinstance(layers[grn - 2], nn.GELU) else grn - 1
+
+
+def _with_square_sums(run: List[nn.Module], x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``run(x)`` for a ``[GELU, ResDWConv]`` or ``[ResDWConv]`` run, and its output's sums of squares [N, C]."""
+    gelu = run[0].approximate if isinstance(run[0], nn.GELU) else None
+    return run[-1].forward_with_square_sums(x, gelu)
 
 
 def _is_pointwise(conv: nn.Module) -> bool:

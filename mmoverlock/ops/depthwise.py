@@ -11,6 +11,9 @@ fallback (no extension, other devices, paddings outside ``[0, dilation * (k - 1)
 export record.
 
 ``residual_depthwise_conv2d`` (``x + dwconv(x)``) runs as one conv with the identity added to the kernel's centre.
+``fused_depthwise_conv2d`` is the inference step of an MLP's ``GELU -> ResDWConv -> GRN``: one pass that convolves
+``gelu(x)`` and also returns the output's per-channel sums of squares (GRN's statistic), with no GELU map and no
+squared map in between.
 Two training-memory steps built on it keep only their inputs for the backward and recompute the rest there:
 ``gelu_res_dwconv`` (``u + dwconv(u)`` with ``u = gelu(z)``) and ``recomputed_branch_sum`` (the batch-normalised sum
 of parallel depthwise branches, i.e. a DilatedReparamBlock in training).
@@ -68,6 +71,16 @@ if _OP_DEVICES:
         return grad_x if needs[0] else None, grad_w if needs[1] else None, grad_b, None, None
 
     torch.library.register_autograd('mmoverlock::depthwise_forward', _backward, setup_context=_setup_context)
+
+#: Whether the CPU op has its fused (GELU prologue, sum-of-squares epilogue) inference forward.
+_HAS_FUSED = 'cpu' in _OP_DEVICES and hasattr(torch.ops.mmoverlock, 'depthwise_forward_fused')
+
+if _HAS_FUSED:
+
+    @torch.library.register_fake('mmoverlock::depthwise_forward_fused')
+    def _forward_fused_fake(x, weight, bias, padding, dilation, gelu_input, square_sums):
+        out = _forward_fake(x, weight, bias, padding, dilation)
+        return out, x.new_empty((x.shape[0], x.shape[1]) if square_sums else (0, ))
 
 
 def _runs_op(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> bool:
@@ -149,6 +162,32 @@ def residual_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optio
     return depthwise_conv2d(x, _plus_identity(weight), bias, padding)
 
 
+def fused_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
+                           dilation: int = 1, *, gelu: Optional[str] = None, residual: bool = False,
+                           square_sums: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``y = u + dwconv(u)`` (``residual``) or ``dwconv(u)``, with ``u = F.gelu(x, approximate=gelu)`` (or ``x`` for
+    ``gelu=None``), and, with ``square_sums``, ``y``'s per-sample, per-channel sum of squares [N, C] (else ``None``).
+
+    For inference: on CPU float32/float64 maps with no gradient wanted, one pass of the compiled op reads ``x`` once
+    and writes ``y`` once (``gelu='none'``; the identity folded into the kernel as in ``residual_depthwise_conv2d``).
+    The composition (a GELU map, the conv, a squared map) runs elsewhere, e.g. when autograd records the call.
+    """
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    folds = residual and _folds_identity(x, weight)
+    kernel = _plus_identity(weight) if folds else weight
+    if (_HAS_FUSED and gelu in (None, 'none') and not wants_grad and x.device.type == 'cpu'
+            and not torch.is_autocast_enabled('cpu') and _runs_op(x, kernel, padding, dilation)):
+        # (float32/float64 without autocast: a residual is always folded into the kernel here)
+        out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, kernel, bias, padding, dilation, gelu is not None,
+                                                                 square_sums)
+        return out, sums if square_sums else None
+    u = x if gelu is None else F.gelu(x, approximate=gelu)
+    out = depthwise_conv2d(u, kernel, bias, padding, dilation)
+    if residual and not folds:
+        out = out + u
+    return out, out.square().sum((2, 3)) if square_sums else None
+
+
 def _plus_identity(weight: torch.Tensor) -> torch.Tensor:
     """The depthwise kernel plus the identity's (a 1 at the centre tap); differentiable, one operator."""
     return weight + _identity_kernel(weight.shape[-1], weight.dtype, weight.device)
@@ -185,8 +224,10 @@ def gelu_res_dwconv(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     """
     wants_grad = torch.is_grad_enabled() and (z.requires_grad or weight.requires_grad)
     # (autocast has no state for devices such as 'meta', where timm builds and runs models to check shapes)
-    if (not wants_grad or is_tracing() or z.device.type not in ('cpu', 'cuda')
-            or torch.is_autocast_enabled(z.device.type) or z.dtype in _HALF_DTYPES):
+    if not wants_grad:
+        return fused_depthwise_conv2d(z, weight, bias, padding, gelu=approximate, residual=True)[0]
+    if (is_tracing() or z.device.type not in ('cpu', 'cuda') or torch.is_autocast_enabled(z.device.type)
+            or z.dtype in _HALF_DTYPES):
         return residual_depthwise_conv2d(F.gelu(z, approximate=approximate), weight, bias, padding)
     return _GeluResDWConv.apply(z, weight, bias, padding, approximate)
 
@@ -205,7 +246,7 @@ class _GeluResDWConv(torch.autograd.Function):
     def forward(ctx, z, weight, bias, padding: int, approximate: str):
         ctx.save_for_backward(z, weight)
         ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
-        return depthwise_conv2d(F.gelu(z, approximate=approximate), _plus_identity(weight), bias, padding)
+        return fused_depthwise_conv2d(z, weight, bias, padding, gelu=approximate, residual=True)[0]
 
     @staticmethod
     @once_differentiable

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmoverlock.ops.depthwise import depthwise_conv2d
+from mmoverlock.models import layers as layers_module
+from mmoverlock.ops.depthwise import depthwise_conv2d, fused_depthwise_conv2d
 from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, ResDWConv
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
@@ -124,11 +125,25 @@ def test_res_dwconv_equals_input_plus_conv(layout, dtype):
         assert rel_err(ours.double(), expected.double()) <= tolerance
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The (gelu, square_sums) of each ``fused_depthwise_conv2d`` call the model layers make."""
+    calls = []
+
+    def fused(*args, **kwargs):
+        calls.append((kwargs['gelu'], kwargs['square_sums']))
+        return fused_depthwise_conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(layers_module, 'fused_depthwise_conv2d', fused)
+    return calls
+
+
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('layout', list(FORMATS))
-def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch):
-    """Without a gradient, FusingSequential's ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` runs the GRN as per-sample
-    scales of the conv's weight (GRN's own forward never runs): the written-out chain's output, in its layout."""
+def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch, fused_calls):
+    """Without a gradient, FusingSequential's ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` runs the GELU, the conv and
+    GRN's sums of squares as one fused step, and the GRN as per-sample scales of the conv's weight (GRN's own
+    forward never runs): the written-out chain's output, in its layout."""
     torch.manual_seed(0)
     layers = [torch.nn.GELU(), ResDWConv(6), GRN(6), torch.nn.Conv2d(6, 4, 1)]
     seq = FusingSequential(*layers).double()
@@ -141,7 +156,7 @@ def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch)
     grn.register_forward_hook(lambda *args: grn_calls.append(1))
     with torch.no_grad():
         out = seq(z)
-    assert not grn_calls
+    assert not grn_calls and fused_calls == [('none', True)]
     u = F.gelu(z)
     y = u + F.conv2d(u, layers[1].weight, layers[1].bias, 1, 1, 1, 6)
     norm = y.pow(2).sum((2, 3), keepdim=True).sqrt()
@@ -149,9 +164,34 @@ def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch)
                         pw.weight, pw.bias).detach()
     assert out.is_contiguous(memory_format=FORMATS[layout])
     assert rel_err(out, expected) <= TOLERANCE
-    # with a gradient the GRN runs as a layer (recomputed into the conv)
-    seq(z.clone().requires_grad_(True)).sum().backward()
+    # with a gradient the GRN runs as a layer (recomputed into the conv), with the same output
+    trained = seq(z.clone().requires_grad_(True))
+    trained.sum().backward()
     assert grn_calls
+    assert rel_err(trained.detach(), expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_after_gelu_and_res_dwconv_without_a_conv_takes_the_fused_sums(layout, dtype, fused_calls):
+    """``GELU -> ResDWConv -> GRN`` alone (the segment a training step's recomputation runs without a gradient in
+    its forward): the GRN takes the fused step's sums of squares; the plain layers' output, zero channels finite."""
+    torch.manual_seed(0)
+    layers = [torch.nn.GELU(), ResDWConv(16), GRN(16)]
+    seq = FusingSequential(*layers).to(dtype)
+    with torch.no_grad():
+        layers[2].gamma.normal_()
+        layers[2].beta.normal_()
+    z = torch.randn(2, 16, 9, 11, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    z[:, 3] = -30.0  # gelu(-30) = 0: an all-zero channel after the (zero-initialised) conv
+    with torch.no_grad():
+        layers[1].weight[3] = 0
+        layers[1].bias[3] = 0
+        out = seq(z)
+        expected = torch.nn.Sequential(*layers)(z)
+    assert fused_calls == [('none', True)]
+    assert out.is_contiguous(memory_format=FORMATS[layout]) and torch.isfinite(out).all()
+    assert rel_err(out.double(), expected.double()) <= (TOLERANCE if dtype == torch.float64 else 1e-5)
 
 
 @pytest.mark.parametrize('layout', list(FORMATS))
@@ -164,15 +204,22 @@ def test_layer_norm_keeps_memory_format(layout):
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize('layout', list(FORMATS))
-def test_grn_inference_path_matches_training_path(layout):
-    """GRN's no-grad norm (sum of squares) equals the differentiable one (vector_norm); zero channels stay finite."""
+def _grn_and_map_with_a_zero_channel(layout):
+    """A float64 GRN(6) with random gamma and beta, and a [2, 6, 9, 11] map in ``layout`` whose channel 2 is zero."""
+    torch.manual_seed(0)
     grn = GRN(6).double()
     with torch.no_grad():
         grn.gamma.normal_()
         grn.beta.normal_()
     x = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
     x[:, 2] = 0
+    return grn, x
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_inference_path_matches_training_path(layout):
+    """GRN's no-grad norm (sum of squares) equals the differentiable one (vector_norm); zero channels stay finite."""
+    grn, x = _grn_and_map_with_a_zero_channel(layout)
     with torch.no_grad():
         fast = grn(x)
     inp = x.clone().requires_grad_(True)
@@ -316,3 +363,27 @@ def test_training_forms_under_cpu_autocast_match_the_plain_chain():
     assert results[0][0].dtype == torch.bfloat16
     for ours, expected in zip(*results):
         assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_with_a_gradient_is_the_written_out_formula(layout):
+    """With a gradient (CPU, the compiled ``spatial_dot``) GRN runs as one autograd function from per-channel
+    statistics: the written-out formula's output and gradients (``vector_norm``, float64), in the input's layout, an
+    all-zero channel's gradient finite and zero-norm safe, and gradcheck."""
+    grn, x = _grn_and_map_with_a_zero_channel(layout)
+    x.requires_grad_()
+    out = grn(x)
+    if layers_module.runs_compiled(x):
+        assert type(out.grad_fn).__name__ == '_GRNFunctionBackward'
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, grn.gamma, grn.beta), grad_out)
+    ref_x = x.detach().clone().requires_grad_()
+    norm = torch.linalg.vector_norm(ref_x, 2, dim=(-2, -1), keepdim=True)
+    expected = grn.gamma * ref_x * (norm / (norm.mean(1, keepdim=True) + 1e-6)) + grn.beta + ref_x
+    expected_grads = torch.autograd.grad(expected, (ref_x, grn.gamma, grn.beta), grad_out)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(out.detach(), expected.detach()) <= TOLERANCE
+    for ours, theirs in zip(grads, expected_grads):
+        assert torch.isfinite(ours).all() and rel_err(ours, theirs) <= TOLERANCE
+    assert torch.autograd.gradcheck(lambda a, g, b: layers_module._GRNFunction.apply(a, g, b),
+                                     (x, grn.gamma, grn.beta))

@@ -251,31 +251,7 @@ def test_baselines_match_reference(method):
 CPU_CAPABILITY_ENV = 'MMOVERLOCK_CPU_CAPABILITY'
 
 
-def _cpu_capabilities():
-    if not HAS_EXT:
-        return ()
-    import mmoverlock._ext as ext
-    return ext.cpu_capabilities()
-
-
-# Every kernel variant this CPU can run (the dispatcher picks the last one by default).
-CPU_CAPABILITIES = [
-    pytest.param(name, marks=pytest.mark.skipif(name not in _cpu_capabilities(), reason=f'this CPU lacks {name}'))
-    for name in ('default', 'avx2', 'avx512')
-]
-
-
-@pytest.fixture
-def cpu_capability(request, monkeypatch):
-    """Run the compiled CPU kernels with the instruction set named by the test's parameter."""
-    import mmoverlock._ext as ext
-    monkeypatch.setenv(CPU_CAPABILITY_ENV, request.param)
-    assert ext.cpu_capability() == request.param
-    return request.param
-
-
 @requires_ext
-@pytest.mark.parametrize('cpu_capability', CPU_CAPABILITIES, indirect=True)
 @pytest.mark.parametrize('use_rpb,softmax', [(False, False), (True, True)], ids=['raw', 'rpb-softmax'])
 @pytest.mark.parametrize('shape', [
     (2, 3, 9, 11, 5, 3),  # channels below one vector
@@ -296,7 +272,6 @@ def test_cpu_variants_match_reference(shape, use_rpb, softmax, cpu_capability):
 
 
 @requires_ext
-@pytest.mark.parametrize('cpu_capability', CPU_CAPABILITIES, indirect=True)
 def test_cpu_float32_softmax_accuracy(cpu_capability):
     """The float32 kernels' polynomial exp keeps its accuracy.
 

@@ -34,19 +34,6 @@ SHAPES = [
 ]
 
 
-def _cpu_capabilities():
-    if not HAS_OP:
-        return ()
-    import mmoverlock._ext as ext
-    return ext.cpu_capabilities()
-
-
-CPU_CAPABILITIES = [
-    pytest.param(name, marks=pytest.mark.skipif(name not in _cpu_capabilities(), reason=f'this CPU lacks {name}'))
-    for name in ('default', 'avx2', 'avx512')
-]
-
-
 def _inputs(shape, dtype, layout, seed=0, bias=True):
     n, c, h, w, k, r = shape
     gen = torch.Generator().manual_seed(seed)
@@ -71,12 +58,10 @@ def _close(actual, expected, dtype):
 
 
 @requires_op
-@pytest.mark.parametrize('capability', CPU_CAPABILITIES)
 @pytest.mark.parametrize('layout', list(FORMATS))
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
-def test_matches_float64_conv_on_every_isa(shape, dtype, layout, capability, monkeypatch):
-    monkeypatch.setenv(CPU_CAPABILITY_ENV, capability)
+def test_matches_float64_conv_on_every_isa(shape, dtype, layout, cpu_capability):
     x, weight, bias, p, r = _inputs(shape, dtype, layout)
     x.requires_grad_()
     weight.requires_grad_()
@@ -322,3 +307,99 @@ def test_folded_branch_sum_matches_batch_norm_of_each_branch(size, layout):
     for i, y in enumerate(convs):
         _close(stats[i, 0], y.detach().mean((0, 2, 3)), torch.float64)
         _close(stats[i, 1], y.detach().var((0, 2, 3)), torch.float64)
+
+
+# ---- the fused inference forward: a GELU prologue and a sum-of-squares epilogue ---------------------------------
+
+FUSED_MODES = {'gelu': (True, False), 'sums': (False, True), 'gelu+sums': (True, True)}
+
+
+def _fused_reference(x, weight, bias, padding, dilation, gelu_input):
+    """The conv of (the GELU of) x in float64 and its per-sample, per-channel sums of squares."""
+    u = x.double()
+    u = F.gelu(u) if gelu_input else u
+    out = F.conv2d(u, weight.double(), None if bias is None else bias.double(), 1, padding, dilation, x.shape[1])
+    return out, out.square().sum((2, 3))
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('mode', list(FUSED_MODES))
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_fused_forward_matches_float64_composition_on_every_isa(shape, mode, dtype, layout, cpu_capability):
+    """``depthwise_forward_fused``: direct (GELU through the per-task row ring) and packed (GELU in the packing)
+    channels-last paths and the NCHW one, channel tails, dilations, maps smaller than the span."""
+    gelu_input, square_sums = FUSED_MODES[mode]
+    x, weight, bias, p, r = _inputs(shape, dtype, layout)
+    out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, gelu_input, square_sums)
+    ref, ref_sums = _fused_reference(x, weight, bias, p, r, gelu_input)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=FORMATS[layout])
+    _close(out, ref, dtype)
+    if square_sums:
+        assert sums.shape == (shape[0], shape[1]) and sums.dtype == dtype
+        _close(sums, ref_sums, dtype)
+    else:
+        assert sums.numel() == 0
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_forward_does_not_depend_on_threads(layout):
+    """Each task's GELU ring starts over at its first row and the row sums are added in one fixed reduction: the
+    same bits on 1 and 2 threads, for a split inside an image and across images."""
+    threads = torch.get_num_threads()
+    x, weight, bias, p, r = _inputs((3, 32, 13, 12, 3, 1), torch.float32, layout)
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, True, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_forward_opcheck(layout):
+    x, weight, b, p, r = _inputs((2, 16, 8, 7, 3, 1), torch.float32, layout)
+    for gelu_input, square_sums in FUSED_MODES.values():
+        torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward_fused,
+                              (x, weight, b, p, r, gelu_input, square_sums))
+
+
+@requires_op
+def test_fused_forward_bad_inputs_raise_naming_the_argument():
+    with pytest.raises(RuntimeError, match='weight must be \\[C, 1, K, K\\] with C = 4'):
+        torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(3, 1, 3, 3), None, 1, 1,
+                                                     True, True)
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_depthwise_conv2d_is_the_composition_with_or_without_a_gradient(layout, monkeypatch):
+    """``fused_depthwise_conv2d`` (GELU, residual, sums): the op without a gradient (F.gelu patched to fail where
+    the op runs proves it), the differentiable composition with one, the composition for the tanh GELU."""
+    x, weight, bias, p, _ = _inputs((2, 16, 9, 10, 3, 1), torch.float64, layout)
+    u = F.gelu(x)
+    ref = u + F.conv2d(u, weight, bias, 1, p, 1, 16)
+    ref_sums = ref.square().sum((2, 3))
+    with torch.no_grad():
+        with monkeypatch.context() as m:
+            if HAS_OP:
+                m.setattr(F, 'gelu', lambda *a, **k: pytest.fail('composed instead of the fused op'))
+            out, sums = depthwise.fused_depthwise_conv2d(x, weight, bias, p, gelu='none', residual=True,
+                                                         square_sums=True)
+    _close(out, ref, torch.float64)
+    _close(sums, ref_sums, torch.float64)
+    leaf = x.clone().requires_grad_()
+    out, sums = depthwise.fused_depthwise_conv2d(leaf, weight, bias, p, gelu='none', residual=True, square_sums=True)
+    sums.sum().backward()
+    xg = x.detach().clone().requires_grad_()
+    ug = F.gelu(xg)
+    (ug + F.conv2d(ug, weight, bias, 1, p, 1, 16)).square().sum().backward()
+    _close(leaf.grad, xg.grad, torch.float64)
+    with torch.no_grad():
+        out, none = depthwise.fused_depthwise_conv2d(x, weight, bias, p, gelu='tanh')
+    assert none is None
+    _close(out, F.conv2d(F.gelu(x, approximate='tanh'), weight, bias, 1, p, 1, 16), torch.float64)

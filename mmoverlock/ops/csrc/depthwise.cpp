@@ -4,6 +4,20 @@
 //   mmoverlock::depthwise_forward(input, weight, bias, padding, dilation) -> out
 //   mmoverlock::depthwise_backward(grad_out, input, weight, padding, dilation, output_mask)
 //       -> (grad_input, grad_weight)
+//   mmoverlock::depthwise_forward_fused(input, weight, bias, padding, dilation, gelu_input, square_sums)
+//       -> (out, sums)
+//
+// depthwise_forward_fused is the forward with a prologue and an epilogue, for inference (CPU only, no autograd):
+// `gelu_input` convolves gelu(input) (exact erf form) without a gelu(input) map, and `square_sums` also returns the
+// output's per-sample, per-channel sum of squares [N, C] (GRN's statistic) taken while each row is in cache
+// (else `sums` is empty). One read of the input and one write of the output, where the composition makes five
+// passes over maps of that size.
+//
+//   mmoverlock::spatial_dot(a, b) -> sums
+//
+// sums[n, c] = sum over (h, w) of a[n, c, h, w] * b[n, c, h, w] for two maps of one shape and dtype (float32 or
+// float64, CPU), without the product map: GRN's statistics (its norms, a = b; its backward's <grad_out, x>).
+// Computed in the memory format of `a` (vectorised over channels for channels-last maps).
 //
 // input [N, C, H, W] in either memory format (the outputs follow it), weight [C, 1, K, K] with K odd, bias [C] or
 // None. A gradient not asked for in output_mask comes back as an empty tensor. The bias gradient is grad_out's sum,
@@ -22,7 +36,8 @@ namespace depthwise {
 
 // CPU launchers (cpu/depthwise_cpu.cpp).
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out);
+                 bool channels_last, at::Tensor& out, bool gelu_input = false, at::Tensor* square_sums = nullptr);
+at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last);
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
                      at::Tensor& grad_weight);
 
@@ -33,6 +48,25 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/false);
   forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out);
   return call.out;
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_fused_impl(const at::Tensor& input, const at::Tensor& weight,
+                                                      const std::optional<at::Tensor>& bias, int64_t padding,
+                                                      int64_t dilation, bool gelu_input, bool square_sums) {
+  ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/false);
+  at::Tensor sums = at::empty({0}, call.x.options());
+  forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out, gelu_input,
+              square_sums ? &sums : nullptr);
+  return {call.out, sums};
+}
+
+at::Tensor spatial_dot_impl(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 4, "spatial_dot: a must be 4-D [N, C, H, W], got shape ", a.sizes());
+  TORCH_CHECK(b.sizes() == a.sizes(), "spatial_dot: b must have the shape of a, ", a.sizes(), ", got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(),
+              "spatial_dot: b must have the dtype and device of a (", a.scalar_type(), " on ", a.device(), ")");
+  const bool cl = use_channels_last(a);
+  return spatial_dot_cpu(a.contiguous(format_of(cl)), b.contiguous(format_of(cl)), cl);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& input,
@@ -60,11 +94,18 @@ TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
       "depthwise_backward(Tensor grad_out, Tensor input, Tensor weight, int padding, int dilation, "
       "bool[2] output_mask) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "depthwise_forward_fused(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation, "
+      "bool gelu_input, bool square_sums) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def("spatial_dot(Tensor a, Tensor b) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(mmoverlock, CPU, m) {
   m.impl("depthwise_forward", &forward_impl);
   m.impl("depthwise_backward", &backward_impl);
+  m.impl("depthwise_forward_fused", &forward_fused_impl);
+  m.impl("spatial_dot", &spatial_dot_impl);
 }
 
 }  // namespace depthwise

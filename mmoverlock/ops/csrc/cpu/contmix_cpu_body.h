@@ -23,6 +23,8 @@ namespace {
 template <typename scalar_t>
 using Simd = SimdTraits<scalar_t, CONTMIX_VEC_BYTES>;
 
+#include "cpu_math_ops.h"  // exp_nonpositive
+
 // Lane numbers 0, 1, ..., L - 1: compared with a count, they mask the lanes past the end of a row of taps.
 template <typename scalar_t>
 inline typename Simd<scalar_t>::ivec lane_numbers() {
@@ -46,39 +48,6 @@ inline void for_tap_row_vectors(const Shape& s, F&& f) {
 template <typename V>
 inline V vmax(V a, V b) {
   return a > b ? a : b;
-}
-
-// exp(x) for x <= 0 in branch-free float arithmetic (Cephes' expf polynomial, about 1 ulp), on a vector or a scalar.
-// Inputs below -87 flush to about 2^-126, harmless for softmax weights; NaN stays NaN (the clamp keeps it).
-inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
-inline float from_bits(int32_t b) {
-  float f;
-  __builtin_memcpy(&f, &b, sizeof(f));
-  return f;
-}
-inline Simd<float>::ivec to_int(Simd<float>::vec x) { return __builtin_convertvector(x, Simd<float>::ivec); }
-inline Simd<float>::vec from_bits(Simd<float>::ivec b) { return (Simd<float>::vec)b; }
-
-template <typename V>
-inline V exp_nonpositive(V x) {
-  x = x < splat<V>(-87.0f) ? splat<V>(-87.0f) : x;  // not vmax: a NaN logit must give a NaN weight
-  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
-  const V r = x - n * 0.693359375f + n * 2.12194440e-4f;                 // x - n ln2, ln2 split in two
-  V p = splat<V>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * from_bits((to_int(n) + 127) << 23);
-}
-
-// double keeps the library exp, lane by lane: float64 is the reference precision, not a speed path.
-inline double exp_nonpositive(double x) { return std::exp(x); }
-inline Simd<double>::vec exp_nonpositive(Simd<double>::vec x) {
-  for (int64_t l = 0; l < Simd<double>::lanes; ++l) x[l] = std::exp(x[l]);
-  return x;
 }
 
 // The logits of a pixel are read once and used at once: ask for a pixel's cache lines this many pixels ahead (the

@@ -4,12 +4,14 @@
 // Each task owns the memory it writes, and every sum is taken in an order that depends neither on the number of
 // threads nor on the split: the forward (and so the input gradient) is one task per output row (channels-last) or
 // plane (NCHW); the channels-last weight gradient sums a fixed number of row chunks into partial kernels that are
-// then added in chunk order, the NCHW one is one task per channel summing the batch in order.
+// then added in chunk order, the NCHW one is one task per channel summing the batch in order; the fused forward's
+// sums of squares are taken per output row (or plane) and the rows' sums added by one reduction over the rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -53,13 +55,20 @@ constexpr int64_t kPixelsPerChunk = 128;
 }  // namespace cpu
 
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out) {
+                 bool channels_last, at::Tensor& out, bool gelu_input, at::Tensor* square_sums) {
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_forward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    // The sums of squares of each output row (channels-last) or plane (NCHW), then summed over an image's rows.
+    at::Tensor partial_sums;
+    if (square_sums != nullptr) {
+      partial_sums = at::empty(channels_last ? at::IntArrayRef{s.N, s.Ho, s.C} : at::IntArrayRef{s.N, s.C},
+                               input.options());
+    }
+    scalar_t* ps = square_sums != nullptr ? partial_sums.mutable_data_ptr<scalar_t>() : nullptr;
     if (channels_last) {
       // Weight [slices][K*K][lanes] and bias [slices][lanes], zero past C (see KernelTable::forward_nhwc).
       const int64_t L = k.lanes, padded = (s.C + L - 1) / L * L;
@@ -73,22 +82,51 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
       scalar_t* xp = packed.mutable_data_ptr<scalar_t>();
       if (packed.numel() > 0) {  // else the kernels read the input itself
         at::parallel_for(0, s.N * s.H, cpu::grain(s.W * s.C), [&](int64_t begin, int64_t end) {
-          k.pack_nhwc(s, x, xp, begin, end);
+          k.pack_nhwc(s, x, xp, begin, end, gelu_input);
         });
       }
+      const bool ring = gelu_input && packed.numel() == 0;  // the GELU of a directly read input: per-task rings
       const scalar_t* w = wp.const_data_ptr<scalar_t>();
       const scalar_t* bpp = bias.defined() ? bp.const_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, s.N * s.Ho, cpu::grain(s.Wo * s.C * s.K * s.K), [&](int64_t begin, int64_t end) {
-        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end);
+        std::vector<scalar_t> scratch(ring ? k.nhwc_ring_size(s) : 0);
+        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end, ring ? scratch.data() : nullptr, ps);
       });
     } else {
       const scalar_t* w = weight.const_data_ptr<scalar_t>();
       at::parallel_for(0, s.N * s.C, cpu::grain(s.Ho * s.Wo * s.K * s.K), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(k.nchw_scratch(s));
-        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data());
+        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data(), gelu_input, ps);
+      });
+    }
+    if (square_sums != nullptr) *square_sums = channels_last ? partial_sums.sum(1) : partial_sums;
+  });
+}
+
+at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last) {
+  const cpu::Kernels& isa = cpu::kernels();
+  const int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+  at::Tensor sums;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "spatial_dot_cpu", [&] {
+    const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
+    const scalar_t* pa = a.const_data_ptr<scalar_t>();
+    const scalar_t* pb = b.const_data_ptr<scalar_t>();
+    if (channels_last) {  // each row's sums, then one reduction over an image's rows
+      at::Tensor rows = at::empty({N, H, C}, a.options());
+      scalar_t* r = rows.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, N * H, cpu::grain(W * C), [&](int64_t begin, int64_t end) {
+        k.dots_nhwc(pa, pb, W, C, r, begin, end);
+      });
+      sums = rows.sum(1);
+    } else {
+      sums = at::empty({N, C}, a.options());
+      scalar_t* out = sums.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, N * C, cpu::grain(H * W), [&](int64_t begin, int64_t end) {
+        k.dots_nchw(pa, pb, H * W, out, begin, end);
       });
     }
   });
+  return sums;
 }
 
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,

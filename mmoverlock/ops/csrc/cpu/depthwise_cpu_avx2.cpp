@@ -1,5 +1,6 @@
 // The depthwise CPU kernels for the avx2 instruction set (32-byte vectors): depthwise_cpu_body.h compiled in
 // this ISA's namespace; the dispatcher picks it only where the CPU supports it (see depthwise_cpu.cpp).
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <utility>

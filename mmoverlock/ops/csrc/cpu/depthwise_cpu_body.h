@@ -25,6 +25,65 @@ struct Simd : SimdTraits<scalar_t, DEPTHWISE_VEC_BYTES> {
 // Accumulator vectors a register block may hold (of 16 registers on SSE/AVX2, 32 on AVX-512).
 constexpr int kAccumulators = 8;
 
+#include "cpu_math_ops.h"  // gelu
+
+// dst[0, n) = gelu(src[0, n)) (dst may be src).
+template <typename scalar_t>
+inline void gelu_span(const scalar_t* src, scalar_t* dst, int64_t n) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  int64_t k = 0;
+  for (; k + L <= n; k += L) store(dst + k, gelu(load<V>(src + k)));
+  for (; k < n; ++k) dst[k] = gelu(src[k]);
+}
+
+// ---- per-channel sums of products: GRN's statistics ----------------------------------------------------------
+
+// sums[c] = sum over the `pixels` pixels of a channels-last block (`C` channels each) of a * b: a row's share of a
+// map's per-channel dot product (with a = b, its sum of squares), e.g. of an output row just written, in cache.
+template <typename scalar_t>
+inline void row_dots(const scalar_t* a, const scalar_t* b, int64_t pixels, int64_t C, scalar_t* sums) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  for (int64_t c = 0; c < C; ++c) sums[c] = scalar_t(0);
+  for (int64_t j = 0; j < pixels; ++j) {
+    const scalar_t* aj = a + j * C;
+    const scalar_t* bj = b + j * C;
+    int64_t c = 0;
+    for (; c + L <= C; c += L) store(sums + c, load<V>(sums + c) + load<V>(aj + c) * load<V>(bj + c));
+    for (; c < C; ++c) sums[c] += aj[c] * bj[c];
+  }
+}
+
+// The dot product of two contiguous spans (NCHW planes), in kAccumulators independent vector sums.
+template <typename scalar_t>
+inline scalar_t plane_dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  V acc[kAccumulators] = {};
+  int64_t k = 0;
+  for (; k + kAccumulators * L <= n; k += kAccumulators * L) {
+    for (int v = 0; v < kAccumulators; ++v) acc[v] += load<V>(a + k + v * L) * load<V>(b + k + v * L);
+  }
+  for (int v = 1; v < kAccumulators; ++v) acc[0] += acc[v];
+  scalar_t sum = hsum<scalar_t>(acc[0]);
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+// Channels-last maps [rows][W][C]: row_sums[row] (C each) for rows [begin, end).
+template <typename scalar_t>
+void dots_nhwc(const scalar_t* a, const scalar_t* b, int64_t W, int64_t C, scalar_t* row_sums, int64_t begin,
+               int64_t end) {
+  for (int64_t row = begin; row < end; ++row) row_dots(a + row * W * C, b + row * W * C, W, C, row_sums + row * C);
+}
+
+// NCHW maps [planes][HW]: sums[plane] for planes [begin, end).
+template <typename scalar_t>
+void dots_nchw(const scalar_t* a, const scalar_t* b, int64_t HW, scalar_t* sums, int64_t begin, int64_t end) {
+  for (int64_t plane = begin; plane < end; ++plane) sums[plane] = plane_dot(a + plane * HW, b + plane * HW, HW);
+}
+
 // Calls f(std::integral_constant<int, B>, start) for consecutive blocks that cover [start, count): blocks of the
 // template's B while they fit, then of B/2, ..., 1 (so every block size is a compile-time constant).
 template <int B, typename F>
@@ -90,9 +149,10 @@ int64_t nhwc_packed_size(const Shape& s) {
   return s.N * channel_slices<scalar_t>(s) * s.H * s.dil * residue_length(s) * Simd<scalar_t>::lanes;
 }
 
-// Packs input rows [begin, end) of the N*H rows (see above); padding positions are zero.
+// Packs input rows [begin, end) of the N*H rows (see above), or their GELU (`gelu_input`); padding positions are
+// zero (gelu(0) = 0, so padding the GELU's output and taking the GELU of the padded input agree).
 template <typename scalar_t>
-void pack_nhwc(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end) {
+void pack_nhwc(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end, bool gelu_input) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s), row_len = s.dil * R * L;
@@ -110,10 +170,14 @@ void pack_nhwc(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begi
     for (int64_t w = 0; w < s.W; ++w) {
       scalar_t* d = dst + position(w + s.pad) * L;
       int64_t k = 0;
-      for (; (k + 1) * L <= s.C; ++k) store(d + k * slice_step, load<V>(src + w * s.C + k * L));
+      for (; (k + 1) * L <= s.C; ++k) {
+        const V v = load<V>(src + w * s.C + k * L);
+        store(d + k * slice_step, gelu_input ? gelu(v) : v);
+      }
       if (k < S) {  // the channel tail, zero-filled to a whole vector
         scalar_t tail[L] = {};
         for (int64_t l = 0; k * L + l < s.C; ++l) tail[l] = src[w * s.C + k * L + l];
+        if (gelu_input) gelu_span(tail, tail, L);
         store(d + k * slice_step, load<V>(tail));
       }
     }
@@ -154,21 +218,21 @@ DEPTHWISE_INLINE void nhwc_chunk(const Shape& s, const scalar_t* xr, const scala
 }
 
 // Output columns j0 + r*m (m < B) of output row i, channels [c0, c0 + L), kernel rows [a0, a1) (those that read
-// inside the map). kPacked: `xs` is the image's packed slice of these channels and `q0` the packed position of
-// padded column j0; kDirect*: `xs` is the image's channels-last input. `ws`: the slice's packed weights [K*K][L].
-template <typename V, int B, int E, Source src, typename scalar_t>
-inline void nhwc_block(const Shape& s, const scalar_t* xs, const scalar_t* ws, V b, scalar_t* orow, int64_t i,
+// inside the map). `row(y)` is where input row y of these channels starts: for kPacked, in the image's packed slice
+// (`q0` is the packed position of padded column j0); for kDirect*, in a channels-last row (of the input itself, or
+// of its GELU). `ws`: the slice's packed weights [K*K][L].
+template <typename V, int B, int E, Source src, typename scalar_t, typename RowOf>
+inline void nhwc_block(const Shape& s, const RowOf& row, const scalar_t* ws, V b, scalar_t* orow, int64_t i,
                        int64_t j0, int64_t q0, int64_t c0, int64_t a0, int64_t a1) {
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
   const int64_t full = s.K / E, tail = s.K % E;
-  // Elements between the input vectors of consecutive taps, and between kernel rows.
+  // Elements between the input vectors of consecutive taps.
   const int64_t tap_step = src == Source::kPacked ? L : s.dil * s.C;
-  const int64_t row_step = src == Source::kPacked ? s.dil * residue_length(s) * L : s.W * s.C;
   const int64_t first = src == Source::kPacked ? q0 * L : (j0 - s.pad) * s.C;
   V acc[B];
   unroll<B>([&](auto m) DEPTHWISE_ALWAYS { acc[m] = b; });
   for (int64_t a = a0; a < a1; ++a) {
-    const scalar_t* xr = xs + (i - s.pad + s.dil * a) * row_step + first;
+    const scalar_t* xr = row(i - s.pad + s.dil * a) + first;
     const scalar_t* wr = ws + a * s.K * L;
     for (int64_t k = 0; k < full; ++k) {
       nhwc_chunk<V, B, E, false, src>(s, xr + k * E * tap_step, wr + k * E * L, E, j0 - s.pad + k * E * s.dil, acc);
@@ -204,24 +268,43 @@ bool nhwc_direct(const Shape& s) {
   return s.C % Simd<scalar_t>::lanes == 0 && s.K <= kDirectMaxK;
 }
 
+// Input rows a direct channels-last forward with a GELU prologue keeps transformed (nhwc_ring_rows(s) rows of W*C
+// in a ring, per task): each input row's GELU is taken once, just before the first output row that reads it.
+inline int64_t nhwc_ring_rows(const Shape& s) { return s.dil * (s.K - 1) + 1; }
+inline int64_t nhwc_ring_size(const Shape& s) { return nhwc_ring_rows(s) * s.W * s.C; }
+
 // Output rows [begin, end) of the N*Ho rows, from the packed input (or x itself, see nhwc_direct); `wp`
 // [slices][K*K][L] and `bp` [slices][L] are the weights and bias packed likewise (zero past C; bp may be null).
+// `ring` (direct only, else null): scratch of nhwc_ring_rows(s) * W * C elements; given, the rows read are
+// gelu(x)'s (a packed input takes its GELU in pack_nhwc). `row_sumsq` (or null): [N*Ho][C], each output row's
+// per-channel sum of squares.
 template <typename scalar_t>
 void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const scalar_t* bp, scalar_t* out,
-                  int64_t begin, int64_t end) {
+                  int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s);
   const bool direct = nhwc_direct<scalar_t>(s);
   const int64_t image_len = direct ? s.H * s.W * s.C : S * s.H * s.dil * R * L;
   const int64_t slice_len = direct ? L : s.H * s.dil * R * L;
+  const int64_t row_step = direct ? s.W * s.C : s.dil * R * L;  // elements between input rows
+  const int64_t ring_rows = nhwc_ring_rows(s);
   const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // columns whose taps all read inside
   const int chunk = tap_chunk(s.K);
+  int64_t ring_image = -1, ring_next = 0;  // the ring holds rows of this image, up to (not including) ring_next
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
     valid_taps(i, s.H, s, &a0, &a1);
     scalar_t* orow = out + row * s.Wo * s.C;
+    if (ring != nullptr) {  // the GELU of the input rows this output row may read, each row once
+      // (bounds that never decrease along an image's rows, so the ring's rows are always the latest ones)
+      const int64_t first = imax(0, i - s.pad), last = imin(s.H - 1, i - s.pad + ring_rows - 1);
+      if (n != ring_image || ring_next < first) ring_image = n, ring_next = first;
+      for (; ring_next <= last; ++ring_next) {
+        gelu_span(x + (n * s.H + ring_next) * row_step, ring + ring_next % ring_rows * row_step, row_step);
+      }
+    }
     // The output columns of each residue modulo the dilation, in blocks of kColumns, kColumns / 2, ..., 1; each
     // block over every channel slice.
     for (int64_t res = 0; res < imin(s.dil, s.Wo); ++res) {
@@ -232,17 +315,25 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         const bool inside = j0 >= lo && j0 + s.dil * (B - 1) < hi;
         for (int64_t k = 0; k < S; ++k) {
           const scalar_t* xs = x + n * image_len + k * slice_len;
+          const scalar_t* rs = ring != nullptr ? ring + k * L : nullptr;
+          auto input_row = [&](int64_t y) { return xs + y * row_step; };
+          auto ring_row = [&](int64_t y) { return rs + y % ring_rows * row_step; };
           const scalar_t* ws = wp + k * s.K * s.K * L;
           const V b = bp != nullptr ? load<V>(bp + k * L) : V{};
           [&]<int... E>(std::integer_sequence<int, E...>) {  // the chunk size as a compile-time constant
             auto run = [&](auto e) {
               constexpr int Ec = decltype(e)::value;
+              auto block = [&]<Source src>(const auto& rows) {
+                nhwc_block<V, B, Ec, src>(s, rows, ws, b, orow, i, j0, q0, k * L, a0, a1);
+              };
               if (!direct) {
-                nhwc_block<V, B, Ec, Source::kPacked>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
-              } else if (inside) {
-                nhwc_block<V, B, Ec, Source::kDirect>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
+                block.template operator()<Source::kPacked>(input_row);
+              } else if (ring != nullptr) {
+                if (inside) block.template operator()<Source::kDirect>(ring_row);
+                else block.template operator()<Source::kDirectChecked>(ring_row);
               } else {
-                nhwc_block<V, B, Ec, Source::kDirectChecked>(s, xs, ws, b, orow, i, j0, q0, k * L, a0, a1);
+                if (inside) block.template operator()<Source::kDirect>(input_row);
+                else block.template operator()<Source::kDirectChecked>(input_row);
               }
             };
             ((chunk == E + 1 ? run(std::integral_constant<int, E + 1>{}) : void()), ...);
@@ -250,6 +341,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         }
       });
     }
+    if (row_sumsq != nullptr) row_dots(orow, orow, s.Wo, s.C, row_sumsq + row * s.C);
   }
 }
 
@@ -266,13 +358,17 @@ int64_t nchw_scratch(const Shape& s) {
   return (s.H + 2 * s.pad) * padded_stride<scalar_t>(s) + s.Ho * round_up(s.Wo, Simd<scalar_t>::lanes);
 }
 
-// The plane `src` [H, W] with `pad` zeros around it, rows `stride` apart (the tail of each row zero too).
+// The plane `src` [H, W] (or its GELU) with `pad` zeros around it, rows `stride` apart (the tail of each row zero
+// too).
 template <typename scalar_t>
-inline void pad_plane(const Shape& s, const scalar_t* src, scalar_t* dst, int64_t stride) {
+inline void pad_plane(const Shape& s, const scalar_t* src, scalar_t* dst, int64_t stride, bool gelu_input = false) {
   const int64_t rows = s.H + 2 * s.pad;
   for (int64_t k = 0; k < rows * stride; ++k) dst[k] = scalar_t(0);
-  for (int64_t y = 0; y < s.H; ++y)
-    __builtin_memcpy(dst + (y + s.pad) * stride + s.pad, src + y * s.W, s.W * sizeof(scalar_t));
+  for (int64_t y = 0; y < s.H; ++y) {
+    scalar_t* d = dst + (y + s.pad) * stride + s.pad;
+    if (gelu_input) gelu_span(src + y * s.W, d, s.W);
+    else __builtin_memcpy(d, src + y * s.W, s.W * sizeof(scalar_t));
+  }
 }
 
 // NB vectors of output row i from column j.
@@ -304,12 +400,12 @@ inline void nchw_block(const Shape& s, const scalar_t* xp, int64_t stride, const
 
 template <typename scalar_t>
 void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                  int64_t begin, int64_t end, scalar_t* scratch) {
+                  int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq) {
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t stride = padded_stride<scalar_t>(s), vectors = round_up(s.Wo, L) / L;
   for (int64_t plane = begin; plane < end; ++plane) {
     const int64_t c = plane % s.C;
-    pad_plane(s, x + plane * s.H * s.W, scratch, stride);
+    pad_plane(s, x + plane * s.H * s.W, scratch, stride, gelu_input);
     const scalar_t* wc = w + c * s.K * s.K;
     const scalar_t b = bias != nullptr ? bias[c] : scalar_t(0);
     for (int64_t i = 0; i < s.Ho; ++i) {
@@ -318,6 +414,10 @@ void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const sc
       for_blocks<kAccumulators>(vectors, v, [&](auto nb, int64_t v0) {
         nchw_block<decltype(nb)::value>(s, scratch, stride, wc, b, orow, i, v0 * L);
       });
+    }
+    if (plane_sumsq != nullptr) {
+      const scalar_t* o = out + plane * s.Ho * s.Wo;
+      plane_sumsq[plane] = plane_dot(o, o, s.Ho * s.Wo);
     }
   }
 }
@@ -453,8 +553,10 @@ void grad_weight_nchw(const Shape& s, const scalar_t* grad_out, const scalar_t* 
 extern const Kernels kernels;
 constexpr Kernels kernels = {
     DEPTHWISE_CPU_CAPABILITY_NAME,
-    {Simd<float>::lanes, &nhwc_packed_size<float>, &pack_nhwc<float>, &forward_nhwc<float>, &forward_nchw<float>,
-     &grad_weight_nhwc<float>, &grad_weight_nchw<float>, &nchw_scratch<float>},
-    {Simd<double>::lanes, &nhwc_packed_size<double>, &pack_nhwc<double>, &forward_nhwc<double>,
-     &forward_nchw<double>, &grad_weight_nhwc<double>, &grad_weight_nchw<double>, &nchw_scratch<double>},
+    {Simd<float>::lanes, &nhwc_packed_size<float>, &pack_nhwc<float>, &nhwc_ring_size, &forward_nhwc<float>,
+     &forward_nchw<float>, &grad_weight_nhwc<float>, &grad_weight_nchw<float>, &nchw_scratch<float>,
+     &dots_nhwc<float>, &dots_nchw<float>},
+    {Simd<double>::lanes, &nhwc_packed_size<double>, &pack_nhwc<double>, &nhwc_ring_size, &forward_nhwc<double>,
+     &forward_nchw<double>, &grad_weight_nhwc<double>, &grad_weight_nchw<double>, &nchw_scratch<double>,
+     &dots_nhwc<double>, &dots_nchw<double>},
 };

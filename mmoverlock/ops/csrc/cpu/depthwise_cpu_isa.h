@@ -16,17 +16,22 @@ template <typename scalar_t>
 struct KernelTable {
   // Channels of one vector: the channels-last forward works on slices of this many channels.
   int64_t lanes;
-  // Channels-last forward: the input is first packed (pack_nhwc, input rows [begin, end) of the N*H rows) into
-  // nhwc_packed_size(s) elements; forward_nhwc then computes output rows [begin, end) of the N*Ho rows from it,
-  // with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be null).
-  // A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself.
+  // Channels-last forward: the input is first packed (pack_nhwc, input rows [begin, end) of the N*H rows, or their
+  // GELU) into nhwc_packed_size(s) elements; forward_nhwc then computes output rows [begin, end) of the N*Ho rows
+  // from it, with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be
+  // null). A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself, and its
+  // GELU through `ring` (per-task scratch of nhwc_ring_size(s) elements; null: the input as it is).
+  // `row_sumsq` (or null): [N*Ho, C], each output row's per-channel sum of squares.
   int64_t (*nhwc_packed_size)(const Shape& s);
-  void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end);
+  void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end,
+                    bool gelu_input);
+  int64_t (*nhwc_ring_size)(const Shape& s);
   void (*forward_nhwc)(const Shape& s, const scalar_t* packed, const scalar_t* wp, const scalar_t* bp,
-                       scalar_t* out, int64_t begin, int64_t end);
-  // NCHW: out planes [begin, end) of the N*C planes; `w` is [C, K*K]. Scratch: nchw_scratch(s) elements.
+                       scalar_t* out, int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq);
+  // NCHW: out planes [begin, end) of the N*C planes, from the input or its GELU; `w` is [C, K*K]. Scratch:
+  // nchw_scratch(s) elements. `plane_sumsq` (or null): [N*C], each output plane's sum of squares.
   void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                       int64_t begin, int64_t end, scalar_t* scratch);
+                       int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq);
   // Channels-last: adds sum over output rows [begin, end) of grad_out * x into `partial` [K*K, C].
   void (*grad_weight_nhwc)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
                            int64_t begin, int64_t end);
@@ -34,6 +39,11 @@ struct KernelTable {
   void (*grad_weight_nchw)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* grad_w,
                            int64_t begin, int64_t end, scalar_t* scratch);
   int64_t (*nchw_scratch)(const Shape& s);
+  // Per-channel dot products of two maps of one layout (GRN's statistics): channels-last [rows][W][C], row_sums
+  // [rows][C] of rows [begin, end); NCHW [planes][HW], sums[plane] of planes [begin, end).
+  void (*dots_nhwc)(const scalar_t* a, const scalar_t* b, int64_t W, int64_t C, scalar_t* row_sums, int64_t begin,
+                    int64_t end);
+  void (*dots_nchw)(const scalar_t* a, const scalar_t* b, int64_t HW, scalar_t* sums, int64_t begin, int64_t end);
 };
 
 using Kernels = cpu_dispatch::IsaKernels<KernelTable>;
