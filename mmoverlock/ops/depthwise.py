@@ -78,7 +78,7 @@ _HAS_FUSED = 'cpu' in _OP_DEVICES and hasattr(torch.ops.mmoverlock, 'depthwise_f
 if _HAS_FUSED:
 
     @torch.library.register_fake('mmoverlock::depthwise_forward_fused')
-    def _forward_fused_fake(x, weight, bias, padding, dilation, gelu_input, square_sums):
+    def _forward_fused_fake(x, weight, bias, padding, dilation, gelu_input, square_sums, gelu_grad_at=None):
         out = _forward_fake(x, weight, bias, padding, dilation)
         return out, x.new_empty((x.shape[0], x.shape[1]) if square_sums else (0, ))
 
@@ -252,11 +252,20 @@ class _GeluResDWConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         z, weight = ctx.saved_tensors
-        u = F.gelu(z, approximate=ctx.approximate)
+        kernel = _plus_identity(weight)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, _plus_identity(weight), ctx.padding, 1, mask)
+        # grad_z = gelu'(z) * conv^T(grad_out) as one pass of the op (its GELU-gradient epilogue) where it runs
+        fused = (mask[0] and ctx.approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu'
+                 and grad_out.dtype == z.dtype and _runs_op(z, kernel, ctx.padding, 1))
+        u = F.gelu(z, approximate=ctx.approximate) if mask[1] or not fused else z  # (z: the shape, unread)
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, ctx.padding, 1,
+                                                           [mask[0] and not fused, mask[1], mask[2]])
         grad_z = None
-        if ctx.needs_input_grad[0]:
+        if fused:
+            grad_z = torch.ops.mmoverlock.depthwise_forward_fused(grad_out, kernel.flip((2, 3)), None,
+                                                                  kernel.shape[-1] - 1 - ctx.padding, 1, False, False,
+                                                                  z)[0]
+        elif mask[0]:
             grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=ctx.approximate)
         return grad_z, grad_w, grad_b, None, None
 

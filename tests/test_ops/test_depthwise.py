@@ -311,14 +311,19 @@ def test_folded_branch_sum_matches_batch_norm_of_each_branch(size, layout):
 
 # ---- the fused inference forward: a GELU prologue and a sum-of-squares epilogue ---------------------------------
 
-FUSED_MODES = {'gelu': (True, False), 'sums': (False, True), 'gelu+sums': (True, True)}
+# (gelu_input, square_sums, gelu_grad_at given)
+FUSED_MODES = {'gelu': (True, False, False), 'sums': (False, True, False), 'gelu+sums': (True, True, False),
+               'gelu-grad': (False, False, True), 'gelu-grad+sums': (False, True, True)}
 
 
-def _fused_reference(x, weight, bias, padding, dilation, gelu_input):
-    """The conv of (the GELU of) x in float64 and its per-sample, per-channel sums of squares."""
+def _fused_reference(x, weight, bias, padding, dilation, gelu_input, gelu_grad_at=None):
+    """The conv of (the GELU of) x in float64, times gelu' at ``gelu_grad_at`` if given, and its per-sample,
+    per-channel sums of squares."""
     u = x.double()
     u = F.gelu(u) if gelu_input else u
     out = F.conv2d(u, weight.double(), None if bias is None else bias.double(), 1, padding, dilation, x.shape[1])
+    if gelu_grad_at is not None:
+        out = torch.ops.aten.gelu_backward(out, gelu_grad_at.double())
     return out, out.square().sum((2, 3))
 
 
@@ -329,11 +334,17 @@ def _fused_reference(x, weight, bias, padding, dilation, gelu_input):
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
 def test_fused_forward_matches_float64_composition_on_every_isa(shape, mode, dtype, layout, cpu_capability):
     """``depthwise_forward_fused``: direct (GELU through the per-task row ring) and packed (GELU in the packing)
-    channels-last paths and the NCHW one, channel tails, dilations, maps smaller than the span."""
-    gelu_input, square_sums = FUSED_MODES[mode]
+    channels-last paths and the NCHW one, channel tails, dilations, maps smaller than the span; the GELU-gradient
+    epilogue at a map in the other layout (made contiguous in the output's)."""
+    gelu_input, square_sums, with_grad_at = FUSED_MODES[mode]
     x, weight, bias, p, r = _inputs(shape, dtype, layout)
-    out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, gelu_input, square_sums)
-    ref, ref_sums = _fused_reference(x, weight, bias, p, r, gelu_input)
+    at = None
+    if with_grad_at:
+        other = 'nchw' if layout == 'nhwc' else 'nhwc'
+        ho, wo = depthwise._output_size(x, weight, p, r)
+        at = (2 * torch.randn(shape[0], shape[1], ho, wo, dtype=dtype)).contiguous(memory_format=FORMATS[other])
+    out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, gelu_input, square_sums, at)
+    ref, ref_sums = _fused_reference(x, weight, bias, p, r, gelu_input, at)
     assert out.dtype == dtype and out.is_contiguous(memory_format=FORMATS[layout])
     _close(out, ref, dtype)
     if square_sums:
@@ -364,9 +375,10 @@ def test_fused_forward_does_not_depend_on_threads(layout):
 @pytest.mark.parametrize('layout', list(FORMATS))
 def test_fused_forward_opcheck(layout):
     x, weight, b, p, r = _inputs((2, 16, 8, 7, 3, 1), torch.float32, layout)
-    for gelu_input, square_sums in FUSED_MODES.values():
+    for gelu_input, square_sums, with_grad_at in FUSED_MODES.values():
+        at = torch.randn_like(x) if with_grad_at else None
         torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward_fused,
-                              (x, weight, b, p, r, gelu_input, square_sums))
+                              (x, weight, b, p, r, gelu_input, square_sums, at))
 
 
 @requires_op
@@ -374,6 +386,9 @@ def test_fused_forward_bad_inputs_raise_naming_the_argument():
     with pytest.raises(RuntimeError, match='weight must be \\[C, 1, K, K\\] with C = 4'):
         torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(3, 1, 3, 3), None, 1, 1,
                                                      True, True)
+    with pytest.raises(RuntimeError, match="gelu_grad_at must be the output's shape \\[1, 4, 8, 8\\]"):
+        torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, 1, 1,
+                                                     False, False, torch.randn(1, 4, 6, 6))
 
 
 @pytest.mark.parametrize('layout', list(FORMATS))

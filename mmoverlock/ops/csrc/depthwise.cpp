@@ -4,14 +4,15 @@
 //   mmoverlock::depthwise_forward(input, weight, bias, padding, dilation) -> out
 //   mmoverlock::depthwise_backward(grad_out, input, weight, padding, dilation, output_mask)
 //       -> (grad_input, grad_weight)
-//   mmoverlock::depthwise_forward_fused(input, weight, bias, padding, dilation, gelu_input, square_sums)
+//   mmoverlock::depthwise_forward_fused(input, weight, bias, padding, dilation, gelu_input, square_sums, gelu_grad_at)
 //       -> (out, sums)
 //
-// depthwise_forward_fused is the forward with a prologue and an epilogue, for inference (CPU only, no autograd):
-// `gelu_input` convolves gelu(input) (exact erf form) without a gelu(input) map, and `square_sums` also returns the
-// output's per-sample, per-channel sum of squares [N, C] (GRN's statistic) taken while each row is in cache
-// (else `sums` is empty). One read of the input and one write of the output, where the composition makes five
-// passes over maps of that size.
+// depthwise_forward_fused is the forward with a prologue and epilogues (CPU only, no autograd of its own):
+// `gelu_input` convolves gelu(input) (exact erf form) without a gelu(input) map; `gelu_grad_at` (a map of the
+// output's shape) multiplies each output by gelu' there, so that the input gradient of a conv after a GELU,
+// gelu'(z) * conv^T(grad), is one pass; `square_sums` also returns the output's per-sample, per-channel sum of
+// squares [N, C] (GRN's statistic) taken while each row is in cache (else `sums` is empty). One read of the input
+// and one write of the output, where the composition makes up to five passes over maps of that size.
 //
 //   mmoverlock::spatial_dot(a, b) -> sums
 //
@@ -36,7 +37,8 @@ namespace depthwise {
 
 // CPU launchers (cpu/depthwise_cpu.cpp).
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out, bool gelu_input = false, at::Tensor* square_sums = nullptr);
+                 bool channels_last, at::Tensor& out, bool gelu_input = false, at::Tensor* square_sums = nullptr,
+                 const at::Tensor& gelu_grad_at = at::Tensor());
 at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last);
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
                      at::Tensor& grad_weight);
@@ -52,11 +54,21 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
 
 std::tuple<at::Tensor, at::Tensor> forward_fused_impl(const at::Tensor& input, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias, int64_t padding,
-                                                      int64_t dilation, bool gelu_input, bool square_sums) {
+                                                      int64_t dilation, bool gelu_input, bool square_sums,
+                                                      const std::optional<at::Tensor>& gelu_grad_at) {
   ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/false);
+  at::Tensor at_map;
+  if (gelu_grad_at.has_value()) {
+    TORCH_CHECK(gelu_grad_at->sizes() == call.out.sizes() && gelu_grad_at->scalar_type() == input.scalar_type() &&
+                    gelu_grad_at->device() == input.device(),
+                "depthwise: gelu_grad_at must be the output's shape ", call.out.sizes(), ", dtype and device (",
+                input.scalar_type(), " on ", input.device(), "), got ", gelu_grad_at->sizes(), " ",
+                gelu_grad_at->scalar_type(), " on ", gelu_grad_at->device());
+    at_map = gelu_grad_at->contiguous(format_of(call.channels_last));
+  }
   at::Tensor sums = at::empty({0}, call.x.options());
   forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out, gelu_input,
-              square_sums ? &sums : nullptr);
+              square_sums ? &sums : nullptr, at_map);
   return {call.out, sums};
 }
 
@@ -96,7 +108,7 @@ TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "depthwise_forward_fused(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation, "
-      "bool gelu_input, bool square_sums) -> (Tensor, Tensor)",
+      "bool gelu_input, bool square_sums, Tensor? gelu_grad_at=None) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def("spatial_dot(Tensor a, Tensor b) -> Tensor", {at::Tag::pt2_compliant_tag});
 }

@@ -38,12 +38,14 @@ inline Simd<double>::vec exp_nonpositive(Simd<double>::vec x) {
   return x;
 }
 
-// GELU in its exact (erf) form, gelu(x) = x/2 * (1 + erf(x / sqrt 2)), as F.gelu(approximate='none').
-// float: erf(|u|) = 1 - q with q = t P(t) exp(-u^2), t = 1 / (1 + 0.3275911 |u|) (Abramowitz & Stegun 7.1.26), so
-// 1 + erf(u) is 2 - q for u >= 0 and q itself below: no cancellation on the negative side.
+// GELU in its exact (erf) form, gelu(x) = x/2 * (1 + erf(x / sqrt 2)), as F.gelu(approximate='none'), and its
+// derivative. float: erf(|u|) = 1 - q with q = t P(t) exp(-u^2), t = 1 / (1 + 0.3275911 |u|) (Abramowitz & Stegun
+// 7.1.26), so 1 + erf(u) is 2 - q for u >= 0 and q itself below: no cancellation on the negative side.
 inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
 inline double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.70710678118654752)); }
-inline Simd<float>::vec gelu(Simd<float>::vec x) {
+// 2 Phi(x) = 1 + erf(x / sqrt 2) and, through `density`, exp(-x^2 / 2) = sqrt(2 pi) phi(x), which GELU's derivative
+// needs too (the same exp serves both).
+inline Simd<float>::vec twice_normal_cdf(Simd<float>::vec x, Simd<float>::vec* density) {
   using V = Simd<float>::vec;
   const V u = x * 0.70710678118654752f;
   const V a = u < 0.0f ? -u : u;
@@ -53,10 +55,32 @@ inline Simd<float>::vec gelu(Simd<float>::vec x) {
   p = p * t + 1.421413741f;
   p = p * t - 0.284496736f;
   p = p * t + 0.254829592f;
-  const V q = p * t * exp_nonpositive(-a * a);
-  return 0.5f * x * (u < 0.0f ? q : 2.0f - q);  // a NaN x compares false and gives NaN either way
+  *density = exp_nonpositive(-a * a);
+  const V q = p * t * *density;
+  return u < 0.0f ? q : 2.0f - q;  // a NaN x compares false and gives NaN either way
+}
+inline Simd<float>::vec gelu(Simd<float>::vec x) {
+  Simd<float>::vec density;
+  return 0.5f * x * twice_normal_cdf(x, &density);
 }
 inline Simd<double>::vec gelu(Simd<double>::vec x) {
   for (int64_t l = 0; l < Simd<double>::lanes; ++l) x[l] = gelu(x[l]);
+  return x;
+}
+
+// GELU's derivative, gelu'(x) = Phi(x) + x phi(x), as ATen's gelu_backward (approximate='none').
+inline float gelu_grad(float x) {
+  return 0.5f * (1.0f + std::erf(x * 0.70710678118654752f)) + x * std::exp(-0.5f * x * x) * 0.39894228040143268f;
+}
+inline double gelu_grad(double x) {
+  return 0.5 * (1.0 + std::erf(x * 0.70710678118654752)) + x * std::exp(-0.5 * x * x) * 0.39894228040143268;
+}
+inline Simd<float>::vec gelu_grad(Simd<float>::vec x) {
+  Simd<float>::vec density;
+  const Simd<float>::vec cdf2 = twice_normal_cdf(x, &density);
+  return 0.5f * cdf2 + x * density * 0.39894228040143268f;
+}
+inline Simd<double>::vec gelu_grad(Simd<double>::vec x) {
+  for (int64_t l = 0; l < Simd<double>::lanes; ++l) x[l] = gelu_grad(x[l]);
   return x;
 }

@@ -55,13 +55,15 @@ constexpr int64_t kPixelsPerChunk = 128;
 }  // namespace cpu
 
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out, bool gelu_input, at::Tensor* square_sums) {
+                 bool channels_last, at::Tensor& out, bool gelu_input, at::Tensor* square_sums,
+                 const at::Tensor& gelu_grad_at) {
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_forward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* gg = gelu_grad_at.defined() ? gelu_grad_at.const_data_ptr<scalar_t>() : nullptr;
     // The sums of squares of each output row (channels-last) or plane (NCHW), then summed over an image's rows.
     at::Tensor partial_sums;
     if (square_sums != nullptr) {
@@ -90,13 +92,14 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
       const scalar_t* bpp = bias.defined() ? bp.const_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, s.N * s.Ho, cpu::grain(s.Wo * s.C * s.K * s.K), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(ring ? k.nhwc_ring_size(s) : 0);
-        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end, ring ? scratch.data() : nullptr, ps);
+        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end, ring ? scratch.data() : nullptr, ps,
+                       gg);
       });
     } else {
       const scalar_t* w = weight.const_data_ptr<scalar_t>();
       at::parallel_for(0, s.N * s.C, cpu::grain(s.Ho * s.Wo * s.K * s.K), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(k.nchw_scratch(s));
-        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data(), gelu_input, ps);
+        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data(), gelu_input, ps, gg);
       });
     }
     if (square_sums != nullptr) *square_sums = channels_last ? partial_sums.sum(1) : partial_sums;

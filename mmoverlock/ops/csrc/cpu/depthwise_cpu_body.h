@@ -27,6 +27,16 @@ constexpr int kAccumulators = 8;
 
 #include "cpu_math_ops.h"  // gelu
 
+// y[0, n) *= gelu'(at[0, n)): GELU's backward applied to an output row or plane just written.
+template <typename scalar_t>
+inline void scale_by_gelu_grad(scalar_t* y, const scalar_t* at, int64_t n) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  int64_t k = 0;
+  for (; k + L <= n; k += L) store(y + k, load<V>(y + k) * gelu_grad(load<V>(at + k)));
+  for (; k < n; ++k) y[k] *= gelu_grad(at[k]);
+}
+
 // dst[0, n) = gelu(src[0, n)) (dst may be src).
 template <typename scalar_t>
 inline void gelu_span(const scalar_t* src, scalar_t* dst, int64_t n) {
@@ -277,10 +287,11 @@ inline int64_t nhwc_ring_size(const Shape& s) { return nhwc_ring_rows(s) * s.W *
 // [slices][K*K][L] and `bp` [slices][L] are the weights and bias packed likewise (zero past C; bp may be null).
 // `ring` (direct only, else null): scratch of nhwc_ring_rows(s) * W * C elements; given, the rows read are
 // gelu(x)'s (a packed input takes its GELU in pack_nhwc). `row_sumsq` (or null): [N*Ho][C], each output row's
-// per-channel sum of squares.
+// per-channel sum of squares. `gelu_grad_at` (or null): a map of the output's shape and layout; each output is
+// multiplied by gelu' there (the input gradient of a conv after a GELU), before the sums.
 template <typename scalar_t>
 void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const scalar_t* bp, scalar_t* out,
-                  int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq) {
+                  int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq, const scalar_t* gelu_grad_at) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s);
@@ -341,6 +352,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         }
       });
     }
+    if (gelu_grad_at != nullptr) scale_by_gelu_grad(orow, gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
     if (row_sumsq != nullptr) row_dots(orow, orow, s.Wo, s.C, row_sumsq + row * s.C);
   }
 }
@@ -400,7 +412,8 @@ inline void nchw_block(const Shape& s, const scalar_t* xp, int64_t stride, const
 
 template <typename scalar_t>
 void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                  int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq) {
+                  int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq,
+                  const scalar_t* gelu_grad_at) {
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t stride = padded_stride<scalar_t>(s), vectors = round_up(s.Wo, L) / L;
   for (int64_t plane = begin; plane < end; ++plane) {
@@ -414,6 +427,9 @@ void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const sc
       for_blocks<kAccumulators>(vectors, v, [&](auto nb, int64_t v0) {
         nchw_block<decltype(nb)::value>(s, scratch, stride, wc, b, orow, i, v0 * L);
       });
+    }
+    if (gelu_grad_at != nullptr) {
+      scale_by_gelu_grad(out + plane * s.Ho * s.Wo, gelu_grad_at + plane * s.Ho * s.Wo, s.Ho * s.Wo);
     }
     if (plane_sumsq != nullptr) {
       const scalar_t* o = out + plane * s.Ho * s.Wo;

@@ -21,17 +21,21 @@ struct KernelTable {
   // from it, with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be
   // null). A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself, and its
   // GELU through `ring` (per-task scratch of nhwc_ring_size(s) elements; null: the input as it is).
-  // `row_sumsq` (or null): [N*Ho, C], each output row's per-channel sum of squares.
+  // `row_sumsq` (or null): [N*Ho, C], each output row's per-channel sum of squares. `gelu_grad_at` (or null): a
+  // map of the output's shape and layout, each output multiplied by gelu' there (before the sums).
   int64_t (*nhwc_packed_size)(const Shape& s);
   void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end,
                     bool gelu_input);
   int64_t (*nhwc_ring_size)(const Shape& s);
   void (*forward_nhwc)(const Shape& s, const scalar_t* packed, const scalar_t* wp, const scalar_t* bp,
-                       scalar_t* out, int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq);
+                       scalar_t* out, int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq,
+                       const scalar_t* gelu_grad_at);
   // NCHW: out planes [begin, end) of the N*C planes, from the input or its GELU; `w` is [C, K*K]. Scratch:
-  // nchw_scratch(s) elements. `plane_sumsq` (or null): [N*C], each output plane's sum of squares.
+  // nchw_scratch(s) elements. `plane_sumsq` (or null): [N*C], each output plane's sum of squares; `gelu_grad_at`
+  // as for forward_nhwc.
   void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                       int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq);
+                       int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq,
+                       const scalar_t* gelu_grad_at);
   // Channels-last: adds sum over output rows [begin, end) of grad_out * x into `partial` [K*K, C].
   void (*grad_weight_nhwc)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
                            int64_t begin, int64_t end);
