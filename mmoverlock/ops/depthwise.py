@@ -82,6 +82,11 @@ if _HAS_FUSED:
         out = _forward_fake(x, weight, bias, padding, dilation)
         return out, x.new_empty((x.shape[0], x.shape[1]) if square_sums else (0, ))
 
+    @torch.library.register_fake('mmoverlock::depthwise_statistics')
+    def _statistics_fake(x, weight, bias, padding, dilation):
+        _forward_fake(x, weight, bias, padding, dilation)  # the same checks
+        return x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2])
+
 
 def _runs_op(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> bool:
     """Whether the compiled op takes this call (else ``F.conv2d``, which also raises the errors of bad input)."""
@@ -423,7 +428,8 @@ class _FoldedBranchSum(torch.autograd.Function):
     ``s_i = gamma_i / sqrt(var_i + eps_i)`` once its batch statistics are known, so the sum of the normalised
     branches is one K x K depthwise conv of ``x`` with the folded kernel ``sum_i s_i * k_i`` (each branch spread into
     the large kernel's span) and bias ``sum_i beta_i - s_i * mean_i``. The forward computes each branch's statistics
-    (one branch map alive at a time), then that one conv; no branch output or normalised map is kept or summed.
+    (``mmoverlock::depthwise_statistics``: the conv with a sum epilogue, no branch map written), then that one conv;
+    no branch output or normalised map is kept or summed.
 
     Backward, with ``g`` = grad_out, ``g' = g - mean(g)`` per channel and ``M = N*H*W``, BatchNorm's gradient is
     ``dL/dy_i = s_i * g' - e_i * (y_i - mean_i)`` with ``dgamma_i = <g', y_i - mean_i> / sigma_i``,
@@ -440,13 +446,16 @@ class _FoldedBranchSum(torch.autograd.Function):
         op = torch.ops.mmoverlock
         means, stds, stats = [], [], []
         count = x.shape[0] * x.shape[2] * x.shape[3]
+        # Each branch's statistics come from the op's epilogue, without its output map: sums and sums of squares
+        # of y - shift, with the shift mean(x) * sum(kernel) (y's mean but for the border), so that
+        # var = E[(y - shift)^2] - E[y - shift]^2 keeps float32 precision for channels far from zero.
+        x_mean = x.mean((0, 2, 3))
         for kernel, r, e in zip(kernels, dilations, eps):
-            y = op.depthwise_forward(x, kernel, None, r * (kernel.shape[-1] - 1) // 2, r)
-            # Two passes (mean, then the centred squares): exact enough in float32, and far faster than var_mean
-            # over a channels-last map.
-            mean = y.sum((0, 2, 3)) / count
-            var = y.sub_(mean.view(1, -1, 1, 1)).square_().sum((0, 2, 3)) / count
-            del y
+            shift = x_mean * kernel.sum((1, 2, 3))
+            sums, squares = op.depthwise_statistics(x, kernel, -shift, r * (kernel.shape[-1] - 1) // 2, r)
+            shifted_mean = sums.sum(0) / count
+            var = (squares.sum(0) / count - shifted_mean.square()).clamp_min_(0)
+            mean = shifted_mean + shift
             means.append(mean)
             stds.append((var + e).sqrt())
             stats.append(torch.stack([mean, var * (count / (count - 1))]))

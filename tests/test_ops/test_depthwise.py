@@ -62,7 +62,10 @@ def _close(actual, expected, dtype):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('shape', SHAPES, ids=str)
 def test_matches_float64_conv_on_every_isa(shape, dtype, layout, cpu_capability):
+    """Output and every gradient; and ``depthwise_statistics`` of the same conv (its per-sample, per-channel sums and
+    sums of squares, with no output written)."""
     x, weight, bias, p, r = _inputs(shape, dtype, layout)
+    sums, squares = torch.ops.mmoverlock.depthwise_statistics(x, weight, bias, p, r)
     x.requires_grad_()
     weight.requires_grad_()
     bias.requires_grad_()
@@ -76,6 +79,9 @@ def test_matches_float64_conv_on_every_isa(shape, dtype, layout, cpu_capability)
     _close(weight.grad, gw, dtype)
     _close(bias.grad, gb, dtype)
     assert x.grad.is_contiguous(memory_format=FORMATS[layout])
+    assert sums.shape == squares.shape == shape[:2] and sums.dtype == dtype
+    _close(sums, ref.sum((2, 3)), dtype)
+    _close(squares, ref.square().sum((2, 3)), dtype)
 
 
 @requires_op
@@ -307,6 +313,32 @@ def test_folded_branch_sum_matches_batch_norm_of_each_branch(size, layout):
     for i, y in enumerate(convs):
         _close(stats[i, 0], y.detach().mean((0, 2, 3)), torch.float64)
         _close(stats[i, 1], y.detach().var((0, 2, 3)), torch.float64)
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_folded_branch_statistics_keep_float32_precision(layout):
+    """float32 maps: each branch's mean and variance from the op's sums (no branch map) within float32 rounding of
+    float64's two-pass statistics, for channels centred and far from zero (the sums are of y minus an estimate of
+    its mean; without that shift the variance here is off by ~1e-5)."""
+    branches = BRANCHES[7]
+    gen = torch.Generator().manual_seed(3)
+    c = 8
+    for offset in (0.0, 100.0):
+        x = (torch.randn(2, c, 24, 21, generator=gen) + offset).contiguous(memory_format=FORMATS[layout])
+        kernels = [torch.randn(c, 1, k, k, generator=gen) for k, _ in branches]
+        ones, zeros = [torch.ones(c)] * len(branches), [torch.zeros(c)] * len(branches)
+        _, stats = recomputed_branch_sum(x, kernels, [r for _, r in branches], ones, zeros, [1e-5] * len(branches))
+        for i, (k, r) in enumerate(branches):
+            y = F.conv2d(x.double(), kernels[i].double(), None, 1, r * (k - 1) // 2, r, c)
+            torch.testing.assert_close(stats[i, 0].double(), y.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(stats[i, 1].double(), y.var((0, 2, 3)), rtol=2e-6, atol=0)
+
+
+@requires_op
+def test_statistics_opcheck():
+    x, weight, b, p, r = _inputs((2, 16, 8, 7, 3, 2), torch.float32, 'nhwc')
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_statistics, (x, weight, b, p, r))
 
 
 # ---- the fused inference forward: a GELU prologue and a sum-of-squares epilogue ---------------------------------

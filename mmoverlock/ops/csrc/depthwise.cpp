@@ -14,6 +14,12 @@
 // squares [N, C] (GRN's statistic) taken while each row is in cache (else `sums` is empty). One read of the input
 // and one write of the output, where the composition makes up to five passes over maps of that size.
 //
+//   mmoverlock::depthwise_statistics(input, weight, bias, padding, dilation) -> (sums, square_sums)
+//
+// The per-sample, per-channel sums and sums of squares [N, C] of the forward's output, without writing it: a
+// BatchNorm's batch statistics of a depthwise conv (a DilatedReparamBlock's branches in training) at the cost of
+// the conv alone. The bias may shift the output (e.g. by minus an estimate of its mean, for exact variances).
+//
 //   mmoverlock::spatial_dot(a, b) -> sums
 //
 // sums[n, c] = sum over (h, w) of a[n, c, h, w] * b[n, c, h, w] for two maps of one shape and dtype (float32 or
@@ -37,8 +43,7 @@ namespace depthwise {
 
 // CPU launchers (cpu/depthwise_cpu.cpp).
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out, bool gelu_input = false, at::Tensor* square_sums = nullptr,
-                 const at::Tensor& gelu_grad_at = at::Tensor());
+                 bool channels_last, at::Tensor& out, const ForwardExtras& extras = {});
 at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last);
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
                      at::Tensor& grad_weight);
@@ -67,9 +72,27 @@ std::tuple<at::Tensor, at::Tensor> forward_fused_impl(const at::Tensor& input, c
     at_map = gelu_grad_at->contiguous(format_of(call.channels_last));
   }
   at::Tensor sums = at::empty({0}, call.x.options());
-  forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out, gelu_input,
-              square_sums ? &sums : nullptr, at_map);
+  ForwardExtras extras;
+  extras.gelu_input = gelu_input;
+  extras.gelu_grad_at = at_map;
+  extras.square_sums = square_sums ? &sums : nullptr;
+  forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out, extras);
   return {call.out, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> statistics_impl(const at::Tensor& input, const at::Tensor& weight,
+                                                   const std::optional<at::Tensor>& bias, int64_t padding,
+                                                   int64_t dilation) {
+  check_forward(input, weight, bias, padding, dilation);
+  const bool cl = use_channels_last(input);
+  at::Tensor sums, square_sums, no_output;
+  ForwardExtras extras;
+  extras.sums = &sums;
+  extras.square_sums = &square_sums;
+  extras.statistics_only = true;
+  forward_cpu(make_shape(input, weight, padding, dilation), input.contiguous(format_of(cl)), weight.contiguous(),
+              bias.has_value() ? bias->contiguous() : at::Tensor(), cl, no_output, extras);
+  return {sums, square_sums};
 }
 
 at::Tensor spatial_dot_impl(const at::Tensor& a, const at::Tensor& b) {
@@ -110,6 +133,10 @@ TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
       "depthwise_forward_fused(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation, "
       "bool gelu_input, bool square_sums, Tensor? gelu_grad_at=None) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "depthwise_statistics(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation) -> "
+      "(Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
   m.def("spatial_dot(Tensor a, Tensor b) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
@@ -117,6 +144,7 @@ TORCH_LIBRARY_IMPL(mmoverlock, CPU, m) {
   m.impl("depthwise_forward", &forward_impl);
   m.impl("depthwise_backward", &backward_impl);
   m.impl("depthwise_forward_fused", &forward_fused_impl);
+  m.impl("depthwise_statistics", &statistics_impl);
   m.impl("spatial_dot", &spatial_dot_impl);
 }
 

@@ -47,6 +47,18 @@ struct BackwardCall {
 BackwardCall prepare_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
                               int64_t padding, int64_t dilation, bool bounded_indices);
 
+// What the CPU forward computes besides (or instead of) its output map, in the same pass (the fused operators):
+// the conv of gelu(input); each output multiplied by gelu' at a map of the output's shape; the output's
+// per-sample, per-channel sums and sums of squares [N, C]; with `statistics_only`, the sums alone (the output map
+// is not written).
+struct ForwardExtras {
+  bool gelu_input = false;
+  at::Tensor gelu_grad_at;
+  at::Tensor* sums = nullptr;
+  at::Tensor* square_sums = nullptr;
+  bool statistics_only = false;
+};
+
 // The input gradient's problem: the correlation of grad_out with the flipped kernel, padding r * (K - 1) - p.
 at::Tensor flipped_weight(const at::Tensor& weight);
 inline int64_t grad_input_padding(const Shape& s) { return s.dil * (s.K - 1) - s.pad; }

@@ -55,22 +55,32 @@ constexpr int64_t kPixelsPerChunk = 128;
 }  // namespace cpu
 
 void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                 bool channels_last, at::Tensor& out, bool gelu_input, at::Tensor* square_sums,
-                 const at::Tensor& gelu_grad_at) {
+                 bool channels_last, at::Tensor& out, const ForwardExtras& extras) {
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_forward_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* gg = gelu_grad_at.defined() ? gelu_grad_at.const_data_ptr<scalar_t>() : nullptr;
-    // The sums of squares of each output row (channels-last) or plane (NCHW), then summed over an image's rows.
-    at::Tensor partial_sums;
-    if (square_sums != nullptr) {
-      partial_sums = at::empty(channels_last ? at::IntArrayRef{s.N, s.Ho, s.C} : at::IntArrayRef{s.N, s.C},
-                               input.options());
+    // The sums of each output row (channels-last) or plane (NCHW), then added over an image's rows.
+    const std::vector<int64_t> partial_shape =
+        channels_last ? std::vector<int64_t>{s.N, s.Ho, s.C} : std::vector<int64_t>{s.N, s.C};
+    at::Tensor partial_sums, partial_squares;
+    cpu::Epilogue<scalar_t> ep;
+    ep.gelu_grad_at = extras.gelu_grad_at.defined() ? extras.gelu_grad_at.const_data_ptr<scalar_t>() : nullptr;
+    if (extras.sums != nullptr) {
+      partial_sums = at::empty(partial_shape, input.options());
+      ep.sums = partial_sums.mutable_data_ptr<scalar_t>();
     }
-    scalar_t* ps = square_sums != nullptr ? partial_sums.mutable_data_ptr<scalar_t>() : nullptr;
+    if (extras.square_sums != nullptr) {
+      partial_squares = at::empty(partial_shape, input.options());
+      ep.square_sums = partial_squares.mutable_data_ptr<scalar_t>();
+    }
+    ep.reuse_output = extras.statistics_only;
+    // Per task: the output itself, or (statistics only) scratch for one output row or plane.
+    const int64_t task_output = !ep.reuse_output ? 0 : channels_last ? s.Wo * s.C : s.Ho * s.Wo;
+    auto output_of = [&](std::vector<scalar_t>& scratch) {
+      return ep.reuse_output ? scratch.data() : out.mutable_data_ptr<scalar_t>();
+    };
     if (channels_last) {
       // Weight [slices][K*K][lanes] and bias [slices][lanes], zero past C (see KernelTable::forward_nhwc).
       const int64_t L = k.lanes, padded = (s.C + L - 1) / L * L;
@@ -84,25 +94,27 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
       scalar_t* xp = packed.mutable_data_ptr<scalar_t>();
       if (packed.numel() > 0) {  // else the kernels read the input itself
         at::parallel_for(0, s.N * s.H, cpu::grain(s.W * s.C), [&](int64_t begin, int64_t end) {
-          k.pack_nhwc(s, x, xp, begin, end, gelu_input);
+          k.pack_nhwc(s, x, xp, begin, end, extras.gelu_input);
         });
       }
-      const bool ring = gelu_input && packed.numel() == 0;  // the GELU of a directly read input: per-task rings
+      // The GELU of a directly read input: per-task rings.
+      const bool ring = extras.gelu_input && packed.numel() == 0;
       const scalar_t* w = wp.const_data_ptr<scalar_t>();
       const scalar_t* bpp = bias.defined() ? bp.const_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, s.N * s.Ho, cpu::grain(s.Wo * s.C * s.K * s.K), [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(ring ? k.nhwc_ring_size(s) : 0);
-        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, o, begin, end, ring ? scratch.data() : nullptr, ps,
-                       gg);
+        std::vector<scalar_t> ring_rows(ring ? k.nhwc_ring_size(s) : 0), rows(task_output);
+        k.forward_nhwc(s, packed.numel() > 0 ? xp : x, w, bpp, output_of(rows), begin, end,
+                       ring ? ring_rows.data() : nullptr, ep);
       });
     } else {
       const scalar_t* w = weight.const_data_ptr<scalar_t>();
       at::parallel_for(0, s.N * s.C, cpu::grain(s.Ho * s.Wo * s.K * s.K), [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(k.nchw_scratch(s));
-        k.forward_nchw(s, x, w, b, o, begin, end, scratch.data(), gelu_input, ps, gg);
+        std::vector<scalar_t> scratch(k.nchw_scratch(s)), plane(task_output);
+        k.forward_nchw(s, x, w, b, output_of(plane), begin, end, scratch.data(), extras.gelu_input, ep);
       });
     }
-    if (square_sums != nullptr) *square_sums = channels_last ? partial_sums.sum(1) : partial_sums;
+    if (extras.sums != nullptr) *extras.sums = channels_last ? partial_sums.sum(1) : partial_sums;
+    if (extras.square_sums != nullptr) *extras.square_sums = channels_last ? partial_squares.sum(1) : partial_squares;
   });
 }
 

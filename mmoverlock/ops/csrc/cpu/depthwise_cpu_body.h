@@ -51,6 +51,7 @@ inline void gelu_span(const scalar_t* src, scalar_t* dst, int64_t n) {
 
 // sums[c] = sum over the `pixels` pixels of a channels-last block (`C` channels each) of a * b: a row's share of a
 // map's per-channel dot product (with a = b, its sum of squares), e.g. of an output row just written, in cache.
+// b = null: the plain sums of a.
 template <typename scalar_t>
 inline void row_dots(const scalar_t* a, const scalar_t* b, int64_t pixels, int64_t C, scalar_t* sums) {
   using V = typename Simd<scalar_t>::vec;
@@ -60,12 +61,18 @@ inline void row_dots(const scalar_t* a, const scalar_t* b, int64_t pixels, int64
     const scalar_t* aj = a + j * C;
     const scalar_t* bj = b + j * C;
     int64_t c = 0;
-    for (; c + L <= C; c += L) store(sums + c, load<V>(sums + c) + load<V>(aj + c) * load<V>(bj + c));
-    for (; c < C; ++c) sums[c] += aj[c] * bj[c];
+    if (b == nullptr) {
+      for (; c + L <= C; c += L) store(sums + c, load<V>(sums + c) + load<V>(aj + c));
+      for (; c < C; ++c) sums[c] += aj[c];
+    } else {
+      for (; c + L <= C; c += L) store(sums + c, load<V>(sums + c) + load<V>(aj + c) * load<V>(bj + c));
+      for (; c < C; ++c) sums[c] += aj[c] * bj[c];
+    }
   }
 }
 
-// The dot product of two contiguous spans (NCHW planes), in kAccumulators independent vector sums.
+// The dot product of two contiguous spans (NCHW planes), in kAccumulators independent vector sums; b = null: the
+// plain sum of a.
 template <typename scalar_t>
 inline scalar_t plane_dot(const scalar_t* a, const scalar_t* b, int64_t n) {
   using V = typename Simd<scalar_t>::vec;
@@ -73,11 +80,12 @@ inline scalar_t plane_dot(const scalar_t* a, const scalar_t* b, int64_t n) {
   V acc[kAccumulators] = {};
   int64_t k = 0;
   for (; k + kAccumulators * L <= n; k += kAccumulators * L) {
-    for (int v = 0; v < kAccumulators; ++v) acc[v] += load<V>(a + k + v * L) * load<V>(b + k + v * L);
+    for (int v = 0; v < kAccumulators; ++v)
+      acc[v] += b == nullptr ? load<V>(a + k + v * L) : load<V>(a + k + v * L) * load<V>(b + k + v * L);
   }
   for (int v = 1; v < kAccumulators; ++v) acc[0] += acc[v];
   scalar_t sum = hsum<scalar_t>(acc[0]);
-  for (; k < n; ++k) sum += a[k] * b[k];
+  for (; k < n; ++k) sum += b == nullptr ? a[k] : a[k] * b[k];
   return sum;
 }
 
@@ -286,12 +294,10 @@ inline int64_t nhwc_ring_size(const Shape& s) { return nhwc_ring_rows(s) * s.W *
 // Output rows [begin, end) of the N*Ho rows, from the packed input (or x itself, see nhwc_direct); `wp`
 // [slices][K*K][L] and `bp` [slices][L] are the weights and bias packed likewise (zero past C; bp may be null).
 // `ring` (direct only, else null): scratch of nhwc_ring_rows(s) * W * C elements; given, the rows read are
-// gelu(x)'s (a packed input takes its GELU in pack_nhwc). `row_sumsq` (or null): [N*Ho][C], each output row's
-// per-channel sum of squares. `gelu_grad_at` (or null): a map of the output's shape and layout; each output is
-// multiplied by gelu' there (the input gradient of a conv after a GELU), before the sums.
+// gelu(x)'s (a packed input takes its GELU in pack_nhwc). `ep`: what each output row goes through (Epilogue).
 template <typename scalar_t>
 void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const scalar_t* bp, scalar_t* out,
-                  int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq, const scalar_t* gelu_grad_at) {
+                  int64_t begin, int64_t end, scalar_t* ring, const Epilogue<scalar_t>& ep) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), R = residue_length(s);
@@ -307,7 +313,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
     valid_taps(i, s.H, s, &a0, &a1);
-    scalar_t* orow = out + row * s.Wo * s.C;
+    scalar_t* orow = ep.reuse_output ? out : out + row * s.Wo * s.C;
     if (ring != nullptr) {  // the GELU of the input rows this output row may read, each row once
       // (bounds that never decrease along an image's rows, so the ring's rows are always the latest ones)
       const int64_t first = imax(0, i - s.pad), last = imin(s.H - 1, i - s.pad + ring_rows - 1);
@@ -352,8 +358,9 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         }
       });
     }
-    if (gelu_grad_at != nullptr) scale_by_gelu_grad(orow, gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
-    if (row_sumsq != nullptr) row_dots(orow, orow, s.Wo, s.C, row_sumsq + row * s.C);
+    if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(orow, ep.gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
+    if (ep.sums != nullptr) row_dots<scalar_t>(orow, nullptr, s.Wo, s.C, ep.sums + row * s.C);
+    if (ep.square_sums != nullptr) row_dots(orow, orow, s.Wo, s.C, ep.square_sums + row * s.C);
   }
 }
 
@@ -412,8 +419,7 @@ inline void nchw_block(const Shape& s, const scalar_t* xp, int64_t stride, const
 
 template <typename scalar_t>
 void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                  int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq,
-                  const scalar_t* gelu_grad_at) {
+                  int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, const Epilogue<scalar_t>& ep) {
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t stride = padded_stride<scalar_t>(s), vectors = round_up(s.Wo, L) / L;
   for (int64_t plane = begin; plane < end; ++plane) {
@@ -421,20 +427,17 @@ void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const sc
     pad_plane(s, x + plane * s.H * s.W, scratch, stride, gelu_input);
     const scalar_t* wc = w + c * s.K * s.K;
     const scalar_t b = bias != nullptr ? bias[c] : scalar_t(0);
+    const int64_t size = s.Ho * s.Wo;
+    scalar_t* o = ep.reuse_output ? out : out + plane * size;
     for (int64_t i = 0; i < s.Ho; ++i) {
-      scalar_t* orow = out + (plane * s.Ho + i) * s.Wo;
       int64_t v = 0;
       for_blocks<kAccumulators>(vectors, v, [&](auto nb, int64_t v0) {
-        nchw_block<decltype(nb)::value>(s, scratch, stride, wc, b, orow, i, v0 * L);
+        nchw_block<decltype(nb)::value>(s, scratch, stride, wc, b, o + i * s.Wo, i, v0 * L);
       });
     }
-    if (gelu_grad_at != nullptr) {
-      scale_by_gelu_grad(out + plane * s.Ho * s.Wo, gelu_grad_at + plane * s.Ho * s.Wo, s.Ho * s.Wo);
-    }
-    if (plane_sumsq != nullptr) {
-      const scalar_t* o = out + plane * s.Ho * s.Wo;
-      plane_sumsq[plane] = plane_dot(o, o, s.Ho * s.Wo);
-    }
+    if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(o, ep.gelu_grad_at + plane * size, size);
+    if (ep.sums != nullptr) ep.sums[plane] = plane_dot<scalar_t>(o, nullptr, size);
+    if (ep.square_sums != nullptr) ep.square_sums[plane] = plane_dot(o, o, size);
   }
 }
 

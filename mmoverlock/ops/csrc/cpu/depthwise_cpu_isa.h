@@ -12,6 +12,18 @@ namespace mmoverlock {
 namespace depthwise {
 namespace cpu {
 
+// What a forward does with each output row (channels-last) or plane (NCHW) once computed, while it is in cache:
+// multiply it by gelu' at a map of the output's shape and layout (the input gradient of a conv after a GELU), then
+// take its per-channel sum and sum of squares into [N*Ho][C] (rows) or [N*C] (planes). With `reuse_output`, `out`
+// is scratch for one row or plane per task (the caller wants the statistics alone).
+template <typename scalar_t>
+struct Epilogue {
+  const scalar_t* gelu_grad_at = nullptr;
+  scalar_t* sums = nullptr;
+  scalar_t* square_sums = nullptr;
+  bool reuse_output = false;
+};
+
 template <typename scalar_t>
 struct KernelTable {
   // Channels of one vector: the channels-last forward works on slices of this many channels.
@@ -21,21 +33,16 @@ struct KernelTable {
   // from it, with the weight packed [slices][K*K][lanes] and the bias [slices][lanes] (zero past C; bias may be
   // null). A packed size of 0 means no packing: forward_nhwc then takes the channels-last input itself, and its
   // GELU through `ring` (per-task scratch of nhwc_ring_size(s) elements; null: the input as it is).
-  // `row_sumsq` (or null): [N*Ho, C], each output row's per-channel sum of squares. `gelu_grad_at` (or null): a
-  // map of the output's shape and layout, each output multiplied by gelu' there (before the sums).
   int64_t (*nhwc_packed_size)(const Shape& s);
   void (*pack_nhwc)(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begin, int64_t end,
                     bool gelu_input);
   int64_t (*nhwc_ring_size)(const Shape& s);
   void (*forward_nhwc)(const Shape& s, const scalar_t* packed, const scalar_t* wp, const scalar_t* bp,
-                       scalar_t* out, int64_t begin, int64_t end, scalar_t* ring, scalar_t* row_sumsq,
-                       const scalar_t* gelu_grad_at);
+                       scalar_t* out, int64_t begin, int64_t end, scalar_t* ring, const Epilogue<scalar_t>& ep);
   // NCHW: out planes [begin, end) of the N*C planes, from the input or its GELU; `w` is [C, K*K]. Scratch:
-  // nchw_scratch(s) elements. `plane_sumsq` (or null): [N*C], each output plane's sum of squares; `gelu_grad_at`
-  // as for forward_nhwc.
+  // nchw_scratch(s) elements.
   void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
-                       int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, scalar_t* plane_sumsq,
-                       const scalar_t* gelu_grad_at);
+                       int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, const Epilogue<scalar_t>& ep);
   // Channels-last: adds sum over output rows [begin, end) of grad_out * x into `partial` [K*K, C].
   void (*grad_weight_nhwc)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
                            int64_t begin, int64_t end);
