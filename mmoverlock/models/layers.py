@@ -208,8 +208,8 @@ class FusingSequential(nn.Sequential):
       current parameters on every call (nothing cached, gradients reach both layers);
     * without a gradient, a ``GRN`` after a ``ResDWConv`` (after a ``GELU`` or not): the conv takes the GELU of
       its input and the GRN's sums of squares in its own pass (``ResDWConv.forward_with_square_sums``), and a
-      1 x 1 conv after the GRN absorbs it (``GRN.into_pointwise``): one pass over the MLP's hidden map where the
-      plain chain makes six.
+      1 x 1 conv after the GRN absorbs it (``GRN.into_pointwise``): the MLP's hidden map is read or written four
+      times (the convs' write and read, the fused step's read and write) where the plain chain makes nine.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
