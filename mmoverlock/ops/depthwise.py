@@ -241,8 +241,9 @@ class _GeluResDWConv(torch.autograd.Function):
     """``u + dwconv(u)`` with ``u = gelu(z)``, keeping ``z`` alone for the backward.
 
     Autograd would keep both ``z`` (for GELU's gradient) and ``u`` (for the conv's weight gradient), two maps of
-    the widest (MLP) width; the backward here recomputes ``u`` from ``z`` (one elementwise pass) and then runs the
-    very kernels autograd would (``depthwise_conv2d``'s, ``gelu_backward``), so the gradients are the same.
+    the widest (MLP) width; the backward here recomputes ``u`` from ``z`` for the weight gradient (one elementwise
+    pass) and takes the input gradient ``gelu'(z) * conv^T(grad_out)`` in one pass of the op (its GELU-gradient
+    epilogue; elsewhere the conv's input gradient, then ``gelu_backward``), with the plain chain's gradients.
     ``gelu_res_dwconv`` calls it for float32/float64 without autocast only, where ``residual_depthwise_conv2d``
     always folds the identity into the kernel: the conv's input gradient then includes grad_out's own term.
     """

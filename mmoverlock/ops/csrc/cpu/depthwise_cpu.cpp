@@ -5,7 +5,8 @@
 // threads nor on the split: the forward (and so the input gradient) is one task per output row (channels-last) or
 // plane (NCHW); the channels-last weight gradient sums a fixed number of row chunks into partial kernels that are
 // then added in chunk order, the NCHW one is one task per channel summing the batch in order; the fused forward's
-// sums of squares are taken per output row (or plane) and the rows' sums added by one reduction over the rows.
+// and spatial_dot's sums are taken per output row (or plane) and the rows' sums added by one reduction over the
+// rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
