@@ -165,19 +165,23 @@ class ContMixBlock(nn.Module):
         s2 = self.smk_size**2
         query = self.weight_query(f[:, :self.dim]) * self.scale
         key = self.weight_key(f[:, self.dim:])
-        query = query.reshape(b, g, -1, height * width)
+        query = query.reshape(b, g, -1, height * width).transpose(-1, -2)  # [B, G, HW, c]
         key = key.reshape(b, g, -1, 49)
-        affinity = torch.matmul(query.transpose(-1, -2), key)  # [B, G, HW, 49]
-        # weight_proj mixes the 49 affinities into each kernel's logits; one product per kernel keeps both contiguous.
-        proj_weight = self.weight_proj.weight.flatten(1).to(affinity.dtype)  # [S^2 + K^2, 49]
-        proj_bias = self.weight_proj.bias.to(affinity.dtype)
-        logits1 = F.linear(affinity, proj_weight[:s2], proj_bias[:s2]).view(b, g, height, width, s2)
-        logits2 = F.linear(affinity, proj_weight[s2:], proj_bias[s2:]).view(b, g, height, width, -1)
+        # The logits are weight_proj(q^T k) = q^T (k W^T) + bias: weight_proj goes into the 49 keys first, so the
+        # per-pixel products have c terms (8 to 16 in the presets) instead of 49, and the [B, G, HW, 49] affinity map
+        # and its GEMM are gone. One product per kernel keeps both logits contiguous.
+        kernel_keys = torch.matmul(key, self.weight_proj.weight.flatten(1).t().to(key.dtype))  # [B, G, c, S2+K2]
+        logits1 = torch.matmul(query, kernel_keys[..., :s2])  # [B, G, HW, S2]
+        logits2 = torch.matmul(query, kernel_keys[..., s2:])
+        dtype = logits1.dtype  # float16 under autocast
+        proj_bias = self.weight_proj.bias.to(dtype)
+        logits1 = logits1.add_(proj_bias[:s2]).view(b, g, height, width, s2)
+        logits2 = logits2.add_(proj_bias[s2:]).view(b, g, height, width, -1)
         # value channels are laid out (m, g, c) with m = 2: the first half feeds kernel 1, the second kernel 2.
-        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(affinity.dtype)
+        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(dtype)
         # The biases stay in the accumulation dtype (float32 under float16 autocast): no rounding, and their
         # gradient (a sum over every pixel) comes back in float32 instead of overflowing float16.
-        bias_dtype = accumulation_dtype(affinity.dtype)
+        bias_dtype = accumulation_dtype(dtype)
         out1 = self._aggregate(logits1, value[0], self.smk_size, self.rpb1.to(bias_dtype))
         out2 = self._aggregate(logits2, value[1], self.kernel_size, self.rpb2.to(bias_dtype))  # [B, G, H, W, c]
         # Back to [B, d, H, W] with channels (2G, c), written once, in x's memory format.
