@@ -163,8 +163,11 @@ class ContMixBlock(nn.Module):
         b, _, height, width = x.shape
         g = self.num_groups
         s2 = self.smk_size**2
-        query = self.weight_query(f[:, :self.dim]) * self.scale
-        key = self.weight_key(f[:, self.dim:])
+        # split, not two slices: its backward writes one gradient map in f's memory format, where each slice's
+        # backward would make a zero-filled, contiguous-format map of f's size (and the sum of the two).
+        features, context = f.split([self.dim, f.shape[1] - self.dim], dim=1)
+        query = self.weight_query(features) * self.scale
+        key = self.weight_key(context)
         query = query.reshape(b, g, -1, height * width).transpose(-1, -2)  # [B, G, HW, c]
         key = key.reshape(b, g, -1, 49)
         # The logits are weight_proj(q^T k) = q^T (k W^T) + bias: weight_proj goes into the 49 keys first, so the
@@ -182,8 +185,9 @@ class ContMixBlock(nn.Module):
         # The biases stay in the accumulation dtype (float32 under float16 autocast): no rounding, and their
         # gradient (a sum over every pixel) comes back in float32 instead of overflowing float16.
         bias_dtype = accumulation_dtype(dtype)
-        out1 = self._aggregate(logits1, value[0], self.smk_size, self.rpb1.to(bias_dtype))
-        out2 = self._aggregate(logits2, value[1], self.kernel_size, self.rpb2.to(bias_dtype))  # [B, G, H, W, c]
+        value1, value2 = value.unbind(0)  # (one gradient map in the backward, not two zero-filled ones)
+        out1 = self._aggregate(logits1, value1, self.smk_size, self.rpb1.to(bias_dtype))
+        out2 = self._aggregate(logits2, value2, self.kernel_size, self.rpb2.to(bias_dtype))  # [B, G, H, W, c]
         # Back to [B, d, H, W] with channels (2G, c), written once, in x's memory format.
         if is_channels_last(x):
             out = torch.cat([out1.permute(0, 2, 3, 1, 4), out2.permute(0, 2, 3, 1, 4)], dim=3)  # [B, H, W, 2G, c]
@@ -245,7 +249,7 @@ class ContMixBlock(nn.Module):
 
         if self.is_last:
             return x, None
-        return x[:, :self.dim], x[:, self.dim:]
+        return tuple(x.split([self.dim, x.shape[1] - self.dim], dim=1))  # (see _dynamic_conv on split)
 
 
 class ContextDownsample(nn.Module):
