@@ -28,6 +28,7 @@ from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 
 from .contmix import available_backends
+from .statistics import spatial_dot
 from .tracing import is_tracing
 
 #: Devices whose depthwise convs run the compiled op (those the extension was built for).
@@ -483,8 +484,8 @@ class _FoldedBranchSum(torch.autograd.Function):
         grad_x, grad_k, grad_w = None, [], []
         for i, (kernel, r) in enumerate(zip(kernels, dilations)):
             padding = r * (kernel.shape[-1] - 1) // 2
-            y = op.depthwise_forward(x, kernel, None, padding, r).sub_(means[i].view(1, -1, 1, 1))
-            grad_gamma = (centred * y).sum((0, 2, 3)) / stds[i]
+            y = op.depthwise_forward(x, kernel, -means[i], padding, r)  # y_i - mean_i, the mean as the bias
+            grad_gamma = spatial_dot(centred, y).sum(0) / stds[i]  # (no product map)
             scale = weights[i] / stds[i]
             coef = scale * grad_gamma / (count * stds[i])
             # dL/dy_i = scale * g' - coef * (y_i - mean_i), in place of y_i.
