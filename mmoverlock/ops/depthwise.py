@@ -317,10 +317,9 @@ def recomputed_branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dila
     return _RecomputedBranchSum.apply(x, tuple(dilations), tuple(eps), *kernels, *bn_weights, *bn_biases)
 
 
-def _with_statistics(ctx, out: torch.Tensor, stats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """What a branch-sum Function's forward returns: its output and the branches' batch statistics stacked into
-    [branches, 2, C], marked non-differentiable."""
-    stats = torch.stack(stats)
+def _with_statistics(ctx, out: torch.Tensor, stats: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What a branch-sum Function's forward returns: its output and the branches' batch statistics [branches, 2, C],
+    marked non-differentiable."""
     ctx.mark_non_differentiable(stats)
     return out, stats
 
@@ -354,7 +353,7 @@ class _RecomputedBranchSum(torch.autograd.Function):
 
         with torch.no_grad():
             out = branch_sum(x, kernels, dilations, batch_norm)
-        return _with_statistics(ctx, out, stats)
+        return _with_statistics(ctx, out, torch.stack(stats))
 
     @staticmethod
     @once_differentiable
@@ -446,55 +445,55 @@ class _FoldedBranchSum(torch.autograd.Function):
         n = len(dilations)
         kernels, weights, biases = params[:n], params[n:2 * n], params[2 * n:]
         op = torch.ops.mmoverlock
-        means, stds, stats = [], [], []
         count = x.shape[0] * x.shape[2] * x.shape[3]
         # Each branch's statistics come from the op's epilogue, without its output map: sums and sums of squares
         # of y - shift, with the shift mean(x) * sum(kernel) (y's mean but for the border), so that
         # var = E[(y - shift)^2] - E[y - shift]^2 keeps float32 precision for channels far from zero.
-        x_mean = x.mean((0, 2, 3))
-        for kernel, r, e in zip(kernels, dilations, eps):
-            shift = x_mean * kernel.sum((1, 2, 3))
-            sums, squares = op.depthwise_statistics(x, kernel, -shift, r * (kernel.shape[-1] - 1) // 2, r)
-            shifted_mean = sums.sum(0) / count
-            var = (squares.sum(0) / count - shifted_mean.square()).clamp_min_(0)
-            mean = shifted_mean + shift
-            means.append(mean)
-            stds.append((var + e).sqrt())
-            stats.append(torch.stack([mean, var * (count / (count - 1))]))
-        scales = [w / std for w, std in zip(weights, stds)]
-        bias = sum(b - mean * scale for b, mean, scale in zip(biases, means, scales))
-        folded = sum_branch_kernels(kernels, dilations, torch.stack(scales))
+        # The per-channel arithmetic runs on all branches at once ([branches, C]): a fixed number of operators.
+        shifts = x.mean((0, 2, 3)) * torch.stack([kernel.sum((1, 2, 3)) for kernel in kernels])
+        negated = shifts.neg()
+        sums, squares = zip(*(op.depthwise_statistics(x, kernel, negated[i], r * (kernel.shape[-1] - 1) // 2, r)
+                              for i, (kernel, r) in enumerate(zip(kernels, dilations))))
+        shifted_means = torch.stack(sums).sum(1) / count  # [branches, C]
+        variances = (torch.stack(squares).sum(1) / count - shifted_means.square()).clamp_min_(0)
+        means = shifted_means + shifts
+        stds = (variances + x.new_tensor(eps).view(n, 1)).sqrt()
+        scales = torch.stack(weights) / stds
+        bias = (torch.stack(biases) - means * scales).sum(0)
+        folded = sum_branch_kernels(kernels, dilations, scales)
         out = op.depthwise_forward(x, folded, bias, kernels[0].shape[-1] // 2, 1)
-        ctx.save_for_backward(x, *kernels, *weights, *means, *stds)
+        ctx.save_for_backward(x, *kernels, *weights, means, stds)
         ctx.dilations = dilations
-        return _with_statistics(ctx, out, stats)
+        return _with_statistics(ctx, out, torch.stack([means, variances * (count / (count - 1))], dim=1))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_stats):
         dilations = ctx.dilations
         n = len(dilations)
-        x, *rest = ctx.saved_tensors
-        kernels, weights, means, stds = (rest[i * n:(i + 1) * n] for i in range(4))
+        x, *rest, means, stds = ctx.saved_tensors  # means, stds: [branches, C]
+        kernels, weights = rest[:n], rest[n:]
         needs_x, needs = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
         op = torch.ops.mmoverlock
         count = x.shape[0] * x.shape[2] * x.shape[3]
         grad_sum = grad_out.sum((0, 2, 3))
         centred = grad_out - (grad_sum / count).view(1, -1, 1, 1)
+        scales = torch.stack(weights) / stds  # [branches, C], as the per-channel factors below
+        neg_means = means.neg()
+        neg_coef_per_dot = scales / stds.square().mul_(-count)  # -coef_i / <g', y_i - mean_i>
         grad_x, grad_k, grad_w = None, [], []
         for i, (kernel, r) in enumerate(zip(kernels, dilations)):
             padding = r * (kernel.shape[-1] - 1) // 2
-            y = op.depthwise_forward(x, kernel, -means[i], padding, r)  # y_i - mean_i, the mean as the bias
-            grad_gamma = spatial_dot(centred, y).sum(0) / stds[i]  # (no product map)
-            scale = weights[i] / stds[i]
-            coef = scale * grad_gamma / (count * stds[i])
-            # dL/dy_i = scale * g' - coef * (y_i - mean_i), in place of y_i.
-            grad_y = y.mul_(-coef.view(1, -1, 1, 1)).addcmul_(centred, scale.view(1, -1, 1, 1))
+            y = op.depthwise_forward(x, kernel, neg_means[i], padding, r)  # y_i - mean_i, the mean as the bias
+            dot = spatial_dot(centred, y).sum(0)  # <g', y_i - mean_i> (no product map); grad_gamma_i = dot / std_i
+            # dL/dy_i = scale_i * g' - coef_i * (y_i - mean_i), in place of y_i.
+            grad_y = y.mul_((dot * neg_coef_per_dot[i]).view(1, -1, 1, 1))
+            grad_y.addcmul_(centred, scales[i].view(1, -1, 1, 1))
             gx_i, gk_i = op.depthwise_backward(grad_y, x, kernel, padding, r, [needs_x, needs[i]])
             del y, grad_y
             if needs_x:
                 grad_x = gx_i if grad_x is None else grad_x.add_(gx_i)
             grad_k.append(gk_i if needs[i] else None)
-            grad_w.append(grad_gamma if needs[n + i] else None)
+            grad_w.append(dot / stds[i] if needs[n + i] else None)
         grad_b = [grad_sum if needs[2 * n + i] else None for i in range(n)]
         return (grad_x, None, None, *grad_k, *grad_w, *grad_b)
