@@ -120,7 +120,7 @@ inline void for_blocks(int64_t count, int64_t& start, F&& f) {
 
 // Register tile: up to kColumns output columns (one accumulator vector each) times the taps of a kernel row in
 // chunks of up to kTapChunk weight vectors, all in registers (32 vector registers with AVX-512, 16 below). AVX2
-// takes chunks of 6 (15 of its 16 registers): on an AVX2-only AMD EPYC (Zen 1) the K >= 13 forwards ran 5-8%
+// takes chunks of 6 (15 of its 16 registers): on an AVX2-only AMD EPYC (Zen 1) the K >= 13 forwards ran 3-8%
 // faster than with chunks of 4, K = 5 about 10%, the others alike (in-process A/B; the SSE build keeps 4, unmeasured).
 constexpr int kColumns = DEPTHWISE_VEC_BYTES == 64 ? 16 : 8;
 constexpr int kTapChunk = DEPTHWISE_VEC_BYTES == 64 ? 8 : DEPTHWISE_VEC_BYTES == 32 ? 6 : 4;
