@@ -4,7 +4,8 @@ Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memo
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode; without a
 gradient, ``FusingSequential`` runs an MLP's ``GELU -> ResDWConv -> GRN`` as one fused pass (``fused_depthwise_conv2d``)
-and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``). With a gradient, GRN is one autograd
+and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``); with a gradient it does the same where the
+conv's weight is no larger than the map (``_GRNIntoPointwise``). Elsewhere, with a gradient, GRN is one autograd
 function over per-channel statistics (``spatial_dot``).
 For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequential``'s GELU + ``ResDWConv`` step and
 its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
@@ -18,10 +19,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, fused_depthwise_conv2d, gelu_res_dwconv,
-                             recomputed_branch_sum, residual_depthwise_conv2d, sum_branch_kernels)
+                             gelu_res_dwconv_backward, recomputed_branch_sum, residual_depthwise_conv2d,
+                             sum_branch_kernels)
 from ..ops.statistics import runs_compiled, spatial_dot
 from ..ops.tracing import is_tracing
-from .recompute import recompute_into_conv
+from .recompute import recompute_into_conv, recomputes
 
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
@@ -113,10 +115,35 @@ class GRN(nn.Module):
         ``W (s * x + beta) + b = (W s) x + (W beta + b)``: each sample's conv weight is ``weight`` scaled by its
         ``scale(x)`` per input channel, one conv per sample.
         """
-        scale = self.scale(x, square_sums)
-        shift = F.conv2d(self.beta, weight, bias).flatten()  # W beta + b
-        outs = [F.conv2d(x[i:i + 1], weight * scale[i].view(1, -1, 1, 1), shift) for i in range(x.shape[0])]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return _scaled_pointwise(x, weight, bias, self.scale(x, square_sums).flatten(1), self.beta)
+
+
+def _scaled_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor,
+                      beta: torch.Tensor) -> torch.Tensor:
+    """``conv1x1(scale * x + beta)`` as ``(W scale) x + (W beta + b)``: one conv per sample, with ``weight`` scaled
+    by that sample's ``scale`` [N, C] per input channel."""
+    shift = F.conv2d(beta, weight, bias).flatten()  # W beta + b
+    outs = [F.conv2d(x[i:i + 1], weight * scale[i].view(1, -1, 1, 1), shift) for i in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _grn_scale(square_sums: torch.Tensor, gamma: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """GRN's per-channel quantities [N, C] from the sums of squares: the norms ``G``, ``D = mean_c G + eps``
+    ([N, 1]), ``G / D`` and the scale ``s = gamma G / D + 1``."""
+    norm = square_sums.sqrt()
+    denom = norm.mean(dim=1, keepdim=True) + 1e-6
+    normalised = norm / denom
+    return norm, denom, normalised, gamma.view(1, -1) * normalised + 1
+
+
+def _grn_norm_gradient(grad_scale: torch.Tensor, gamma: torch.Tensor, norm: torch.Tensor, denom: torch.Tensor,
+                       normalised: torch.Tensor) -> torch.Tensor:
+    """The factor [N, C] of ``x`` in ``x``'s gradient through the norms, given ``dL/ds`` (``grad_scale``):
+    ``dL/dG_k = gamma_k dL/ds_k / D - (1/C) sum_c gamma_c dL/ds_c G_c / D^2`` and ``dG/dx = x / G``; zero where
+    ``G`` is (``vector_norm``'s gradient there)."""
+    grad_norm_scaled = gamma.view(1, -1) * grad_scale  # dL/d(G / D)
+    grad_norm = (grad_norm_scaled - (grad_norm_scaled * normalised).mean(dim=1, keepdim=True)) / denom
+    return torch.where(norm > 0, grad_norm / norm, torch.zeros_like(norm))
 
 
 class _GRNFunction(torch.autograd.Function):
@@ -130,10 +157,7 @@ class _GRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta):
-        norm = spatial_dot(x, x).sqrt()  # [N, C]
-        denom = norm.mean(dim=1, keepdim=True) + 1e-6
-        normalised = norm / denom
-        scale = gamma.view(1, -1) * normalised + 1
+        norm, denom, normalised, scale = _grn_scale(spatial_dot(x, x), gamma)  # [N, C]
         ctx.save_for_backward(x, gamma, norm, denom, normalised, scale)
         return torch.addcmul(beta, x, scale[:, :, None, None])
 
@@ -148,11 +172,70 @@ class _GRNFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_beta = grad_out.sum((0, 2, 3)).view_as(gamma)
         if ctx.needs_input_grad[0]:
-            grad_norm_scaled = gamma.view(1, -1) * grad_scale  # dL/d(G / D)
-            grad_norm = (grad_norm_scaled - (grad_norm_scaled * normalised).mean(dim=1, keepdim=True)) / denom
-            per_norm = torch.where(norm > 0, grad_norm / norm, torch.zeros_like(norm))
+            per_norm = _grn_norm_gradient(grad_scale, gamma, norm, denom, normalised)
             grad_x = (grad_out * scale[:, :, None, None]).addcmul_(x, per_norm[:, :, None, None])
         return grad_x, grad_gamma, grad_beta
+
+
+class _GRNIntoPointwise(torch.autograd.Function):
+    """``conv1x1(GRN(y))`` with ``y = u + dwconv(u)`` and ``u = gelu(z)`` (an MLP's tail) with a gradient, keeping
+    only ``z`` for the backward.
+
+    The GRN is folded into the 1 x 1 conv as in ``GRN.into_pointwise``, so no GRN map exists forward or backward:
+    ``y``'s sums of squares come with ``y`` from the fused step, and the scale's gradient from the conv's weight
+    gradient (``dL/ds_c = sum_o dL/dW'_oc W_oc`` with ``W' = W s``), not from a pass over the map. Passes over the
+    hidden map: forward, the fused step and the conv; backward, the fused step again, the conv's two gradients, one
+    multiply-add (the norms' term) and ``gelu_res_dwconv_backward``. The recomputed chain takes about twice as many.
+    """
+
+    @staticmethod
+    def forward(ctx, z, dw_weight, dw_bias, gamma, beta, weight, bias, padding: int, approximate: str):
+        y, sums = fused_depthwise_conv2d(z, dw_weight, dw_bias, padding, gelu=approximate, residual=True,
+                                         square_sums=True)
+        ctx.save_for_backward(z, dw_weight, dw_bias, gamma, beta, weight)
+        ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
+        return _scaled_pointwise(y, weight, bias, _grn_scale(sums, gamma)[3], beta)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        z, dw_weight, dw_bias, gamma, beta, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        y, sums = fused_depthwise_conv2d(z, dw_weight, dw_bias, ctx.padding, gelu=ctx.approximate, residual=True,
+                                         square_sums=True)
+        norm, denom, normalised, scale = _grn_scale(sums, gamma)
+        wants_y = needs[0] or needs[1] or (dw_bias is not None and needs[2])
+        # The scaled conv's gradients, sample by sample (each sample has its own scaled weight).
+        grad_ys, grad_scaled = [], []
+        for i in range(y.shape[0]):
+            grad_y, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_out[i:i + 1], y[i:i + 1], weight * scale[i].view(1, -1, 1, 1), None, [1, 1], [0, 0], [1, 1],
+                False, [0, 0], 1, [wants_y, True, False])
+            grad_ys.append(grad_y)
+            grad_scaled.append(grad_w)
+        grad_scaled = torch.stack(grad_scaled)  # dL/dW' [N, O, C, 1, 1]
+        grad_scale = (grad_scaled * weight).sum((1, 3, 4))  # [N, C]
+        grad_shift = grad_out.sum((0, 2, 3))  # dL/d(W beta + b) [O]
+        grad_weight = grad_bias = grad_gamma = grad_beta = None
+        if needs[5]:
+            grad_weight = ((grad_scaled * scale[:, None, :, None, None]).sum(0)
+                           + grad_shift.view(-1, 1, 1, 1) * beta.view(1, -1, 1, 1))
+        if ctx.has_bias and needs[6]:
+            grad_bias = grad_shift
+        if needs[4]:
+            grad_beta = (weight.flatten(1) * grad_shift.view(-1, 1)).sum(0).view_as(beta)
+        if needs[3]:
+            grad_gamma = (grad_scale * normalised).sum(0).view_as(gamma)
+        grad_z = grad_dw = grad_dw_bias = None
+        if wants_y:
+            grad_y = grad_ys[0] if len(grad_ys) == 1 else torch.cat(grad_ys)
+            per_norm = _grn_norm_gradient(grad_scale, gamma, norm, denom, normalised)
+            grad_y.addcmul_(y, per_norm[:, :, None, None])
+            del y
+            grad_z, grad_dw, grad_dw_bias = gelu_res_dwconv_backward(
+                grad_y, z, dw_weight, ctx.padding, ctx.approximate,
+                [needs[0], needs[1], dw_bias is not None and needs[2]])
+        return grad_z, grad_dw, grad_dw_bias, grad_gamma, grad_beta, grad_weight, grad_bias, None, None
 
 
 class SEModule(nn.Module):
@@ -209,7 +292,9 @@ class FusingSequential(nn.Sequential):
     * without a gradient, a ``GRN`` after a ``ResDWConv`` (after a ``GELU`` or not): the conv takes the GELU of
       its input and the GRN's sums of squares in its own pass (``ResDWConv.forward_with_square_sums``), and a
       1 x 1 conv after the GRN absorbs it (``GRN.into_pointwise``): the MLP's hidden map is read or written four
-      times (the convs' write and read, the fused step's read and write) where the plain chain makes nine.
+      times (the convs' write and read, the fused step's read and write) where the plain chain makes nine;
+    * with a gradient, ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` likewise, keeping only the GELU's input for the
+      backward (``_GRNIntoPointwise``), where the conv has no more output channels than the map has pixels.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,6 +357,10 @@ class FusingSequential(nn.Sequential):
             else:
                 y, sums = FusingSequential(*cheap[:-1])(x), None
             return cheap[-1].into_pointwise(y, weight, bias, sums), after
+        if _folds_grn_with_grad(cheap, conv, x):
+            gelu, dwconv, grn = cheap
+            return _GRNIntoPointwise.apply(x, dwconv.weight, dwconv.bias, grn.gamma, grn.beta, weight, bias,
+                                           dwconv.padding[0], gelu.approximate), after
         return recompute_into_conv(FusingSequential(*cheap), (x, ), cheap, conv, weight, bias), after
 
 
@@ -309,6 +398,18 @@ def _with_square_sums(run: List[nn.Module], x: torch.Tensor) -> Tuple[torch.Tens
     """``run(x)`` for a ``[GELU, ResDWConv]`` or ``[ResDWConv]`` run, and its output's sums of squares [N, C]."""
     gelu = run[0].approximate if isinstance(run[0], nn.GELU) else None
     return run[-1].forward_with_square_sums(x, gelu)
+
+
+def _folds_grn_with_grad(cheap: List[nn.Module], conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv(cheap(x))`` runs as ``_GRNIntoPointwise``: an MLP's ``GELU -> ResDWConv -> GRN`` feeding a
+    1 x 1 conv, with a gradient, on CPU float32/float64 without autocast or tracing (the compiled fused step and
+    statistics; elsewhere ``recompute_into_conv``), and where the conv's weight is no larger than a sample's map
+    (fewer output channels than pixels): the fold trades passes over the map for passes over the weight."""
+    return (len(cheap) == 3 and isinstance(cheap[0], nn.GELU) and isinstance(cheap[1], ResDWConv)
+            and isinstance(cheap[2], GRN) and _is_pointwise(conv) and torch.is_grad_enabled() and recomputes()
+            and conv.out_channels <= x.shape[-2] * x.shape[-1]
+            and runs_compiled(x) and not torch.is_autocast_enabled('cpu')
+            and all(t.dtype == x.dtype for t in (cheap[1].weight, cheap[2].gamma, conv.weight)))
 
 
 def _is_pointwise(conv: nn.Module) -> bool:

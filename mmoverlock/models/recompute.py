@@ -26,13 +26,19 @@ _ENABLED = [True]
 
 @contextlib.contextmanager
 def plain_autograd() -> Iterator[None]:
-    """Within this context :func:`recompute_into_conv` runs the plain composition (autograd keeps every map): the
-    reference its results are compared with, and the memory it saves measured against."""
+    """Within this context :func:`recompute_into_conv` (and the layers' other recomputing steps, which ask
+    :func:`recomputes`) runs the plain composition (autograd keeps every map): the reference its results are
+    compared with, and the memory it saves measured against."""
     _ENABLED.append(False)
     try:
         yield
     finally:
         _ENABLED.pop()
+
+
+def recomputes() -> bool:
+    """Whether recomputing steps may run: false within :func:`plain_autograd`."""
+    return _ENABLED[-1]
 
 
 def recomputable(layers: Sequence[nn.Module]) -> bool:

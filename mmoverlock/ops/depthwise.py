@@ -259,22 +259,29 @@ class _GeluResDWConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         z, weight = ctx.saved_tensors
-        kernel = _plus_identity(weight)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        # grad_z = gelu'(z) * conv^T(grad_out) as one pass of the op (its GELU-gradient epilogue) where it runs
-        fused = (mask[0] and ctx.approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu'
-                 and grad_out.dtype == z.dtype and _runs_op(z, kernel, ctx.padding, 1))
-        u = F.gelu(z, approximate=ctx.approximate) if mask[1] or not fused else z  # (z: the shape, unread)
-        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, ctx.padding, 1,
-                                                           [mask[0] and not fused, mask[1], mask[2]])
-        grad_z = None
-        if fused:
-            grad_z = torch.ops.mmoverlock.depthwise_forward_fused(grad_out, kernel.flip((2, 3)), None,
-                                                                  kernel.shape[-1] - 1 - ctx.padding, 1, False, False,
-                                                                  z)[0]
-        elif mask[0]:
-            grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=ctx.approximate)
-        return grad_z, grad_w, grad_b, None, None
+        return (*gelu_res_dwconv_backward(grad_out, z, weight, ctx.padding, ctx.approximate, mask), None, None)
+
+
+def gelu_res_dwconv_backward(grad_out: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, padding: int,
+                             approximate: str, mask: Sequence[bool]) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients (``z``, weight, bias; ``None`` where ``mask`` is false) of ``u + dwconv(u)``, ``u = gelu(z)``,
+    from ``z`` alone: ``u`` is recomputed for the weight gradient, and ``grad_z = gelu'(z) * conv^T(grad_out)`` is
+    one pass of the op (its GELU-gradient epilogue) where it runs, else the conv's input gradient then
+    ``gelu_backward``. Float32/float64 without autocast only (the identity folded into the kernel)."""
+    kernel = _plus_identity(weight)
+    fused = (mask[0] and approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu'
+             and grad_out.dtype == z.dtype and _runs_op(z, kernel, padding, 1))
+    u = F.gelu(z, approximate=approximate) if mask[1] or not fused else z  # (z: the shape, unread)
+    grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, padding, 1,
+                                                       [mask[0] and not fused, mask[1], mask[2]])
+    grad_z = None
+    if fused:
+        grad_z = torch.ops.mmoverlock.depthwise_forward_fused(grad_out, kernel.flip((2, 3)), None,
+                                                              kernel.shape[-1] - 1 - padding, 1, False, False, z)[0]
+    elif mask[0]:
+        grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=approximate)
+    return grad_z, grad_w, grad_b
 
 
 def branch_sum(x: torch.Tensor, kernels: Sequence[torch.Tensor], dilations: Sequence[int],

@@ -164,11 +164,56 @@ def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch,
                         pw.weight, pw.bias).detach()
     assert out.is_contiguous(memory_format=FORMATS[layout])
     assert rel_err(out, expected) <= TOLERANCE
-    # with a gradient the GRN runs as a layer (recomputed into the conv), with the same output
+    # with a gradient the GRN is folded into the conv as well (_GRNIntoPointwise), with the same output
     trained = seq(z.clone().requires_grad_(True))
     trained.sum().backward()
-    assert grn_calls
+    assert not grn_calls and type(trained.grad_fn).__name__ == '_GRNIntoPointwiseBackward'
     assert rel_err(trained.detach(), expected) <= TOLERANCE
+
+
+def _written_out_mlp_tail(z, dwconv, grn, pw):
+    """``pw(GRN(u + dwconv(u)))`` with ``u = gelu(z)`` in plain differentiable operators (``vector_norm``)."""
+    u = F.gelu(z)
+    y = u + F.conv2d(u, dwconv.weight, dwconv.bias, 1, 1, 1, u.shape[1])
+    norm = torch.linalg.vector_norm(y, 2, dim=(-2, -1), keepdim=True)
+    return F.conv2d(grn.gamma * y * (norm / (norm.mean(1, keepdim=True) + 1e-6)) + grn.beta + y, pw.weight, pw.bias)
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_grn_folds_into_the_following_pointwise_conv_with_a_gradient(layout, batch):
+    """With a gradient, ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` runs as ``_GRNIntoPointwise`` (no GRN map,
+    the scale's gradient from the conv's weight gradient): the written-out chain's output and gradients for the
+    input and every parameter (float64), finite and zero where a channel of the GRN's input is all zero; gradcheck.
+    Where the conv has more output channels than the map has pixels, the recomputed chain runs instead."""
+    torch.manual_seed(0)
+    layers = [torch.nn.GELU(), ResDWConv(6), GRN(6), torch.nn.Conv2d(6, 4, 1)]
+    seq = FusingSequential(*layers).double()
+    with torch.no_grad():
+        for p in seq.parameters():
+            p.normal_()
+        layers[1].bias[2] = 0
+    z = torch.randn(batch, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    z[:, 2] = 0  # GELU(0) = 0 and no bias: channel 2 of the GRN's input is all zero
+    params = list(seq.parameters())
+    z.requires_grad_()
+    out = seq(z)
+    assert type(out.grad_fn).__name__ == '_GRNIntoPointwiseBackward'
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [z] + params, grad_out)
+    expected = _written_out_mlp_tail(z, *layers[1:])
+    expected_grads = torch.autograd.grad(expected, [z] + params, grad_out)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(out.detach(), expected.detach()) <= TOLERANCE
+    for ours, theirs in zip(grads, expected_grads):
+        assert torch.isfinite(ours).all() and rel_err(ours, theirs) <= TOLERANCE
+    small = z.detach()[:, :, :2, :1].clone().requires_grad_()  # 2 pixels < 4 output channels: recomputed
+    assert type(seq(small).grad_fn).__name__ == '_RecomputedIntoConvBackward'
+    dwconv, grn, pw = layers[1:]
+    assert torch.autograd.gradcheck(
+        lambda *t: layers_module._GRNIntoPointwise.apply(*t, 1, 'none'),
+        (z[:1, :, :4, :5].detach().clone().requires_grad_(), dwconv.weight, dwconv.bias, grn.gamma, grn.beta,
+         pw.weight, pw.bias))
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])

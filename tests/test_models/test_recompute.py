@@ -69,7 +69,7 @@ def run_both(module, inputs, training, backward=lambda out: out[0] if isinstance
     return results
 
 
-def check_equal(ours, plain):
+def check_equal(ours, plain, param_tolerance=TOLERANCE):
     for a, b in zip(ours['outs'] + ours['grads'], plain['outs'] + plain['grads']):
         assert (a is None) == (b is None)  # (the first ContMix block does not read ctx)
         assert b is None or (a.shape == b.shape and rel_err(a, b) <= TOLERANCE)
@@ -79,9 +79,12 @@ def check_equal(ours, plain):
         elif grad.abs().max() < 1e-10:  # zero but for rounding (a conv bias before a training-mode BN)
             assert ours['params'][key].abs().max() < 1e-10, key
         else:
-            assert rel_err(ours['params'][key], grad) <= TOLERANCE, key
+            assert rel_err(ours['params'][key], grad) <= param_tolerance, key
     for key, buffer in plain['buffers'].items():  # running statistics moved once, as the plain call moves them
-        assert torch.equal(ours['buffers'][key], buffer), key
+        if buffer.is_floating_point():  # (a BN after a folded GRN sees its input rounded otherwise)
+            assert rel_err(ours['buffers'][key], buffer) <= TOLERANCE, key
+        else:
+            assert torch.equal(ours['buffers'][key], buffer), key
 
 
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
@@ -144,7 +147,10 @@ def test_rep_conv_block_matches_the_plain_composition(training):
     block = randomise(RepConvBlock(8, kernel_size=7, ls_init_value=1.).double())
     x = torch.randn(2, 8, 12, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     ours, plain = run_both(block, [x], training)
-    check_equal(ours, plain)
+    # In training the MLP's GRN is folded into its 1 x 1 conv (other rounding). The first LayerNorm's weight
+    # gradient is a sum that cancels: 6e-5 from terms whose magnitudes add to 56, so float64 rounding of the terms
+    # may reach 1e-16 * 56 / 6e-5 ~ 1e-10 of it (3e-11 seen); a wrong term would be of order 1.
+    check_equal(ours, plain, param_tolerance=1e-9 if training else TOLERANCE)
     # Not kept: ResDWConv's and GRN's outputs (4 maps wide each), the SE's output (and the BN's in training, where
     # it is not folded).
     assert ours['saved'] <= plain['saved'] - (10 if training else 9) * x.numel()
