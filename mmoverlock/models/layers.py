@@ -102,10 +102,10 @@ class GRN(nn.Module):
         if square_sums is None and not (torch.is_grad_enabled() and x.requires_grad):
             square_sums = spatial_dot(x, x)
         if square_sums is not None:
-            norm = square_sums.sqrt().view(*square_sums.shape, 1, 1)
+            norm = square_sums.sqrt()
         else:  # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN
-            norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1), keepdim=True)
-        return self.gamma * (norm / (norm.mean(dim=1, keepdim=True) + 1e-6)) + 1
+            norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1))
+        return _grn_scale(norm, self.gamma)[3][:, :, None, None]
 
     def into_pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        square_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -127,10 +127,9 @@ def _scaled_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _grn_scale(square_sums: torch.Tensor, gamma: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """GRN's per-channel quantities [N, C] from the sums of squares: the norms ``G``, ``D = mean_c G + eps``
+def _grn_scale(norm: torch.Tensor, gamma: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """GRN's per-channel quantities [N, C] from the channels' norms ``G`` [N, C]: ``G``, ``D = mean_c G + eps``
     ([N, 1]), ``G / D`` and the scale ``s = gamma G / D + 1``."""
-    norm = square_sums.sqrt()
     denom = norm.mean(dim=1, keepdim=True) + 1e-6
     normalised = norm / denom
     return norm, denom, normalised, gamma.view(1, -1) * normalised + 1
@@ -157,7 +156,7 @@ class _GRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta):
-        norm, denom, normalised, scale = _grn_scale(spatial_dot(x, x), gamma)  # [N, C]
+        norm, denom, normalised, scale = _grn_scale(spatial_dot(x, x).sqrt(), gamma)  # [N, C]
         ctx.save_for_backward(x, gamma, norm, denom, normalised, scale)
         return torch.addcmul(beta, x, scale[:, :, None, None])
 
@@ -194,7 +193,7 @@ class _GRNIntoPointwise(torch.autograd.Function):
                                          square_sums=True)
         ctx.save_for_backward(z, dw_weight, dw_bias, gamma, beta, weight)
         ctx.padding, ctx.approximate, ctx.has_bias = padding, approximate, bias is not None
-        return _scaled_pointwise(y, weight, bias, _grn_scale(sums, gamma)[3], beta)
+        return _scaled_pointwise(y, weight, bias, _grn_scale(sums.sqrt(), gamma)[3], beta)
 
     @staticmethod
     @once_differentiable
@@ -203,7 +202,7 @@ class _GRNIntoPointwise(torch.autograd.Function):
         needs = ctx.needs_input_grad
         y, sums = fused_depthwise_conv2d(z, dw_weight, dw_bias, ctx.padding, gelu=ctx.approximate, residual=True,
                                          square_sums=True)
-        norm, denom, normalised, scale = _grn_scale(sums, gamma)
+        norm, denom, normalised, scale = _grn_scale(sums.sqrt(), gamma)
         wants_y = needs[0] or needs[1] or (dw_bias is not None and needs[2])
         # The scaled conv's gradients, sample by sample (each sample has its own scaled weight).
         grad_ys, grad_scaled = [], []

@@ -349,30 +349,28 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         constexpr int B = decltype(nb)::value;
         const int64_t j0 = res + s.dil * m0, q0 = res * R + m0;
         const bool inside = j0 >= lo && j0 + s.dil * (B - 1) < hi;
-        {
-          const scalar_t* xs = x + n * image_len;
-          auto input_row = [&](int64_t y) { return xs + y * row_step; };
-          auto ring_row = [&](int64_t y) { return ring + y % ring_rows * row_step; };
-          const int64_t slice_step = ring != nullptr ? L : slice_len;  // (the ring is a channels-last row)
-          [&]<int... E>(std::integer_sequence<int, E...>) {  // the chunk size as a compile-time constant
-            auto run = [&](auto e) {
-              constexpr int Ec = decltype(e)::value;
-              auto block = [&]<Source src>(const auto& rows) {
-                nhwc_block<V, B, Ec, src>(s, rows, wp, bp, orow, i, j0, q0, a0, a1, slice_step);
-              };
-              if (!direct) {
-                block.template operator()<Source::kPacked>(input_row);
-              } else if (ring != nullptr) {
-                if (inside) block.template operator()<Source::kDirect>(ring_row);
-                else block.template operator()<Source::kDirectChecked>(ring_row);
-              } else {
-                if (inside) block.template operator()<Source::kDirect>(input_row);
-                else block.template operator()<Source::kDirectChecked>(input_row);
-              }
+        const scalar_t* xs = x + n * image_len;
+        auto input_row = [&](int64_t y) { return xs + y * row_step; };
+        auto ring_row = [&](int64_t y) { return ring + y % ring_rows * row_step; };
+        const int64_t slice_step = ring != nullptr ? L : slice_len;  // (the ring is a channels-last row)
+        [&]<int... E>(std::integer_sequence<int, E...>) {  // the chunk size as a compile-time constant
+          auto run = [&](auto e) {
+            constexpr int Ec = decltype(e)::value;
+            auto block = [&]<Source src>(const auto& rows) {
+              nhwc_block<V, B, Ec, src>(s, rows, wp, bp, orow, i, j0, q0, a0, a1, slice_step);
             };
-            ((chunk == E + 1 ? run(std::integral_constant<int, E + 1>{}) : void()), ...);
-          }(std::make_integer_sequence<int, kTapChunk>{});
-        }
+            if (!direct) {
+              block.template operator()<Source::kPacked>(input_row);
+            } else if (ring != nullptr) {
+              if (inside) block.template operator()<Source::kDirect>(ring_row);
+              else block.template operator()<Source::kDirectChecked>(ring_row);
+            } else {
+              if (inside) block.template operator()<Source::kDirect>(input_row);
+              else block.template operator()<Source::kDirectChecked>(input_row);
+            }
+          };
+          ((chunk == E + 1 ? run(std::integral_constant<int, E + 1>{}) : void()), ...);
+        }(std::make_integer_sequence<int, kTapChunk>{});
       });
     }
     if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(orow, ep.gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
