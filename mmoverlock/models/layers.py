@@ -105,7 +105,8 @@ class GRN(nn.Module):
             norm = square_sums.sqrt()
         else:  # vector_norm's gradient is defined (zero) for an all-zero channel, sqrt's would be NaN
             norm = torch.linalg.vector_norm(x, ord=2, dim=(-2, -1))
-        return _grn_scale(norm, self.gamma)[3][:, :, None, None]
+        scale = _grn_scale(norm, self.gamma)[3]
+        return scale.view(*scale.shape, 1, 1)  # one view operator (indexing with None dispatches four)
 
     def into_pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        square_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
