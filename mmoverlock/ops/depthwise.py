@@ -275,7 +275,8 @@ def gelu_res_dwconv_backward(grad_out: torch.Tensor, z: torch.Tensor, weight: to
     """The gradients (``z``, weight, bias; ``None`` where ``mask`` is false) of ``u + dwconv(u)``, ``u = gelu(z)``,
     from ``z`` alone: ``u`` is recomputed for the weight gradient (by the op's GELU where it runs), and
     ``grad_z = gelu'(z) * conv^T(grad_out)`` is one pass of the op (its GELU-gradient epilogue) where it runs, else
-    the conv's input gradient then ``gelu_backward``. Float32/float64 without autocast only (the identity folded into the kernel)."""
+    the conv's input gradient then ``gelu_backward``. Float32/float64 without autocast only (the identity folded
+    into the kernel)."""
     kernel = _plus_identity(weight)
     fused = (mask[0] and approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu'
              and grad_out.dtype == z.dtype and _runs_op(z, kernel, padding, 1))

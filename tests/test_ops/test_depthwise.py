@@ -427,9 +427,9 @@ def test_float_gelu_and_its_gradient_are_accurate_on_every_isa(layout, cpu_capab
                                F.gelu(special), rtol=0, atol=1e-7, equal_nan=True)
     expected = torch.ops.aten.gelu_backward(torch.ones_like(special), special)
     expected = torch.where(special.isinf(), (special > 0).float(), expected)
-    torch.testing.assert_close(
-        torch.ops.mmoverlock.depthwise_forward_fused(torch.ones_like(special), one, None, 0, 1, False, False, special)[0],
-        expected, rtol=0, atol=1e-6, equal_nan=True)
+    grad = torch.ops.mmoverlock.depthwise_forward_fused(torch.ones_like(special), one, None, 0, 1, False, False,
+                                                        special)[0]
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6, equal_nan=True)
 
 
 @requires_op
