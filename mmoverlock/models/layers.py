@@ -238,6 +238,24 @@ class _GRNIntoPointwise(torch.autograd.Function):
         return grad_z, grad_dw, grad_dw_bias, grad_gamma, grad_beta, grad_weight, grad_bias, None, None
 
 
+class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``AdaptiveAvgPool2d(1)`` as a spatial sum times ``1 / (H W)``, so that its gradient is a broadcast view.
+
+    The mean's own backward materialises ``grad / (H W)`` as a full map, which autograd then adds to the gradient the
+    same input gets from elsewhere (SE multiplies its input by the gate); the sum's backward is a stride-0 view of
+    ``[N, C, 1, 1]``, and the sum is also the faster forward on channels-last maps. Traced graphs keep the
+    ``adaptive_avg_pool2d`` call, whose size is not baked in.
+    """
+
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_tracing(compiling=False):
+            return super().forward(x)
+        return x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
+
+
 class SEModule(nn.Module):
     """Squeeze-and-excitation: ``x * sigmoid(pw(gelu(pw(avgpool(x)))))`` with ``max(16, C // 8)`` inner channels."""
 
@@ -245,7 +263,7 @@ class SEModule(nn.Module):
         super().__init__()
         inner = max(16, num_channels // reduction)
         self.proj = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAvgPool2d(),
             nn.Conv2d(num_channels, inner, kernel_size=1),
             nn.GELU(),
             nn.Conv2d(inner, num_channels, kernel_size=1),

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from mmoverlock.models import layers as layers_module
 from mmoverlock.ops.depthwise import depthwise_conv2d, fused_depthwise_conv2d
-from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, ResDWConv
+from mmoverlock.models.layers import GRN, DilatedReparamBlock, FusingSequential, GlobalAvgPool2d, LayerNorm2d, ResDWConv
 
 # float64 sums of a few hundred products differ by summation order only: ~1e-15 relative, 1e-12 leaves a margin
 # of 1000 while any wrong tap or missing term shows up at order 1.
@@ -247,6 +247,24 @@ def test_layer_norm_keeps_memory_format(layout):
     assert out.is_contiguous(memory_format=FORMATS[layout])
     expected = F.layer_norm(x.permute(0, 2, 3, 1), (5, ), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_global_avg_pool_is_the_mean_with_a_broadcast_gradient(layout):
+    pool = GlobalAvgPool2d()
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=FORMATS[layout]).requires_grad_()
+    out = pool(x)
+    assert rel_err(out, F.adaptive_avg_pool2d(x, 1)) < TOLERANCE
+    grad_out = torch.randn_like(out)
+    (grad, ) = torch.autograd.grad(out, x, grad_out)
+    # The gradient is a view of [N, C, 1, 1] (no full map written), with the mean's values.
+    assert grad.stride()[2:] == (0, 0)
+    assert rel_err(grad, (grad_out / 42).expand_as(x)) < TOLERANCE
+    # A traced graph keeps the size-generic pooling op.
+    traced = torch.jit.trace(pool, x.detach())
+    assert 'adaptive_avg_pool2d' in str(traced.graph)
+    other = torch.randn(1, 5, 3, 4, dtype=torch.float64)
+    assert rel_err(traced(other), other.mean((2, 3), keepdim=True)) < TOLERANCE
 
 
 def _grn_and_map_with_a_zero_channel(layout):
