@@ -12,6 +12,7 @@ from torch import nn
 
 from ..ops import accumulation_dtype, contmix_aggregate
 from ..ops.depthwise import DepthwiseConv2d
+from ..ops.tracing import is_tracing
 from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
                      is_channels_last)
 from .recompute import recompute_into_conv
@@ -19,6 +20,48 @@ from .recompute import recompute_into_conv
 
 def _layer_scale_or_identity(num_channels: int, init_value: Optional[float]) -> nn.Module:
     return nn.Identity() if init_value is None else LayerScale(num_channels, init_value)
+
+
+class _ChannelHeads(torch.autograd.Function):
+    """Views [B, g, H, W, c] of ``x``'s channel heads, whose backward writes one gradient map in ``x``'s layout.
+
+    The heads' math wants each group's channels last; through autograd's own ``reshape -> permute (-> unbind)``
+    their gradients come back stacked and then copied into a contiguous-format map, and in a channels-last network
+    every later gradient of that map (a BatchNorm, a GRN, a 1 x 1 conv, the sum with other branches) then pays a
+    format conversion. Here each head's gradient is copied once, straight into a map of ``x``'s memory format.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, parts: int, groups: int) -> Tuple[torch.Tensor, ...]:
+        ctx.parts, ctx.groups = parts, groups
+        ctx.memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        return tuple(_head_views(x, parts, groups).unbind(0))
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[torch.Tensor]):
+        like = next(grad for grad in grads if grad is not None)
+        b, _, height, width, c = like.shape
+        grad_x = torch.empty((b, ctx.parts * ctx.groups * c, height, width), dtype=like.dtype, device=like.device,
+                             memory_format=ctx.memory_format)
+        for head, grad in zip(_head_views(grad_x, ctx.parts, ctx.groups).unbind(0), grads):
+            if grad is None:
+                head.zero_()
+            else:
+                head.copy_(grad)
+        return grad_x, None, None
+
+
+def _head_views(x: torch.Tensor, parts: int, groups: int) -> torch.Tensor:
+    """[B, parts * groups * c, H, W] -> [parts, B, groups, H, W, c], a view (channels laid out (parts, groups, c))."""
+    b, _, height, width = x.shape
+    return x.reshape(b, parts, groups, -1, height, width).permute(1, 0, 2, 4, 5, 3)
+
+
+def channel_heads(x: torch.Tensor, parts: int, groups: int) -> Tuple[torch.Tensor, ...]:
+    """``x`` [B, parts * groups * c, H, W] as ``parts`` views [B, groups, H, W, c] (see ``_ChannelHeads``)."""
+    if x.requires_grad and torch.is_grad_enabled() and not is_tracing():
+        return _ChannelHeads.apply(x, parts, groups)
+    return tuple(_head_views(x, parts, groups).unbind(0))
 
 
 class RepConvBlock(nn.Module):
@@ -166,9 +209,9 @@ class ContMixBlock(nn.Module):
         # split, not two slices: its backward writes one gradient map in f's memory format, where each slice's
         # backward would make a zero-filled, contiguous-format map of f's size (and the sum of the two).
         features, context = f.split([self.dim, f.shape[1] - self.dim], dim=1)
-        query = self.weight_query(features) * self.scale
+        (query, ) = channel_heads(self.weight_query(features) * self.scale, 1, g)
+        query = query.reshape(b, g, height * width, -1)  # [B, G, HW, c]
         key = self.weight_key(context)
-        query = query.reshape(b, g, -1, height * width).transpose(-1, -2)  # [B, G, HW, c]
         key = key.reshape(b, g, -1, 49)
         # The logits are weight_proj(q^T k) = q^T (k W^T) + bias: weight_proj goes into the 49 keys first, so the
         # per-pixel products have c terms (8 to 16 in the presets) instead of 49, and the [B, G, HW, 49] affinity map
@@ -181,11 +224,10 @@ class ContMixBlock(nn.Module):
         logits1 = logits1.add_(proj_bias[:s2]).view(b, g, height, width, s2)
         logits2 = logits2.add_(proj_bias[s2:]).view(b, g, height, width, -1)
         # value channels are laid out (m, g, c) with m = 2: the first half feeds kernel 1, the second kernel 2.
-        value = x.reshape(b, 2, g, -1, height, width).permute(1, 0, 2, 4, 5, 3).to(dtype)
+        value1, value2 = (value.to(dtype) for value in channel_heads(x, 2, g))
         # The biases stay in the accumulation dtype (float32 under float16 autocast): no rounding, and their
         # gradient (a sum over every pixel) comes back in float32 instead of overflowing float16.
         bias_dtype = accumulation_dtype(dtype)
-        value1, value2 = value.unbind(0)  # (one gradient map in the backward, not two zero-filled ones)
         out1 = self._aggregate(logits1, value1, self.smk_size, self.rpb1.to(bias_dtype))
         out2 = self._aggregate(logits2, value2, self.kernel_size, self.rpb2.to(bias_dtype))  # [B, G, H, W, c]
         # Back to [B, d, H, W] with channels (2G, c), written once, in x's memory format.

@@ -224,6 +224,39 @@ def test_contmix_block_backward_makes_no_zero_filled_maps(is_first):
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+class _NchwMapRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ops that write a multi-channel map of ``size`` [.., C > 1, H, W] in the contiguous (NCHW) format."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = tuple(size)
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out, ):
+            if (isinstance(t, torch.Tensor) and t.dim() == 4 and tuple(t.shape[-2:]) == self.size and t.shape[1] > 1
+                    and t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)):
+                self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize('is_first', [True, False], ids=['first', 'later'])
+def test_contmix_block_backward_keeps_channels_last(is_first):
+    """With channels-last inputs, no gradient map of the block is written in the contiguous format: the query's and
+    the values' heads (``channel_heads``) write their gradients in the map's own layout, so the BatchNorm, GRN and
+    1 x 1 conv backwards after them and the sums with the other branches convert nothing."""
+    torch.manual_seed(0)
+    block = ContMixBlock(16, 8, kernel_size=7, smk_size=3, num_heads=2, is_first=is_first).train()
+    x, h, ctx = (torch.randn(1, c, 9, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+                 for c in (16, 8, 8))
+    out_x, out_h = block(x, h, ctx)
+    recorder = _NchwMapRecorder((9, 10))
+    with recorder:
+        (out_x.square().sum() + out_h.square().sum()).backward()  # dense gradients, as a network's
+    assert recorder.ops == [], recorder.ops
+
+
 @pytest.mark.parametrize('form', ['backbone', 'classifier'])
 def test_unfused_contmix_backend_gives_the_same_outputs_and_gradients(form):
     """``contmix_backend='unfused'`` (the authors' formulation: bias and softmax in torch, then the aggregation alone)
