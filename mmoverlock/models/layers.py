@@ -243,8 +243,8 @@ class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
 
     The mean's own backward materialises ``grad / (H W)`` as a full map, which autograd then adds to the gradient the
     same input gets from elsewhere (SE multiplies its input by the gate); the sum's backward is a stride-0 view of
-    ``[N, C, 1, 1]``, and the sum is also the faster forward on channels-last maps. Traced graphs keep the
-    ``adaptive_avg_pool2d`` call, whose size is not baked in.
+    ``[N, C, 1, 1]`` (the two forwards take the same time). Traced graphs keep the ``adaptive_avg_pool2d`` call,
+    whose size is not baked in.
     """
 
     def __init__(self):
