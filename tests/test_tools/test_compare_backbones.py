@@ -49,3 +49,30 @@ def test_cuda_refuses_the_cpu_only_options(options):
     tool = f'{REPO_ROOT}/tools/analysis_tools/compare_backbones.py'
     proc = subprocess.run([sys.executable, tool, '--device', 'cuda', *options], capture_output=True, text=True)
     assert proc.returncode == 2 and '--isa and --saved-sizes measure the CPU' in proc.stderr
+
+
+def test_runner_switches_mode_once_per_phase(monkeypatch):
+    """A timed call is the step alone: the model changes mode when the phase changes, as a training or test loop
+    does, not on every call (``Module.train`` walks every submodule, far more of them in OverLoCK than in its
+    peers)."""
+    import sys
+    monkeypatch.syspath_prepend(f'{REPO_ROOT}/tools/analysis_tools')
+    monkeypatch.delitem(sys.modules, 'compare_backbones', raising=False)
+    from compare_backbones import Runner
+    runner = Runner('overlock', 64, 64)
+    switches = []
+    train = type(runner.model).train
+
+    def recording_train(model, mode=True):
+        switches.append(mode)
+        return train(model, mode)
+
+    monkeypatch.setattr(type(runner.model), 'train', recording_train)
+    runner.infer()
+    runner.infer()
+    assert switches == [False] and not runner.model.training
+    runner.train_step()
+    runner.train_step()
+    assert switches == [False, True] and runner.model.training
+    runner.infer()
+    assert switches == [False, True, False] and not any(m.training for m in runner.model.modules())

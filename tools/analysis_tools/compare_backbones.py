@@ -89,14 +89,21 @@ class Runner:
         self.image = torch.rand(batch, 3, height, width, device=device)
         self.autocast = torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=amp)
 
+    def _mode(self, training: bool) -> None:
+        """Switch the model to training or eval mode where it is not in it yet: as a training or test loop does, once
+        per phase rather than per call (``Module.train`` walks every submodule: 11 ms for OverLoCK-T's 1467 modules
+        against 1.6 ms for ConvNeXt-T's 237 on a 2-core EPYC, a cost no inference or training step pays)."""
+        if self.model.training != training:
+            self.model.train(training)
+
     def infer(self) -> None:
-        self.model.eval()
+        self._mode(False)
         with torch.inference_mode(), self.autocast:
             self.model(self.image)
 
     def loss(self) -> torch.Tensor:
         """The forward of a training step: its loss, ready for ``backward()``."""
-        self.model.train()
+        self._mode(True)
         self.model.zero_grad(set_to_none=True)
         with self.autocast:
             return _loss(self.model(self.image))
