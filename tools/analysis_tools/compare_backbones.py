@@ -91,8 +91,8 @@ class Runner:
 
     def _mode(self, training: bool) -> None:
         """Switch the model to training or eval mode where it is not in it yet: as a training or test loop does, once
-        per phase rather than per call (``Module.train`` walks every submodule: 11 ms for OverLoCK-T's 1467 modules
-        against 1.6 ms for ConvNeXt-T's 237 on a 2-core EPYC, a cost no inference or training step pays)."""
+        per phase rather than per call. ``Module.train`` walks every submodule (1467 in OverLoCK-T, 237 in
+        ConvNeXt-T), a cost no inference or training step pays."""
         if self.model.training != training:
             self.model.train(training)
 

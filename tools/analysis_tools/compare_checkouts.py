@@ -4,7 +4,9 @@ A compiled kernel cannot be switched inside one process, and this kind of machin
 changes between two runs. So every round starts one fresh process per checkout, in alternating order, and each
 process times the model against a peer (ConvNeXt-T by default) interleaved call by call (``compare_backbones``'
 ``Runner`` of that checkout). What is compared is the model ÷ peer ratio: the candidate's ratio over the baseline's,
-paired round by round, then the median.
+paired round by round, then the median. A baseline older than 186d4e9 times a ``model.eval()`` / ``model.train()``
+inside every call (its ``Runner`` switched mode per call), which weighs more on the model with more modules: there
+the paired ratio also holds that difference.
 
 Usage (the baseline e.g. a ``git worktree`` of the commit before, built with ``setup.py build_ext --inplace``):
     python tools/analysis_tools/compare_checkouts.py --baseline ../base --candidate . --size 512 --rounds 3 \\
