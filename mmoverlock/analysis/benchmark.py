@@ -17,7 +17,7 @@ import torch
 
 from ..apis import build_model, dummy_batch, num_classes_of, task_of
 from .measure import (PEAK_MEMORY_DEFINITION, interleaved_times, machine_info, peak_memory_in_fresh_process,
-                      peak_memory_mib, ratio, record)
+                      peak_memory_mib, ratio, record, switch_mode)
 
 #: The phases :func:`benchmark_models` can measure.
 PHASES = ('infer', 'train')
@@ -52,7 +52,7 @@ class ModelUnderTest:
         return self._batches[phase]
 
     def infer(self):
-        self.model.eval()
+        switch_mode(self.model, False)
         inputs, samples = self._batch('infer')
         with torch.no_grad():
             return self.model(inputs, samples, mode='predict')
@@ -63,7 +63,7 @@ class ModelUnderTest:
         if self._optim_wrapper is None:
             from mmengine.optim import build_optim_wrapper
             self._optim_wrapper = build_optim_wrapper(self.model, self.cfg.optim_wrapper)
-        self.model.train()
+        switch_mode(self.model, True)
         inputs, samples = self._batch('train')
         losses = self.model(inputs, samples, mode='loss')
         loss, _ = self.model.parse_losses(losses)

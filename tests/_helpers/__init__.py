@@ -88,3 +88,30 @@ def assert_matches_manifest(model, entry):
         f'unexpected {sorted(set(shapes) - set(entry["state_dict"]))[:5]}')
     assert shapes == entry['state_dict']
     assert sum(p.numel() for p in model.parameters()) == entry['num_params']
+
+
+def record_mode_switches(monkeypatch, model) -> list:
+    """The modes ``model.train(mode)`` is called with from here on (``eval()`` records ``False``), in order."""
+    switches = []
+    train = type(model).train
+
+    def recording_train(module, mode=True):
+        switches.append(mode)
+        return train(module, mode)
+
+    monkeypatch.setattr(type(model), 'train', recording_train)
+    return switches
+
+
+def assert_one_switch_per_phase(monkeypatch, model, infer, train_step) -> list:
+    """Two ``infer()`` calls, then two ``train_step()`` calls, of a benchmark's timed calls on ``model`` (in training
+    mode to start with) switch its mode once per phase, not once per call; returns the recorded switches."""
+    assert model.training, 'start from training mode, so that inference has a switch to make'
+    switches = record_mode_switches(monkeypatch, model)
+    infer()
+    infer()
+    assert switches == [False] and not model.training
+    train_step()
+    train_step()
+    assert switches == [False, True] and model.training
+    return switches

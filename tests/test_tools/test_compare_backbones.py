@@ -3,7 +3,7 @@ machine and the peak memory of each model's training step."""
 import json
 
 import pytest
-from _helpers import REPO_ROOT, run_tool
+from _helpers import REPO_ROOT, assert_one_switch_per_phase, run_tool
 
 # Runs command-line tools, whole models or configs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -60,19 +60,6 @@ def test_runner_switches_mode_once_per_phase(monkeypatch):
     monkeypatch.delitem(sys.modules, 'compare_backbones', raising=False)
     from compare_backbones import Runner
     runner = Runner('overlock', 64, 64)
-    switches = []
-    train = type(runner.model).train
-
-    def recording_train(model, mode=True):
-        switches.append(mode)
-        return train(model, mode)
-
-    monkeypatch.setattr(type(runner.model), 'train', recording_train)
-    runner.infer()
-    runner.infer()
-    assert switches == [False] and not runner.model.training
-    runner.train_step()
-    runner.train_step()
-    assert switches == [False, True] and runner.model.training
+    switches = assert_one_switch_per_phase(monkeypatch, runner.model, runner.infer, runner.train_step)
     runner.infer()
     assert switches == [False, True, False] and not any(m.training for m in runner.model.modules())

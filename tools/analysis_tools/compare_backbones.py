@@ -45,7 +45,8 @@ from mmoverlock.analysis.measure import (DISPATCHED_OPS_DEFINITION, PEAK_MEMORY_
                                          command_line, dispatched_ops, interleaved_times,
                                          isa_output, machine_info, markdown_table, measure_per_isa,
                                          peak_memory_in_fresh_process, ratio, record, report_header,
-                                         saved_activations_in_fresh_process, set_threads, time_call, with_ratio,
+                                         saved_activations_in_fresh_process, set_threads, switch_mode, time_call,
+                                         with_ratio,
                                          write_json, write_markdown, write_saved_activations)
 
 MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
@@ -89,21 +90,14 @@ class Runner:
         self.image = torch.rand(batch, 3, height, width, device=device)
         self.autocast = torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=amp)
 
-    def _mode(self, training: bool) -> None:
-        """Switch the model to training or eval mode where it is not in it yet: as a training or test loop does, once
-        per phase rather than per call. ``Module.train`` walks every submodule (1467 in OverLoCK-T, 237 in
-        ConvNeXt-T), a cost no inference or training step pays."""
-        if self.model.training != training:
-            self.model.train(training)
-
     def infer(self) -> None:
-        self._mode(False)
+        switch_mode(self.model, False)
         with torch.inference_mode(), self.autocast:
             self.model(self.image)
 
     def loss(self) -> torch.Tensor:
         """The forward of a training step: its loss, ready for ``backward()``."""
-        self._mode(True)
+        switch_mode(self.model, True)
         self.model.zero_grad(set_to_none=True)
         with self.autocast:
             return _loss(self.model(self.image))

@@ -12,10 +12,11 @@ from .memory import (PEAK_MEMORY_DEFINITION, peak_memory_in_fresh_process, peak_
                      return_freed_memory_to_os, status_kib)
 from .report import (command_line, markdown_table, measure_per_isa, ratio, record, report_header, with_ratio,
                      write_isa_comparison, write_json, write_markdown)
-from .timing import Timing, interleaved_times, rounds_within, set_threads, synchronize, time_call
+from .timing import Timing, interleaved_times, rounds_within, set_threads, switch_mode, synchronize, time_call
 
 __all__ = [
-    'DISPATCHED_OPS_DEFINITION', 'dispatched_ops', 'Timing', 'interleaved_times', 'rounds_within', 'set_threads', 'synchronize', 'time_call',
+    'DISPATCHED_OPS_DEFINITION', 'dispatched_ops', 'Timing', 'interleaved_times', 'rounds_within', 'set_threads', 'switch_mode',
+    'synchronize', 'time_call',
     'SAVED_ACTIVATIONS_DEFINITION', 'saved_activations', 'saved_activations_in_fresh_process',
     'write_saved_activations', 'PEAK_MEMORY_DEFINITION', 'peak_memory_mib', 'peak_memory_in_fresh_process', 'return_freed_memory_to_os',
     'status_kib', 'cpu_isa_flags', 'cpu_model', 'machine_info', 'describe_machine', 'onednn_isa', 'ISA_SETTINGS',
