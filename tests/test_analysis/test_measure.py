@@ -10,8 +10,8 @@ from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, command_line, cur
                                          interleaved_times,
                                          isa_environment, isa_output, machine_info, peak_memory_in_fresh_process,
                                          peak_memory_mib, record, rounds_within, saved_activations,
-                                         saved_activations_in_fresh_process, set_threads, write_isa_comparison,
-                                         write_saved_activations)
+                                         saved_activations_in_fresh_process, set_threads, size_scaling,
+                                         write_isa_comparison, write_saved_activations)
 
 MIB_200MB = 200e6 / 2**20  # a float32 tensor of 50 M elements
 
@@ -77,6 +77,24 @@ def test_threads_setting():
 
 def _allocate(n):
     return torch.ones(n)
+
+
+def test_size_scaling_splits_fixed_and_per_pixel_time():
+    """Times that are 0.2 s per call plus 0.5 s per megapixel give back those two parts; a noisy point shows as the
+    largest residual."""
+    pixels = [128**2, 256**2, 384**2, 512**2]
+    fit = size_scaling(pixels, [0.2 + 0.5 * p / 1e6 for p in pixels])
+    assert fit.fixed_s == pytest.approx(0.2) and fit.per_megapixel_s == pytest.approx(0.5)
+    assert fit.max_residual_s == pytest.approx(0, abs=1e-12) and fit.at(1e6) == pytest.approx(0.7)
+    noisy = size_scaling(pixels, [0.2 + 0.5 * p / 1e6 + (0.01 if p == 256**2 else 0) for p in pixels])
+    assert 0.005 < noisy.max_residual_s < 0.01
+
+
+@pytest.mark.parametrize('pixels, seconds, match', [([1e6, 1e6], [1.0, 2.0], 'two or more distinct sizes'),
+                                                    ([1e6, 2e6], [1.0], 'same length')])
+def test_size_scaling_rejects_bad_input(pixels, seconds, match):
+    with pytest.raises(ValueError, match=match):
+        size_scaling(pixels, seconds)
 
 
 def test_peak_memory_of_a_200mb_tensor():

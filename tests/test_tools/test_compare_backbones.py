@@ -63,3 +63,26 @@ def test_runner_switches_mode_once_per_phase(monkeypatch):
     switches = assert_one_switch_per_phase(monkeypatch, runner.model, runner.infer, runner.train_step)
     runner.infer()
     assert switches == [False, True, False] and not any(m.training for m in runner.model.modules())
+
+
+def test_times_split_into_fixed_and_per_pixel_parts(monkeypatch, tmp_path):
+    """With several sizes the report splits each model's time into a per-call part and a part per megapixel, with
+    ratios to ConvNeXt-T: here OverLoCK pays 0.2 s more per call at the same cost per pixel."""
+    import sys
+    monkeypatch.syspath_prepend(f'{REPO_ROOT}/tools/analysis_tools')
+    monkeypatch.delitem(sys.modules, 'compare_backbones', raising=False)
+    import compare_backbones as tool
+    sizes = {}
+    for side in (128, 256, 512):
+        megapixels = side * side / 1e6
+        sizes[f'{side}x{side}'] = {metric: {} for metric, _, _ in tool.METRICS}
+        sizes[f'{side}x{side}']['infer_s'] = {'convnext': 0.05 + megapixels, 'overlock': 0.25 + megapixels}
+    results = dict(models=['convnext', 'overlock'], sizes=sizes, batch=1)
+    fits = tool.scaling(results)
+    assert set(fits) == {'infer_s'}  # no training times given
+    assert fits['infer_s']['overlock']['fixed_s'] == pytest.approx(0.25)
+    assert fits['infer_s']['overlock']['fixed_s_ratio'] == pytest.approx(5.0)
+    assert fits['infer_s']['overlock']['per_megapixel_s_ratio'] == pytest.approx(1.0)
+    assert fits['infer_s']['overlock']['fixed_share_at_largest'] == pytest.approx(0.25 / (0.25 + 512**2 / 1e6))
+    one_size = dict(results, sizes={'512x512': sizes['512x512']})
+    assert tool.scaling(one_size) == {}

@@ -14,7 +14,10 @@ of every model per round, median over rounds; :mod:`mmoverlock.analysis.measure`
 alike. Peak memory follows the measuring module's one definition, each (model, size) in a fresh process. FLOPs come
 from mmengine's jit-trace counter (one multiply-add = one FLOP) with the ContMix core counted as ``B*G*H*W*C*K^2``.
 "ops" count the operators one inference and one training step dispatch (about the kernels they launch on a GPU,
-each a few microseconds of host time whatever its size). A
+each a few microseconds of host time whatever its size). With two or more sizes, each model's inference and
+training-step times are also split into a per-call part, paid whatever the image size, and a part per megapixel
+(a least-squares fit over the sizes, :mod:`mmoverlock.analysis.measure.scaling`), with ratios to ConvNeXt-T: that
+says whether a ratio at one size comes from the work per pixel or from the work every call repeats. A
 torch.profiler run of ``overlock`` (eval) splits its time by module type (exclusive of child modules) and by operator.
 ``--saved-sizes`` counts, per model and in a fresh process, the bytes each module's layers save for the backward of a
 training step and the backward's own transient memory (``OUT_DIR/saved_<size>.{md,json}``).
@@ -41,12 +44,12 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from mmoverlock.analysis.measure import (DISPATCHED_OPS_DEFINITION, PEAK_MEMORY_DEFINITION, add_isa_argument,
-                                         command_line, dispatched_ops, interleaved_times,
+from mmoverlock.analysis.measure import (DISPATCHED_OPS_DEFINITION, PEAK_MEMORY_DEFINITION, SIZE_SCALING_DEFINITION,
+                                         add_isa_argument, command_line, dispatched_ops, interleaved_times,
                                          isa_output, machine_info, markdown_table, measure_per_isa,
                                          peak_memory_in_fresh_process, ratio, record, report_header,
-                                         saved_activations_in_fresh_process, set_threads, switch_mode, time_call,
-                                         with_ratio,
+                                         saved_activations_in_fresh_process, set_threads, size_scaling, switch_mode,
+                                         time_call, with_ratio,
                                          write_json, write_markdown, write_saved_activations)
 
 MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
@@ -57,6 +60,8 @@ TIMM_NAMES = dict(convnext='convnext_tiny', swin='swin_tiny_patch4_window7_224')
 METRICS = (('infer_s', 'inference s', '{:.3f}'), ('train_s', 'training step s', '{:.3f}'),
            ('train_mem_mib', 'training peak MiB', '{:.0f}'), ('gflops', 'GFLOPs', '{:.2f}'),
            ('infer_ops', 'inference ops', '{:.0f}'), ('train_ops', 'training-step ops', '{:.0f}'))
+#: The times split into a per-call and a per-megapixel part when two or more sizes are measured.
+SCALED_METRICS = {'infer_s': 'Inference time', 'train_s': 'Training-step time'}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -211,6 +216,31 @@ def summarise(results: dict) -> dict:
     return table
 
 
+def scaling(results: dict) -> dict:
+    """Per timed metric and model measured at two or more sizes: its time split into a per-call (fixed) part and a
+    part per megapixel of the batch (``size_scaling``), with ratios to ConvNeXt-T and the fixed part's share at the
+    largest size."""
+    table = {}
+    for metric in SCALED_METRICS:
+        fits = {}
+        for name in results['models']:
+            points = [(results.get('batch', 1) * h * w, per_size[metric][name])
+                      for h, w, per_size in ((*parse_size(key), per_size) for key, per_size in results['sizes'].items())
+                      if per_size[metric].get(name) is not None]
+            if len({pixels for pixels, _ in points}) >= 2:
+                fit = size_scaling(*zip(*points))
+                largest = max(pixels for pixels, _ in points)
+                fits[name] = dict(fixed_s=fit.fixed_s, per_megapixel_s=fit.per_megapixel_s,
+                                  max_residual_s=fit.max_residual_s, largest_pixels=largest,
+                                  fixed_share_at_largest=fit.fixed_s / fit.at(largest))
+        for name, fit in fits.items():
+            for key in ('fixed_s', 'per_megapixel_s'):
+                fit[key + '_ratio'] = ratio(fit[key], fits.get(BASELINE, {}).get(key))
+        if fits:
+            table[metric] = fits
+    return table
+
+
 def comparison_records(results: dict) -> list:
     """Every (size, model, metric) figure with its ratio to ConvNeXt-T, for the comparison across settings."""
     return [record(f'{name} {size}', title, row[metric], row[metric + '_ratio'])
@@ -236,6 +266,15 @@ def write_report(path: str, results: dict) -> None:
         lines += markdown_table(['model'] + [title for _, title, _ in METRICS],
                                 [[name] + [with_ratio(row[m], row[m + '_ratio'], fmt) for m, _, fmt in METRICS]
                                  for name, row in rows.items()])
+        lines.append('')
+    for metric, fits in results.get('scaling', {}).items():
+        lines += [f'## {SCALED_METRICS[metric]} against input size', '',
+                  f'{SIZE_SCALING_DEFINITION}; the fixed part is paid by every call whatever the image size.', '']
+        lines += markdown_table(
+            ['model', 'fixed s', 's per megapixel', 'fixed share at the largest size', 'largest residual s'],
+            [[name, with_ratio(fit['fixed_s'], fit['fixed_s_ratio'], '{:.3f}'),
+              with_ratio(fit['per_megapixel_s'], fit['per_megapixel_s_ratio'], '{:.3f}'),
+              f"{fit['fixed_share_at_largest']:.0%}", f"{fit['max_residual_s']:.3f}"] for name, fit in fits.items()])
         lines.append('')
     for prof in results.get('profiles', []):
         size = 'x'.join(map(str, prof['size']))
@@ -364,6 +403,7 @@ def measure(args, command: str, setting=None) -> dict:
             results['profiles'].append(profile('overlock', height, width, phase, top=25 if device == 'cuda' else 12,
                                                device=device, batch=args.batch, amp=args.amp))
     results['summary'] = summarise(results)
+    results['scaling'] = scaling(results)
     out_dir = isa_output(args.out_dir, setting)
     for size in args.saved_sizes:
         height, width = parse_size(size)
