@@ -36,6 +36,7 @@ Usage:
     python tools/analysis_tools/compare_backbones.py --device cuda --batch 2 --sizes 800x1333 [--amp] --no-flops
 """
 import argparse
+import math
 import os.path as osp
 import sys
 from collections import Counter
@@ -224,9 +225,8 @@ def scaling(results: dict) -> dict:
     for metric in SCALED_METRICS:
         fits = {}
         for name in results['models']:
-            points = [(results.get('batch', 1) * h * w, per_size[metric][name])
-                      for h, w, per_size in ((*parse_size(key), per_size) for key, per_size in results['sizes'].items())
-                      if per_size[metric].get(name) is not None]
+            points = [(results.get('batch', 1) * math.prod(parse_size(key)), per_size[metric][name])
+                      for key, per_size in results['sizes'].items() if per_size[metric].get(name) is not None]
             if len({pixels for pixels, _ in points}) >= 2:
                 fit = size_scaling(*zip(*points))
                 largest = max(pixels for pixels, _ in points)

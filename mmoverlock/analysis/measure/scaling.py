@@ -12,7 +12,7 @@ from typing import Sequence
 
 #: How the report states the fit.
 SIZE_SCALING_DEFINITION = ('least-squares fit of time = fixed + per-megapixel cost * megapixels over the measured '
-                           'sizes (same process, interleaved calls)')
+                           'sizes (one size after another in one process, the models interleaved at each size)')
 
 
 @dataclass(frozen=True)
