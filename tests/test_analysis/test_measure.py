@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, command_line, current_isa_setting, dispatched_ops,
-                                         interleaved_times,
+from mmoverlock.analysis.measure import (ISA_ENV_VARS, Timing, allocator_environment, command_line,
+                                         current_isa_setting, describe_machine, dispatched_ops, interleaved_times,
                                          isa_environment, isa_output, machine_info, peak_memory_in_fresh_process,
                                          peak_memory_mib, record, rounds_within, saved_activations,
                                          saved_activations_in_fresh_process, set_threads, size_scaling,
@@ -168,6 +168,21 @@ def test_isa_settings_from_the_environment():
     assert current_isa_setting({'MMOVERLOCK_CPU_CAPABILITY': 'avx2'}) == 'custom'
     with pytest.raises(ValueError, match="unknown ISA setting 'sse'"):
         isa_environment('sse')
+
+
+def test_allocator_environment_is_recorded(monkeypatch):
+    """A run with glibc's trimming turned off (no page faults on reused maps) must say so next to its figures."""
+    assert allocator_environment({'PATH': '/bin', 'MALLOC_ARENA_MAX': ''}) == {}
+    assert allocator_environment({'MALLOC_TRIM_THRESHOLD_': '1', 'GLIBC_TUNABLES': 'glibc.malloc.mxfast=0',
+                                  'LD_PRELOAD': 'libjemalloc.so', 'HOME': '/root'}) == {
+        'GLIBC_TUNABLES': 'glibc.malloc.mxfast=0', 'LD_PRELOAD': 'libjemalloc.so', 'MALLOC_TRIM_THRESHOLD_': '1'}
+    for var in ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_'):
+        monkeypatch.delenv(var, raising=False)
+    assert 'allocator defaults;' in describe_machine(machine_info('cpu', probe_onednn=False))
+    monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '17179869184')
+    info = machine_info('cpu', probe_onednn=False)
+    assert info['allocator'] == {'MALLOC_TRIM_THRESHOLD_': '17179869184'}
+    assert 'allocator MALLOC_TRIM_THRESHOLD_=17179869184;' in describe_machine(info)
 
 
 def test_isa_output_paths():

@@ -15,6 +15,11 @@ from .isa import ISA_ENV_VARS, current_isa_setting
 #: CPU flags that decide which kernels the libraries can pick.
 ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'amx_tile')
 
+#: Environment variables that change how the C allocator hands memory back and forth with the OS (glibc's
+#: tunables, a preloaded allocator). They move CPU timings: a buffer freed to the OS comes back as fresh pages, and
+#: touching each one is a page fault, so two models' ratio depends on how often each reallocates large maps.
+ALLOCATOR_ENV_PREFIXES = ('MALLOC_', 'GLIBC_TUNABLES', 'LD_PRELOAD')
+
 _ONEDNN_PROBE = ('import torch\n'
                  'torch.nn.functional.conv2d(torch.ones(1, 8, 8, 8), torch.ones(8, 1, 3, 3), groups=8)\n')
 
@@ -69,6 +74,13 @@ def mmoverlock_cpu_capability() -> dict:
     return dict(mmoverlock=ext.cpu_capability(), mmoverlock_supported=list(ext.cpu_capabilities()))
 
 
+def allocator_environment(environ=None) -> dict:
+    """The variables of :data:`ALLOCATOR_ENV_PREFIXES` set in ``environ`` (default: this process's); empty means the
+    C library's own allocator with its defaults."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items()) if v and k.startswith(ALLOCATOR_ENV_PREFIXES)}
+
+
 def machine_info(device: str = 'cpu', probe_onednn: bool = True) -> dict:
     """The record of the machine and settings a measurement runs under.
 
@@ -79,14 +91,16 @@ def machine_info(device: str = 'cpu', probe_onednn: bool = True) -> dict:
 
     Returns:
         dict: date (UTC), cpu, cores, torch threads, load average, ISA flags of the CPU, the ISA setting and its
-        variables, the instruction set of mmoverlock's kernels, ATen and oneDNN, python, torch, platform.
+        variables, the instruction set of mmoverlock's kernels, ATen and oneDNN, the allocator's environment
+        (:func:`allocator_environment`), python, torch, platform.
     """
     isa = dict(setting=current_isa_setting(), cpu_flags=cpu_isa_flags(), **mmoverlock_cpu_capability(),
                aten=torch.backends.cpu.get_cpu_capability(), onednn=onednn_isa() if probe_onednn else None,
                env={var: os.environ.get(var) for var in ISA_ENV_VARS})
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), cpu=cpu_model(),
                 cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                load_average=[round(x, 2) for x in os.getloadavg()], isa=isa, python=platform.python_version(),
+                load_average=[round(x, 2) for x in os.getloadavg()], isa=isa,
+                allocator=allocator_environment(), python=platform.python_version(),
                 torch=torch.__version__, platform=platform.platform(), device=str(device))
     if torch.device(device).type == 'cuda':
         props = torch.cuda.get_device_properties(torch.device(device))
@@ -101,6 +115,8 @@ def describe_machine(info: dict) -> str:
                                                             ('oneDNN', 'onednn')) if isa.get(key))
     where = f"{info['gpu']} (GPU), host CPU {info['cpu']}" if info.get('gpu') else info['cpu']
     load = ' / '.join(f'{x:.2f}' for x in info['load_average'])
+    allocator = ', '.join(f'{k}={v}' for k, v in info.get('allocator', {}).items()) or 'defaults'
     return (f"{where}, {info['cores']} cores (flags: {' '.join(isa['cpu_flags']) or 'none of note'}); ISA setting "
-            f"**{isa['setting']}** ({used}); {info['torch_threads']} torch threads; load average {load} at the start; "
+            f"**{isa['setting']}** ({used}); {info['torch_threads']} torch threads; allocator {allocator}; "
+            f"load average {load} at the start; "
             f"torch {info['torch']}, Python {info['python']}; {info['date']}")
