@@ -21,7 +21,8 @@ __all__ = [
     'synchronize', 'time_call',
     'SAVED_ACTIVATIONS_DEFINITION', 'saved_activations', 'saved_activations_in_fresh_process',
     'write_saved_activations', 'PEAK_MEMORY_DEFINITION', 'peak_memory_mib', 'peak_memory_in_fresh_process', 'return_freed_memory_to_os',
-    'status_kib', 'allocator_environment', 'cpu_isa_flags', 'cpu_model', 'machine_info', 'describe_machine', 'onednn_isa', 'ISA_SETTINGS',
+    'status_kib', 'allocator_environment', 'cpu_isa_flags', 'cpu_model', 'machine_info', 'describe_machine',
+    'onednn_isa', 'ISA_SETTINGS',
     'ISA_ENV_VARS', 'current_isa_setting', 'isa_environment', 'isa_output', 'add_isa_argument', 'run_isa_settings',
     'command_line', 'measure_per_isa', 'ratio', 'with_ratio', 'markdown_table', 'report_header', 'record',
     'write_json', 'write_markdown', 'write_isa_comparison', 'SIZE_SCALING_DEFINITION', 'SizeScaling', 'size_scaling'
