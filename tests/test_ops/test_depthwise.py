@@ -30,6 +30,7 @@ SHAPES = [
     (2, 19, 16, 18, 3, 7),   # a dilated span (15) near the map size
     (1, 8, 6, 7, 3, 5),      # span 11 larger than the map: border taps only
     (1, 64, 7, 40, 3, 2),    # several whole vectors of channels, a row wider than a block of columns
+    (2, 40, 9, 37, 7, 3),    # packed weight gradient: three residues, blocks and their tails, a channel tail
     (1, 3, 4, 5, 1, 1),
 ]
 

@@ -168,9 +168,19 @@ void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tenso
     const int64_t chunks = std::clamp<int64_t>(rows * s.Wo / cpu::kPixelsPerChunk, 1, most);
     at::Tensor partial = at::zeros({chunks, taps, s.C}, input.options());
     scalar_t* p = partial.mutable_data_ptr<scalar_t>();
+    at::Tensor packed = at::empty({k.grad_weight_packed_size(s)}, input.options());
+    scalar_t* xp = packed.mutable_data_ptr<scalar_t>();
+    if (packed.numel() > 0) {  // else the kernels read the input itself
+      at::parallel_for(0, s.N * s.H, cpu::grain(s.W * s.C), [&](int64_t begin, int64_t end) {
+        k.pack_nhwc(s, x, xp, begin, end, false);
+      });
+    }
+    const scalar_t* source = packed.numel() > 0 ? xp : x;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(k.grad_weight_scratch(s));
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        k.grad_weight_nhwc(s, go, x, p + chunk * taps * s.C, chunk * rows / chunks, (chunk + 1) * rows / chunks);
+        k.grad_weight_nhwc(s, go, source, p + chunk * taps * s.C, chunk * rows / chunks, (chunk + 1) * rows / chunks,
+                           scratch.data());
       }
     });
     // grad_w[c, t] = sum over chunks, in chunk order: per tap, the chunks' rows of C channels added one after

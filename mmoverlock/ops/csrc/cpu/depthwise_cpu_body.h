@@ -5,8 +5,10 @@
 // Channels-last maps are vectorised over channels. The forward (and so the input gradient) keeps a tile of output
 // columns x the taps of a kernel-row chunk in registers and slides the input columns through it, one load per
 // input vector for all the FMAs that use it; larger kernels first pack the input into zero-padded slices of one
-// vector of channels (no border tests, compile-time offsets), small ones read it in place. The weight gradient is
-// register-blocked over taps: each loaded grad_out vector feeds a block of independent FMAs.
+// vector of channels (no border tests, compile-time offsets), small ones read it in place. The weight gradient of
+// the larger kernels packs the input (and each grad_out row) likewise and keeps a tile of taps x output columns in
+// registers, each loaded input vector feeding every tap of the tile that reads it; the small kernels' read the
+// input in place, register-blocked over taps.
 // NCHW maps are vectorised over output columns of a zero-padded copy of the input plane (per thread scratch), with
 // the kernel taps broadcast, so no border tests at all.
 #if !defined(DEPTHWISE_VEC_BYTES)
@@ -163,10 +165,15 @@ inline int64_t residue_length(const Shape& s) { return (s.W + 2 * s.pad + s.dil 
 template <typename scalar_t>
 bool nhwc_direct(const Shape& s);
 
+// The elements pack_nhwc writes for the whole input.
+template <typename scalar_t>
+int64_t packed_input_size(const Shape& s) {
+  return s.N * channel_slices<scalar_t>(s) * s.H * s.dil * residue_length(s) * Simd<scalar_t>::lanes;
+}
+
 template <typename scalar_t>
 int64_t nhwc_packed_size(const Shape& s) {
-  if (nhwc_direct<scalar_t>(s)) return 0;
-  return s.N * channel_slices<scalar_t>(s) * s.H * s.dil * residue_length(s) * Simd<scalar_t>::lanes;
+  return nhwc_direct<scalar_t>(s) ? 0 : packed_input_size<scalar_t>(s);
 }
 
 // Packs input rows [begin, end) of the N*H rows (see above), or their GELU (`gelu_input`); padding positions are
@@ -511,9 +518,11 @@ inline void nhwc_grad_row(const Shape& s, const scalar_t* go_row, const scalar_t
   });
 }
 
+// The direct form (K <= kDirectMaxK): output rows [begin, end) read the channels-last input itself, one cache line of
+// channels and a block of taps at a time (a kernel row's few taps do not pay for packing the input).
 template <typename scalar_t>
-void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial, int64_t begin,
-                      int64_t end) {
+void grad_weight_nhwc_direct(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
+                             int64_t begin, int64_t end) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   constexpr int NL = Simd<scalar_t>::per_line;
@@ -528,6 +537,161 @@ void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* 
       for (; c0 + NL * L <= s.C; c0 += NL * L) nhwc_grad_row<V, NL>(s, go_row, xr, partial, a, c0);
       for (; c0 + L <= s.C; c0 += L) nhwc_grad_row<V, 1>(s, go_row, xr, partial, a, c0);
       for (; c0 < s.C; ++c0) nhwc_grad_row<scalar_t, 1>(s, go_row, xr, partial, a, c0);
+    }
+  }
+}
+
+// Channels-last, K > kDirectMaxK. The input is packed as for the forward (pack_nhwc: slices of one vector of
+// channels, each row's padded columns grouped by residue modulo the dilation) and each output row of grad_out
+// likewise (pack_grad_row: column j = res + r*m at position res * Rg + m), so that every load below is contiguous
+// and free of border tests. Against the direct form, 1 thread: K = 7 to 17 take 0.69-0.95x the time with AVX-512
+// and 0.78-1.02x with AVX2 (the 2-core Xeon of benchmarks/README.md).
+//
+// Output column j = res + r*m and tap e read padded column res + r*(m + e), at packed position res * R + m + e: a
+// tile of B columns (m0 + [0, B)) x E taps (e0 + [0, E)) loads B grad_out vectors and only B + E - 1 input vectors
+// for its B*E multiply-adds, each input vector feeding up to E of them (the forward's register tile, with the roles
+// of weights and outputs swapped). A tap's sum is split over P accumulators (column m goes to m mod P) so that at
+// least 8 independent chains of multiply-adds hide their latency where the registers allow.
+constexpr int kGradColumns = DEPTHWISE_VEC_BYTES == 64 ? 16 : 4;
+constexpr int kGradTapChunk = DEPTHWISE_VEC_BYTES == 64 ? 8 : 5;
+constexpr int kVectorRegisters = DEPTHWISE_VEC_BYTES == 64 ? 32 : 16;
+
+// P for a chunk of E taps: the accumulators (P*E), the grad_out block (kGradColumns) and one input vector stay
+// within the registers but one.
+template <int E>
+constexpr int grad_copies() {
+  int p = (8 + E - 1) / E;
+  while (p > 1 && p * E + kGradColumns + 1 > kVectorRegisters - 1) --p;
+  return p;
+}
+
+// Rg: the positions of one residue in a packed grad_out row (of r * Rg positions).
+inline int64_t grad_residue_length(const Shape& s) { return (s.Wo + s.dil - 1) / s.dil; }
+
+// The weight gradient packs the input for kernels larger than kDirectMaxK (grad_weight_nhwc_direct reads it as it
+// is): the elements of the packed input, and each task's scratch for one packed grad_out row.
+inline bool grad_weight_direct(const Shape& s) { return s.K <= kDirectMaxK; }
+
+template <typename scalar_t>
+int64_t grad_weight_packed_size(const Shape& s) {
+  return grad_weight_direct(s) ? 0 : packed_input_size<scalar_t>(s);
+}
+
+template <typename scalar_t>
+int64_t grad_weight_scratch(const Shape& s) {
+  if (grad_weight_direct(s)) return 0;
+  return channel_slices<scalar_t>(s) * s.dil * grad_residue_length(s) * Simd<scalar_t>::lanes;
+}
+
+// A channels-last row of grad_out [Wo][C] into gq [slices][r * Rg][L] (zero past C).
+template <typename scalar_t>
+void pack_grad_row(const Shape& s, const scalar_t* go_row, scalar_t* gq) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t S = channel_slices<scalar_t>(s), Rg = grad_residue_length(s), slice_len = s.dil * Rg * L;
+  for (int64_t j = 0; j < s.Wo; ++j) {
+    scalar_t* d = gq + ((j % s.dil) * Rg + j / s.dil) * L;
+    const scalar_t* src = go_row + j * s.C;
+    int64_t k = 0;
+    for (; (k + 1) * L <= s.C; ++k) store(d + k * slice_len, load<V>(src + k * L));
+    if (k < S) {  // the channel tail, zero-filled to a whole vector
+      scalar_t tail[L] = {};
+      for (int64_t l = 0; k * L + l < s.C; ++l) tail[l] = src[k * L + l];
+      store(d + k * slice_len, load<V>(tail));
+    }
+  }
+}
+
+// acc[m mod P][e] += g[m] * x[m + e] for m < B, e < E, with g and x consecutive vectors from `gq` and `xq`.
+template <typename V, int B, int E, int P, typename scalar_t>
+DEPTHWISE_INLINE void grad_tile(const scalar_t* gq, const scalar_t* xq, V (&acc)[P][E]) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  V g[B];
+  unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
+    g[m] = load<V>(gq + m * L);
+    in_register(g[m]);
+  });
+  unroll<B + E - 1>([&](auto t) DEPTHWISE_ALWAYS {
+    constexpr int T = decltype(t)::value;
+    V x = load<V>(xq + T * L);
+    in_register(x);
+    unroll<B>([&](auto m) DEPTHWISE_ALWAYS {
+      constexpr int M = decltype(m)::value, e = T - M;
+      if constexpr (e >= 0 && e < E) acc[M % P][e] += g[M] * x;
+    });
+  });
+}
+
+// Taps [e0, e0 + E) of a kernel row for one slice: `gq` is the slice's packed grad_out row, `xq` the packed input row
+// the kernel row reads; the sums are added to dst[e * C + l] for the slice's `valid` channels l.
+// Not inlined: each chunk size's tile gets the whole register file to itself (inlined into the row loops, GCC's
+// allocation of the K = 17 tiles cost 10-50%).
+template <typename V, int E, typename scalar_t>
+__attribute__((noinline)) void grad_taps(const Shape& s, const scalar_t* gq, const scalar_t* xq, scalar_t* dst,
+                                         int64_t e0, int64_t valid) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  constexpr int P = grad_copies<E>();
+  const int64_t R = residue_length(s), Rg = grad_residue_length(s);
+  V acc[P][E];
+  unroll<P>([&](auto p) DEPTHWISE_ALWAYS { unroll<E>([&](auto e) DEPTHWISE_ALWAYS { acc[p][e] = V{}; }); });
+  for (int64_t res = 0; res < imin(s.dil, s.Wo); ++res) {
+    int64_t m = 0;
+    for_blocks<kGradColumns>((s.Wo - res + s.dil - 1) / s.dil, m, [&](auto nb, int64_t m0) {
+      grad_tile<V, decltype(nb)::value, E, P>(gq + (res * Rg + m0) * L, xq + (res * R + m0 + e0) * L, acc);
+    });
+  }
+  unroll<E>([&](auto e) DEPTHWISE_ALWAYS {
+    V sum = acc[0][e];
+    unroll<P - 1>([&](auto p) DEPTHWISE_ALWAYS { sum += acc[p + 1][e]; });
+    scalar_t* d = dst + e * s.C;
+    if (valid == L) {
+      store(d, load<V>(d) + sum);
+    } else {
+      scalar_t part[L];
+      store(part, sum);
+      for (int64_t l = 0; l < valid; ++l) d[l] += part[l];
+    }
+  });
+}
+
+// Calls f(std::integral_constant<int, E>{}) for the runtime chunk size e in [1, kGradTapChunk].
+template <typename F>
+inline void with_tap_chunk(int e, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((e == I + 1 ? f(std::integral_constant<int, I + 1>{}) : void()), ...);
+  }(std::make_integer_sequence<int, kGradTapChunk>{});
+}
+
+// Output rows [begin, end) of the N*Ho rows, summed into partial [K*K][C], from the input packed by pack_nhwc
+// (grad_weight_packed_size(s) elements; the input itself for the direct form) and grad_out itself; `scratch`:
+// grad_weight_scratch(s) elements. Slices outermost, so that a row's packed grad_out slice stays in the L1 cache
+// while every kernel row reads it; each kernel row's taps in even chunks (tap_chunk's rule).
+template <typename scalar_t>
+void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* packed, scalar_t* partial,
+                      int64_t begin, int64_t end, scalar_t* scratch) {
+  if (grad_weight_direct(s)) return grad_weight_nhwc_direct(s, grad_out, packed, partial, begin, end);
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  const int64_t S = channel_slices<scalar_t>(s), row_len = s.dil * residue_length(s) * L;
+  const int64_t grad_slice = s.dil * grad_residue_length(s) * L;
+  const int64_t chunks = (s.K + kGradTapChunk - 1) / kGradTapChunk;
+  const int chunk = int((s.K + chunks - 1) / chunks);
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / s.Ho, i = row % s.Ho;
+    int64_t a0, a1;
+    valid_taps(i, s.H, s, &a0, &a1);
+    pack_grad_row(s, grad_out + row * s.Wo * s.C, scratch);
+    for (int64_t k = 0; k < S; ++k) {
+      const int64_t valid = imin(L, s.C - k * L);
+      for (int64_t a = a0; a < a1; ++a) {
+        const scalar_t* xq = packed + ((n * S + k) * s.H + i - s.pad + s.dil * a) * row_len;
+        for (int64_t e0 = 0; e0 < s.K; e0 += chunk) {
+          with_tap_chunk(int(imin(chunk, s.K - e0)), [&](auto e) {
+            grad_taps<V, decltype(e)::value>(s, scratch + k * grad_slice, xq,
+                                             partial + (a * s.K + e0) * s.C + k * L, e0, valid);
+          });
+        }
+      }
     }
   }
 }
@@ -588,9 +752,11 @@ extern const Kernels kernels;
 constexpr Kernels kernels = {
     DEPTHWISE_CPU_CAPABILITY_NAME,
     {Simd<float>::lanes, &nhwc_packed_size<float>, &pack_nhwc<float>, &nhwc_ring_size, &forward_nhwc<float>,
-     &forward_nchw<float>, &grad_weight_nhwc<float>, &grad_weight_nchw<float>, &nchw_scratch<float>,
+     &forward_nchw<float>, &grad_weight_packed_size<float>, &grad_weight_scratch<float>, &grad_weight_nhwc<float>,
+     &grad_weight_nchw<float>, &nchw_scratch<float>,
      &dots_nhwc<float>, &dots_nchw<float>},
     {Simd<double>::lanes, &nhwc_packed_size<double>, &pack_nhwc<double>, &nhwc_ring_size, &forward_nhwc<double>,
-     &forward_nchw<double>, &grad_weight_nhwc<double>, &grad_weight_nchw<double>, &nchw_scratch<double>,
+     &forward_nchw<double>, &grad_weight_packed_size<double>, &grad_weight_scratch<double>,
+     &grad_weight_nhwc<double>, &grad_weight_nchw<double>, &nchw_scratch<double>,
      &dots_nhwc<double>, &dots_nchw<double>},
 };
