@@ -154,6 +154,15 @@ DEPTHWISE_INLINE void unroll(F&& f) {
   unrolled(f, std::make_integer_sequence<int, N>{});
 }
 
+// Calls f(std::integral_constant<int, v>{}) for a runtime value v in [1, N] (e.g. a chunk of taps as a
+// compile-time constant).
+template <int N, typename F>
+inline void with_constant(int64_t v, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((v == I + 1 ? f(std::integral_constant<int, I + 1>{}) : void()), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
 template <typename scalar_t>
 inline int64_t channel_slices(const Shape& s) {
   return (s.C + Simd<scalar_t>::lanes - 1) / Simd<scalar_t>::lanes;
@@ -176,6 +185,16 @@ int64_t nhwc_packed_size(const Shape& s) {
   return nhwc_direct<scalar_t>(s) ? 0 : packed_input_size<scalar_t>(s);
 }
 
+// Channels [k*L, k*L + L) of a channels-last pixel, zero past C (the slices' packed layout).
+template <typename V, typename scalar_t>
+inline V channel_slice(const scalar_t* pixel, int64_t k, int64_t C) {
+  constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
+  if ((k + 1) * L <= C) return load<V>(pixel + k * L);
+  scalar_t tail[L] = {};
+  for (int64_t l = 0; k * L + l < C; ++l) tail[l] = pixel[k * L + l];
+  return load<V>(tail);
+}
+
 // Packs input rows [begin, end) of the N*H rows (see above), or their GELU (`gelu_input`); padding positions are
 // zero (gelu(0) = 0, so padding the GELU's output and taking the GELU of the padded input agree).
 template <typename scalar_t>
@@ -196,16 +215,9 @@ void pack_nhwc(const Shape& s, const scalar_t* x, scalar_t* packed, int64_t begi
     const scalar_t* src = x + row * s.W * s.C;
     for (int64_t w = 0; w < s.W; ++w) {
       scalar_t* d = dst + position(w + s.pad) * L;
-      int64_t k = 0;
-      for (; (k + 1) * L <= s.C; ++k) {
-        const V v = load<V>(src + w * s.C + k * L);
+      for (int64_t k = 0; k < S; ++k) {
+        const V v = channel_slice<V>(src + w * s.C, k, s.C);
         store(d + k * slice_step, gelu_input ? gelu(v) : v);
-      }
-      if (k < S) {  // the channel tail, zero-filled to a whole vector
-        scalar_t tail[L] = {};
-        for (int64_t l = 0; k * L + l < s.C; ++l) tail[l] = src[w * s.C + k * L + l];
-        if (gelu_input) gelu_span(tail, tail, L);
-        store(d + k * slice_step, load<V>(tail));
       }
     }
   }
@@ -300,8 +312,8 @@ inline void nhwc_block(const Shape& s, const RowOf& row, const scalar_t* wp, con
 
 // The chunk size for a kernel row of K taps: the fewest chunks of at most kTapChunk, as even as possible (9 taps:
 // 5 + 4, not 8 + 1, whose 1-tap chunk would reload every input vector for one FMA).
-inline int tap_chunk(int64_t K) {
-  const int64_t chunks = (K + kTapChunk - 1) / kTapChunk;
+inline int tap_chunk(int64_t K, int64_t most = kTapChunk) {
+  const int64_t chunks = (K + most - 1) / most;
   return int((K + chunks - 1) / chunks);
 }
 
@@ -360,24 +372,21 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         auto input_row = [&](int64_t y) { return xs + y * row_step; };
         auto ring_row = [&](int64_t y) { return ring + y % ring_rows * row_step; };
         const int64_t slice_step = ring != nullptr ? L : slice_len;  // (the ring is a channels-last row)
-        [&]<int... E>(std::integer_sequence<int, E...>) {  // the chunk size as a compile-time constant
-          auto run = [&](auto e) {
-            constexpr int Ec = decltype(e)::value;
-            auto block = [&]<Source src>(const auto& rows) {
-              nhwc_block<V, B, Ec, src>(s, rows, wp, bp, orow, i, j0, q0, a0, a1, slice_step);
-            };
-            if (!direct) {
-              block.template operator()<Source::kPacked>(input_row);
-            } else if (ring != nullptr) {
-              if (inside) block.template operator()<Source::kDirect>(ring_row);
-              else block.template operator()<Source::kDirectChecked>(ring_row);
-            } else {
-              if (inside) block.template operator()<Source::kDirect>(input_row);
-              else block.template operator()<Source::kDirectChecked>(input_row);
-            }
+        with_constant<kTapChunk>(chunk, [&](auto e) {  // the chunk size as a compile-time constant
+          constexpr int Ec = decltype(e)::value;
+          auto block = [&]<Source src>(const auto& rows) {
+            nhwc_block<V, B, Ec, src>(s, rows, wp, bp, orow, i, j0, q0, a0, a1, slice_step);
           };
-          ((chunk == E + 1 ? run(std::integral_constant<int, E + 1>{}) : void()), ...);
-        }(std::make_integer_sequence<int, kTapChunk>{});
+          if (!direct) {
+            block.template operator()<Source::kPacked>(input_row);
+          } else if (ring != nullptr) {
+            if (inside) block.template operator()<Source::kDirect>(ring_row);
+            else block.template operator()<Source::kDirectChecked>(ring_row);
+          } else {
+            if (inside) block.template operator()<Source::kDirect>(input_row);
+            else block.template operator()<Source::kDirectChecked>(input_row);
+          }
+        });
       });
     }
     if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(orow, ep.gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
@@ -591,14 +600,7 @@ void pack_grad_row(const Shape& s, const scalar_t* go_row, scalar_t* gq) {
   const int64_t S = channel_slices<scalar_t>(s), Rg = grad_residue_length(s), slice_len = s.dil * Rg * L;
   for (int64_t j = 0; j < s.Wo; ++j) {
     scalar_t* d = gq + ((j % s.dil) * Rg + j / s.dil) * L;
-    const scalar_t* src = go_row + j * s.C;
-    int64_t k = 0;
-    for (; (k + 1) * L <= s.C; ++k) store(d + k * slice_len, load<V>(src + k * L));
-    if (k < S) {  // the channel tail, zero-filled to a whole vector
-      scalar_t tail[L] = {};
-      for (int64_t l = 0; k * L + l < s.C; ++l) tail[l] = src[k * L + l];
-      store(d + k * slice_len, load<V>(tail));
-    }
+    for (int64_t k = 0; k < S; ++k) store(d + k * slice_len, channel_slice<V>(go_row + j * s.C, k, s.C));
   }
 }
 
@@ -654,14 +656,6 @@ __attribute__((noinline)) void grad_taps(const Shape& s, const scalar_t* gq, con
   });
 }
 
-// Calls f(std::integral_constant<int, E>{}) for the runtime chunk size e in [1, kGradTapChunk].
-template <typename F>
-inline void with_tap_chunk(int e, F&& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) {
-    ((e == I + 1 ? f(std::integral_constant<int, I + 1>{}) : void()), ...);
-  }(std::make_integer_sequence<int, kGradTapChunk>{});
-}
-
 // Output rows [begin, end) of the N*Ho rows, summed into partial [K*K][C], from the input packed by pack_nhwc
 // (grad_weight_packed_size(s) elements; the input itself for the direct form) and grad_out itself; `scratch`:
 // grad_weight_scratch(s) elements. Slices outermost, so that a row's packed grad_out slice stays in the L1 cache
@@ -674,8 +668,7 @@ void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* 
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), row_len = s.dil * residue_length(s) * L;
   const int64_t grad_slice = s.dil * grad_residue_length(s) * L;
-  const int64_t chunks = (s.K + kGradTapChunk - 1) / kGradTapChunk;
-  const int chunk = int((s.K + chunks - 1) / chunks);
+  const int chunk = tap_chunk(s.K, kGradTapChunk);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
@@ -686,7 +679,7 @@ void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* 
       for (int64_t a = a0; a < a1; ++a) {
         const scalar_t* xq = packed + ((n * S + k) * s.H + i - s.pad + s.dil * a) * row_len;
         for (int64_t e0 = 0; e0 < s.K; e0 += chunk) {
-          with_tap_chunk(int(imin(chunk, s.K - e0)), [&](auto e) {
+          with_constant<kGradTapChunk>(imin(chunk, s.K - e0), [&](auto e) {
             grad_taps<V, decltype(e)::value>(s, scratch + k * grad_slice, xq,
                                              partial + (a * s.K + e0) * s.C + k * L, e0, valid);
           });
