@@ -40,6 +40,7 @@ from mmoverlock.analysis.measure import (PEAK_MEMORY_DEFINITION, add_isa_argumen
                                          interleaved_times, isa_output, machine_info, measure_per_isa,
                                          peak_memory_in_fresh_process, peak_memory_mib, ratio, record, set_threads,
                                          synchronize, write_json)
+from mmoverlock.analysis.visualization import save_chart
 from mmoverlock.ops import available_backends
 from mmoverlock.testing.contmix_baselines import contmix_cost, contmix_cuda_traffic, contmix_method, random_inputs
 
@@ -207,7 +208,7 @@ def write_plot(path, results, device):
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f'ContMix core on {device} (rpb + softmax, float32)')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_chart(fig, path)
     return True
 
 

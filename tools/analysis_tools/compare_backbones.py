@@ -52,6 +52,7 @@ from mmoverlock.analysis.measure import (DISPATCHED_OPS_DEFINITION, PEAK_MEMORY_
                                          saved_activations_in_fresh_process, set_threads, size_scaling, switch_mode,
                                          time_call, with_ratio,
                                          write_json, write_markdown, write_saved_activations)
+from mmoverlock.analysis.visualization import save_chart
 
 MODELS = ('overlock', 'overlock-deploy', 'overlock-authors', 'convnext', 'swin')
 TRAINABLE = ('overlock', 'overlock-authors', 'convnext', 'swin')
@@ -313,7 +314,7 @@ def write_plot(path: str, results: dict) -> None:
         ax.set_title(f'{title} / ConvNeXt-T')
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_chart(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ main
