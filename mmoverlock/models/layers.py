@@ -550,8 +550,7 @@ class DilatedReparamBlock(nn.Module):
             out, stats = recomputed_branch_sum(x, [conv.weight for conv in convs], [conv.dilation[0] for conv in convs],
                                                [bn.weight for bn in bns], [bn.bias for bn in bns],
                                                [bn.eps for bn in bns])
-            for bn, (mean, var) in zip(bns, stats):
-                _update_running_stats(bn, mean, var)
+            _update_running_stats(bns, stats)
             return out
         return self.branch_sum(x, [conv.weight for conv in self._convs()], lambda i, y: bns[i](y))
 
@@ -572,15 +571,24 @@ class DilatedReparamBlock(nn.Module):
 
 
 @torch.no_grad()
-def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
-    """What a training-mode ``BatchNorm2d`` call does to its buffers, given the batch mean and unbiased variance."""
-    if not bn.track_running_stats or bn.running_mean is None:
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], stats: torch.Tensor) -> None:
+    """What training-mode ``BatchNorm2d`` calls do to their buffers, given each one's batch mean and unbiased variance
+    (``stats`` [len(bns), 2, C]), for all of them at once: ten operators per block (``torch._foreach_*``) where one
+    BatchNorm at a time took nine each, 1,800 of the 17,000 a training step of OverLoCK-T dispatches."""
+    tracked = [i for i, bn in enumerate(bns) if bn.track_running_stats and bn.running_mean is not None]
+    if not tracked:
         return
-    bn.num_batches_tracked.add_(1)
-    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    # The very expression (and rounding) of ATen's update: momentum * batch + (1 - momentum) * running.
-    bn.running_mean.copy_(mean * factor + bn.running_mean * (1 - factor))
-    bn.running_var.copy_(var * factor + bn.running_var * (1 - factor))
+    bns = [bns[i] for i in tracked]
+    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+    factors = [1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum for bn in bns]
+    keep = [1 - factor for factor in factors]
+    means, variances = (part.unbind(0) for part in stats.to(bns[0].running_mean.dtype).unbind(1))
+    for running, batch in (([bn.running_mean for bn in bns], [means[i] for i in tracked]),
+                           ([bn.running_var for bn in bns], [variances[i] for i in tracked])):
+        # The very expression (and rounding) of ATen's update: momentum * batch + (1 - momentum) * running.
+        products = torch._foreach_mul(batch, factors)
+        torch._foreach_mul_(running, keep)
+        torch._foreach_add_(running, products)
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

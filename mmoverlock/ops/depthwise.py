@@ -469,8 +469,8 @@ class _FoldedBranchSum(torch.autograd.Function):
         # The per-channel arithmetic runs on all branches at once ([branches, C]): a fixed number of operators.
         shifts = x.mean((0, 2, 3)) * torch.stack([kernel.sum((1, 2, 3)) for kernel in kernels])
         negated = shifts.neg()
-        sums, squares = zip(*(op.depthwise_statistics(x, kernel, negated[i], r * (kernel.shape[-1] - 1) // 2, r)
-                              for i, (kernel, r) in enumerate(zip(kernels, dilations))))
+        sums, squares = zip(*(op.depthwise_statistics(x, kernel, shift, r * (kernel.shape[-1] - 1) // 2, r)
+                              for kernel, r, shift in zip(kernels, dilations, negated.unbind(0))))
         shifted_means = torch.stack(sums).sum(1) / count  # [branches, C]
         variances = (torch.stack(squares).sum(1) / count - shifted_means.square()).clamp_min_(0)
         means = shifted_means + shifts
@@ -496,21 +496,25 @@ class _FoldedBranchSum(torch.autograd.Function):
         grad_sum = grad_out.sum((0, 2, 3))
         centred = grad_out - (grad_sum / count).view(1, -1, 1, 1)
         scales = torch.stack(weights) / stds  # [branches, C], as the per-channel factors below
-        neg_means = means.neg()
         neg_coef_per_dot = scales / stds.square().mul_(-count)  # -coef_i / <g', y_i - mean_i>
-        grad_x, grad_k, grad_w = None, [], []
-        for i, (kernel, r) in enumerate(zip(kernels, dilations)):
+        # Each branch's per-channel rows as views, one operator per quantity rather than one per branch.
+        per_branch = zip(kernels, dilations, means.neg().unbind(0), neg_coef_per_dot.unbind(0),
+                         scales.view(n, 1, -1, 1, 1).unbind(0))
+        grad_x, grad_k, dots = None, [], []
+        for i, (kernel, r, neg_mean, neg_coef, scale) in enumerate(per_branch):
             padding = r * (kernel.shape[-1] - 1) // 2
-            y = op.depthwise_forward(x, kernel, neg_means[i], padding, r)  # y_i - mean_i, the mean as the bias
+            y = op.depthwise_forward(x, kernel, neg_mean, padding, r)  # y_i - mean_i, the mean as the bias
             dot = spatial_dot(centred, y).sum(0)  # <g', y_i - mean_i> (no product map); grad_gamma_i = dot / std_i
             # dL/dy_i = scale_i * g' - coef_i * (y_i - mean_i), in place of y_i.
-            grad_y = y.mul_((dot * neg_coef_per_dot[i]).view(1, -1, 1, 1))
-            grad_y.addcmul_(centred, scales[i].view(1, -1, 1, 1))
+            grad_y = y.mul_((dot * neg_coef).view(1, -1, 1, 1))
+            grad_y.addcmul_(centred, scale)
             gx_i, gk_i = op.depthwise_backward(grad_y, x, kernel, padding, r, [needs_x, needs[i]])
             del y, grad_y
             if needs_x:
                 grad_x = gx_i if grad_x is None else grad_x.add_(gx_i)
             grad_k.append(gk_i if needs[i] else None)
-            grad_w.append(dot / stds[i] if needs[n + i] else None)
+            dots.append(dot)
+        grad_w = (torch.stack(dots) / stds).unbind(0) if any(needs[n:2 * n]) else (None, ) * n
+        grad_w = [g if need else None for g, need in zip(grad_w, needs[n:2 * n])]
         grad_b = [grad_sum if needs[2 * n + i] else None for i in range(n)]
         return (grad_x, None, None, *grad_k, *grad_w, *grad_b)
