@@ -25,6 +25,8 @@ from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.layers import update_running_stats
+
 
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the process group whose backward is again a sum (d/dx_r of sum_r' L_r' collects every rank's term).
@@ -90,13 +92,8 @@ class CPUSyncBatchNorm(_BatchNorm):
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
 
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / self.num_batches_tracked.item()) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                unbiased = var.detach() * (num / (num - 1).clamp(min=1))
-                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+        unbiased = var.detach() * (num / (num - 1).clamp(min=1))
+        update_running_stats([self], torch.stack([mean.detach(), unbiased]).unsqueeze(0))
         return out
 
 

@@ -550,7 +550,7 @@ class DilatedReparamBlock(nn.Module):
             out, stats = recomputed_branch_sum(x, [conv.weight for conv in convs], [conv.dilation[0] for conv in convs],
                                                [bn.weight for bn in bns], [bn.bias for bn in bns],
                                                [bn.eps for bn in bns])
-            _update_running_stats(bns, stats)
+            update_running_stats(bns, stats)
             return out
         return self.branch_sum(x, [conv.weight for conv in self._convs()], lambda i, y: bns[i](y))
 
@@ -571,10 +571,12 @@ class DilatedReparamBlock(nn.Module):
 
 
 @torch.no_grad()
-def _update_running_stats(bns: Sequence[nn.BatchNorm2d], stats: torch.Tensor) -> None:
+def update_running_stats(bns: Sequence[nn.modules.batchnorm._BatchNorm], stats: torch.Tensor) -> None:
     """What training-mode ``BatchNorm2d`` calls do to their buffers, given each one's batch mean and unbiased variance
     (``stats`` [len(bns), 2, C]), for all of them at once: ten operators per block (``torch._foreach_*``) where one
-    BatchNorm at a time took nine each, 1,800 of the 17,000 a training step of OverLoCK-T dispatches."""
+    BatchNorm at a time took nine each, 1,800 of the 17,000 a training step of OverLoCK-T dispatches. Also the
+    update of ``CPUSyncBatchNorm`` (``mmoverlock.engine``), so that every BatchNorm this package computes itself
+    rounds its running statistics as ATen does."""
     tracked = [i for i, bn in enumerate(bns) if bn.track_running_stats and bn.running_mean is not None]
     if not tracked:
         return

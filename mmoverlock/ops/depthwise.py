@@ -264,8 +264,10 @@ class _GeluResDWConv(torch.autograd.Function):
 
 
 def _op_gelu(z: torch.Tensor) -> torch.Tensor:
-    """gelu(z) (exact form) from the op's own float GELU, the one its fused forward convolved: the GELU-input
-    mode through a 1 x 1 identity kernel. That GELU (a rational fit) takes about 2/3 of F.gelu's time on AVX2."""
+    """gelu(z) (exact form) from the op's own float GELU, the one its fused forward convolved, so that the weight
+    gradient sees the very ``u`` of the forward: the GELU-input mode through a 1 x 1 identity kernel. At a
+    memory-bound size (256 x 128 x 128, one thread) it took 0.8x F.gelu's time on the AVX-512 Xeon of
+    ``benchmarks/*/cpu-isa-xeon`` (best ISA and AVX2 forced alike) and about 2/3 on an AVX2-only EPYC."""
     return torch.ops.mmoverlock.depthwise_forward_fused(z, z.new_ones(z.shape[1], 1, 1, 1), None, 0, 1, True, False,
                                                         None)[0]
 
