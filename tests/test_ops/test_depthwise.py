@@ -344,20 +344,22 @@ def test_statistics_opcheck():
 
 # ---- the fused inference forward: a GELU prologue and a sum-of-squares epilogue ---------------------------------
 
-# (gelu_input, square_sums, gelu_grad_at given)
-FUSED_MODES = {'gelu': (True, False, False), 'sums': (False, True, False), 'gelu+sums': (True, True, False),
-               'gelu-grad': (False, False, True), 'gelu-grad+sums': (False, True, True)}
+# (gelu_input, square_sums, gelu_grad_at given, product_with given)
+FUSED_MODES = {'gelu': (True, False, False, False), 'sums': (False, True, False, False),
+               'gelu+sums': (True, True, False, False), 'gelu-grad': (False, False, True, False),
+               'gelu-grad+sums': (False, True, True, False), 'product': (False, True, False, True),
+               'gelu+product': (True, True, False, True)}
 
 
-def _fused_reference(x, weight, bias, padding, dilation, gelu_input, gelu_grad_at=None):
+def _fused_reference(x, weight, bias, padding, dilation, gelu_input, gelu_grad_at=None, product_with=None):
     """The conv of (the GELU of) x in float64, times gelu' at ``gelu_grad_at`` if given, and its per-sample,
-    per-channel sums of squares."""
+    per-channel sums of squares (of its products with ``product_with`` if given)."""
     u = x.double()
     u = F.gelu(u) if gelu_input else u
     out = F.conv2d(u, weight.double(), None if bias is None else bias.double(), 1, padding, dilation, x.shape[1])
     if gelu_grad_at is not None:
         out = torch.ops.aten.gelu_backward(out, gelu_grad_at.double())
-    return out, out.square().sum((2, 3))
+    return out, (out * (out if product_with is None else product_with.double())).sum((2, 3))
 
 
 @requires_op
@@ -368,16 +370,19 @@ def _fused_reference(x, weight, bias, padding, dilation, gelu_input, gelu_grad_a
 def test_fused_forward_matches_float64_composition_on_every_isa(shape, mode, dtype, layout, cpu_capability):
     """``depthwise_forward_fused``: direct (GELU through the per-task row ring) and packed (GELU in the packing)
     channels-last paths and the NCHW one, channel tails, dilations, maps smaller than the span; the GELU-gradient
-    epilogue at a map in the other layout (made contiguous in the output's)."""
-    gelu_input, square_sums, with_grad_at = FUSED_MODES[mode]
+    epilogue and the product epilogue at maps in the other layout (made contiguous in the output's)."""
+    gelu_input, square_sums, with_grad_at, with_product = FUSED_MODES[mode]
     x, weight, bias, p, r = _inputs(shape, dtype, layout)
-    at = None
+    other = 'nchw' if layout == 'nhwc' else 'nhwc'
+    ho, wo = depthwise._output_size(x, weight, p, r)
+    at = product = None
     if with_grad_at:
-        other = 'nchw' if layout == 'nhwc' else 'nhwc'
-        ho, wo = depthwise._output_size(x, weight, p, r)
         at = (2 * torch.randn(shape[0], shape[1], ho, wo, dtype=dtype)).contiguous(memory_format=FORMATS[other])
-    out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, gelu_input, square_sums, at)
-    ref, ref_sums = _fused_reference(x, weight, bias, p, r, gelu_input, at)
+    if with_product:
+        product = torch.randn(shape[0], shape[1], ho, wo, dtype=dtype).contiguous(memory_format=FORMATS[other])
+    out, sums = torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, gelu_input, square_sums, at,
+                                                             product)
+    ref, ref_sums = _fused_reference(x, weight, bias, p, r, gelu_input, at, product)
     assert out.dtype == dtype and out.is_contiguous(memory_format=FORMATS[layout])
     _close(out, ref, dtype)
     if square_sums:
@@ -439,10 +444,11 @@ def test_float_gelu_and_its_gradient_are_accurate_on_every_isa(layout, cpu_capab
 @pytest.mark.parametrize('layout', list(FORMATS))
 def test_fused_forward_opcheck(layout):
     x, weight, b, p, r = _inputs((2, 16, 8, 7, 3, 1), torch.float32, layout)
-    for gelu_input, square_sums, with_grad_at in FUSED_MODES.values():
+    for gelu_input, square_sums, with_grad_at, with_product in FUSED_MODES.values():
         at = torch.randn_like(x) if with_grad_at else None
+        product = torch.randn_like(x) if with_product else None
         torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward_fused,
-                              (x, weight, b, p, r, gelu_input, square_sums, at))
+                              (x, weight, b, p, r, gelu_input, square_sums, at, product))
 
 
 @requires_op
@@ -453,6 +459,12 @@ def test_fused_forward_bad_inputs_raise_naming_the_argument():
     with pytest.raises(RuntimeError, match="gelu_grad_at must be the output's shape \\[1, 4, 8, 8\\]"):
         torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, 1, 1,
                                                      False, False, torch.randn(1, 4, 6, 6))
+    with pytest.raises(RuntimeError, match="product_with must be the output's shape \\[1, 4, 8, 8\\], dtype"):
+        torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, 1, 1,
+                                                     False, True, None, torch.randn(1, 4, 8, 8).double())
+    with pytest.raises(RuntimeError, match='pass square_sums=True with it'):
+        torch.ops.mmoverlock.depthwise_forward_fused(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), None, 1, 1,
+                                                     False, False, None, torch.randn(1, 4, 8, 8))
 
 
 @pytest.mark.parametrize('layout', list(FORMATS))

@@ -4,15 +4,17 @@
 //   mmoverlock::depthwise_forward(input, weight, bias, padding, dilation) -> out
 //   mmoverlock::depthwise_backward(grad_out, input, weight, padding, dilation, output_mask)
 //       -> (grad_input, grad_weight)
-//   mmoverlock::depthwise_forward_fused(input, weight, bias, padding, dilation, gelu_input, square_sums, gelu_grad_at)
-//       -> (out, sums)
+//   mmoverlock::depthwise_forward_fused(input, weight, bias, padding, dilation, gelu_input, square_sums, gelu_grad_at,
+//                                       product_with) -> (out, sums)
 //
 // depthwise_forward_fused is the forward with a prologue and epilogues (CPU only, no autograd of its own):
 // `gelu_input` convolves gelu(input) (exact erf form) without a gelu(input) map; `gelu_grad_at` (a map of the
 // output's shape) multiplies each output by gelu' there, so that the input gradient of a conv after a GELU,
 // gelu'(z) * conv^T(grad), is one pass; `square_sums` also returns the output's per-sample, per-channel sum of
-// squares [N, C] (GRN's statistic) taken while each row is in cache (else `sums` is empty). One read of the input
-// and one write of the output, where the composition makes up to five passes over maps of that size.
+// squares [N, C] (GRN's statistic) taken while each row is in cache (else `sums` is empty), or, given
+// `product_with` (a map of the output's shape), the sums of out * product_with: a BatchNorm backward's
+// <grad, y - mean> for a conv output y it recomputes. One read of the input and one write of the output, where the
+// composition makes up to five passes over maps of that size.
 //
 //   mmoverlock::depthwise_statistics(input, weight, bias, padding, dilation) -> (sums, square_sums)
 //
@@ -57,24 +59,30 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   return call.out;
 }
 
+// A map argument of the fused forward: the output's shape, dtype and device, made contiguous in its layout.
+at::Tensor output_shaped(const std::optional<at::Tensor>& map, const char* name, const ForwardCall& call) {
+  if (!map.has_value()) return at::Tensor();
+  TORCH_CHECK(map->sizes() == call.out.sizes() && map->scalar_type() == call.x.scalar_type() &&
+                  map->device() == call.x.device(),
+              "depthwise: ", name, " must be the output's shape ", call.out.sizes(), ", dtype and device (",
+              call.x.scalar_type(), " on ", call.x.device(), "), got ", map->sizes(), " ", map->scalar_type(),
+              " on ", map->device());
+  return map->contiguous(format_of(call.channels_last));
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_fused_impl(const at::Tensor& input, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias, int64_t padding,
                                                       int64_t dilation, bool gelu_input, bool square_sums,
-                                                      const std::optional<at::Tensor>& gelu_grad_at) {
+                                                      const std::optional<at::Tensor>& gelu_grad_at,
+                                                      const std::optional<at::Tensor>& product_with) {
   ForwardCall call = prepare_forward(input, weight, bias, padding, dilation, /*bounded_indices=*/false);
-  at::Tensor at_map;
-  if (gelu_grad_at.has_value()) {
-    TORCH_CHECK(gelu_grad_at->sizes() == call.out.sizes() && gelu_grad_at->scalar_type() == input.scalar_type() &&
-                    gelu_grad_at->device() == input.device(),
-                "depthwise: gelu_grad_at must be the output's shape ", call.out.sizes(), ", dtype and device (",
-                input.scalar_type(), " on ", input.device(), "), got ", gelu_grad_at->sizes(), " ",
-                gelu_grad_at->scalar_type(), " on ", gelu_grad_at->device());
-    at_map = gelu_grad_at->contiguous(format_of(call.channels_last));
-  }
+  TORCH_CHECK(square_sums || !product_with.has_value(),
+              "depthwise: product_with is what square_sums multiplies the output by; pass square_sums=True with it");
   at::Tensor sums = at::empty({0}, call.x.options());
   ForwardExtras extras;
   extras.gelu_input = gelu_input;
-  extras.gelu_grad_at = at_map;
+  extras.gelu_grad_at = output_shaped(gelu_grad_at, "gelu_grad_at", call);
+  extras.product_with = output_shaped(product_with, "product_with", call);
   extras.square_sums = square_sums ? &sums : nullptr;
   forward_cpu(call.s, call.x, call.w, call.b, call.channels_last, call.out, extras);
   return {call.out, sums};
@@ -131,7 +139,7 @@ TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "depthwise_forward_fused(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation, "
-      "bool gelu_input, bool square_sums, Tensor? gelu_grad_at=None) -> (Tensor, Tensor)",
+      "bool gelu_input, bool square_sums, Tensor? gelu_grad_at=None, Tensor? product_with=None) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "depthwise_statistics(Tensor input, Tensor weight, Tensor? bias, int padding, int dilation) -> "

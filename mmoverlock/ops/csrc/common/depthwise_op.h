@@ -49,11 +49,13 @@ BackwardCall prepare_backward(const at::Tensor& grad_out, const at::Tensor& inpu
 
 // What the CPU forward computes besides (or instead of) its output map, in the same pass (the fused operators):
 // the conv of gelu(input); each output multiplied by gelu' at a map of the output's shape; the output's
-// per-sample, per-channel sums and sums of squares [N, C]; with `statistics_only`, the sums alone (the output map
-// is not written).
+// per-sample, per-channel sums and sums of squares [N, C] (with `product_with`, a map of the output's shape in its
+// layout, the sums of out * product_with in place of the squares); with `statistics_only`, the sums alone (the
+// output map is not written).
 struct ForwardExtras {
   bool gelu_input = false;
   at::Tensor gelu_grad_at;
+  at::Tensor product_with;
   at::Tensor* sums = nullptr;
   at::Tensor* square_sums = nullptr;
   bool statistics_only = false;

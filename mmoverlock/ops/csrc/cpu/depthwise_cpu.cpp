@@ -68,6 +68,7 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
     at::Tensor partial_sums, partial_squares;
     cpu::Epilogue<scalar_t> ep;
     ep.gelu_grad_at = extras.gelu_grad_at.defined() ? extras.gelu_grad_at.const_data_ptr<scalar_t>() : nullptr;
+    ep.product_with = extras.product_with.defined() ? extras.product_with.const_data_ptr<scalar_t>() : nullptr;
     if (extras.sums != nullptr) {
       partial_sums = at::empty(partial_shape, input.options());
       ep.sums = partial_sums.mutable_data_ptr<scalar_t>();

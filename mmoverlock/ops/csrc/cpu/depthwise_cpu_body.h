@@ -391,7 +391,10 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
     }
     if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(orow, ep.gelu_grad_at + row * s.Wo * s.C, s.Wo * s.C);
     if (ep.sums != nullptr) row_dots<scalar_t>(orow, nullptr, s.Wo, s.C, ep.sums + row * s.C);
-    if (ep.square_sums != nullptr) row_dots(orow, orow, s.Wo, s.C, ep.square_sums + row * s.C);
+    if (ep.square_sums != nullptr) {
+      const scalar_t* other = ep.product_with != nullptr ? ep.product_with + row * s.Wo * s.C : orow;
+      row_dots(orow, other, s.Wo, s.C, ep.square_sums + row * s.C);
+    }
   }
 }
 
@@ -468,7 +471,9 @@ void forward_nchw(const Shape& s, const scalar_t* x, const scalar_t* w, const sc
     }
     if (ep.gelu_grad_at != nullptr) scale_by_gelu_grad(o, ep.gelu_grad_at + plane * size, size);
     if (ep.sums != nullptr) ep.sums[plane] = plane_dot<scalar_t>(o, nullptr, size);
-    if (ep.square_sums != nullptr) ep.square_sums[plane] = plane_dot(o, o, size);
+    if (ep.square_sums != nullptr) {
+      ep.square_sums[plane] = plane_dot(o, ep.product_with != nullptr ? ep.product_with + plane * size : o, size);
+    }
   }
 }
 

@@ -15,12 +15,14 @@ namespace cpu {
 // What a forward does with each output row (channels-last) or plane (NCHW) once computed, while it is in cache:
 // multiply it by gelu' at a map of the output's shape and layout (the input gradient of a conv after a GELU), then
 // take its per-channel sum and sum of squares into [N*Ho][C] (rows) or [N*C] (planes). With `reuse_output`, `out`
-// is scratch for one row or plane per task (the caller wants the statistics alone).
+// is scratch for one row or plane per task (the caller wants the statistics alone). With `product_with` (a map of
+// the output's shape and layout), `square_sums` takes the sums of out * product_with instead of out * out.
 template <typename scalar_t>
 struct Epilogue {
   const scalar_t* gelu_grad_at = nullptr;
   scalar_t* sums = nullptr;
   scalar_t* square_sums = nullptr;
+  const scalar_t* product_with = nullptr;
   bool reuse_output = false;
 };
 
