@@ -84,6 +84,11 @@ if _HAS_FUSED:
         out = _forward_fake(x, weight, bias, padding, dilation)
         return out, x.new_empty((x.shape[0], x.shape[1]) if square_sums else (0, ))
 
+    @torch.library.register_fake('mmoverlock::depthwise_grad_weight_fused')
+    def _grad_weight_fused_fake(grad_out, x, weight, padding, dilation, gelu_input):
+        _backward_fake(grad_out, x, weight, padding, dilation, [False, False])  # the same checks
+        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake('mmoverlock::depthwise_statistics')
     def _statistics_fake(x, weight, bias, padding, dilation):
         _forward_fake(x, weight, bias, padding, dilation)  # the same checks
@@ -264,36 +269,30 @@ class _GeluResDWConv(torch.autograd.Function):
         return (*gelu_res_dwconv_backward(grad_out, z, weight, ctx.padding, ctx.approximate, mask), None, None)
 
 
-def _op_gelu(z: torch.Tensor) -> torch.Tensor:
-    """gelu(z) (exact form) from the op's own float GELU, the one its fused forward convolved, so that the weight
-    gradient sees the very ``u`` of the forward: the GELU-input mode through a 1 x 1 identity kernel. At a
-    memory-bound size (256 x 128 x 128, one thread) it took 0.8x F.gelu's time on the AVX-512 Xeon of
-    ``benchmarks/*/cpu-isa-xeon`` (best ISA and AVX2 forced alike) and about 2/3 on an AVX2-only EPYC."""
-    return torch.ops.mmoverlock.depthwise_forward_fused(z, z.new_ones(z.shape[1], 1, 1, 1), None, 0, 1, True, False,
-                                                        None)[0]
-
-
 def gelu_res_dwconv_backward(grad_out: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, padding: int,
                              approximate: str, mask: Sequence[bool]) -> Tuple[Optional[torch.Tensor], ...]:
     """The gradients (``z``, weight, bias; ``None`` where ``mask`` is false) of ``u + dwconv(u)``, ``u = gelu(z)``,
-    from ``z`` alone: ``u`` is recomputed for the weight gradient (by the op's GELU where it runs), and
-    ``grad_z = gelu'(z) * conv^T(grad_out)`` is one pass of the op (its GELU-gradient epilogue) where it runs, else
-    the conv's input gradient then ``gelu_backward``. Float32/float64 without autocast only (the identity folded
-    into the kernel)."""
+    from ``z`` alone. Where the CPU op runs, no ``u`` map is made: the weight gradient takes each row's GELU as it
+    reads ``z`` (``depthwise_grad_weight_fused``, the very float GELU the fused forward convolved), and
+    ``grad_z = gelu'(z) * conv^T(grad_out)`` is one pass (the fused forward's GELU-gradient epilogue). Elsewhere
+    ``u`` is recomputed for the conv's gradients, then ``gelu_backward``. Float32/float64 without autocast only (the
+    identity folded into the kernel)."""
     kernel = _plus_identity(weight)
-    fused = (mask[0] and approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu'
-             and grad_out.dtype == z.dtype and _runs_op(z, kernel, padding, 1))
-    u = z  # fused and no weight gradient: only its shape is read
-    if mask[1] or not fused:
-        u = _op_gelu(z) if fused else F.gelu(z, approximate=approximate)
-    grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, u, kernel, padding, 1,
-                                                       [mask[0] and not fused, mask[1], mask[2]])
-    grad_z = None
-    if fused:
-        grad_z = torch.ops.mmoverlock.depthwise_forward_fused(grad_out, kernel.flip((2, 3)), None,
-                                                              kernel.shape[-1] - 1 - padding, 1, False, False, z)[0]
-    elif mask[0]:
-        grad_z = torch.ops.aten.gelu_backward(grad_u, z, approximate=approximate)
+    fused = (approximate == 'none' and _HAS_FUSED and z.device.type == 'cpu' and grad_out.dtype == z.dtype
+             and _runs_op(z, kernel, padding, 1))
+    if not fused:
+        grad_u, grad_w, grad_b = depthwise_conv2d_backward(grad_out, F.gelu(z, approximate=approximate), kernel,
+                                                           padding, 1, mask)
+        return (torch.ops.aten.gelu_backward(grad_u, z, approximate=approximate) if mask[0] else None), grad_w, grad_b
+    op = torch.ops.mmoverlock
+    grad_z = grad_w = grad_b = None
+    if mask[0]:
+        grad_z = op.depthwise_forward_fused(grad_out, kernel.flip((2, 3)), None, kernel.shape[-1] - 1 - padding, 1,
+                                            False, False, z)[0]
+    if mask[1]:
+        grad_w = op.depthwise_grad_weight_fused(grad_out, z, kernel, padding, 1, True)
+    if mask[2]:
+        grad_b = grad_out.sum((0, 2, 3))
     return grad_z, grad_w, grad_b
 
 

@@ -52,6 +52,20 @@ def _reference(x, weight, bias, padding, dilation, grad_out):
     return out.detach(), [t.grad if t is not None else None for t in leaves]
 
 
+def _same_on_1_and_2_threads(call):
+    """Whether ``call()`` returns the same bits (a tensor or a tuple of them) on 1 and on 2 threads."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = call()
+            results.append(out if isinstance(out, (tuple, list)) else (out, ))
+    finally:
+        torch.set_num_threads(threads)
+    return all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def _close(actual, expected, dtype):
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     scale = expected.abs().max().clamp_min(1.0)
@@ -119,18 +133,11 @@ def test_opcheck(layout, bias):
 @requires_op
 def test_weight_gradient_does_not_depend_on_threads():
     """The weight gradient is summed in a fixed order: bitwise the same on 1 and 2 threads, both layouts."""
-    threads = torch.get_num_threads()
     for layout in FORMATS:
         x, weight, _, p, r = _inputs((3, 32, 20, 21, 7, 1), torch.float32, layout)
         grad_out = torch.randn(3, 32, 20, 21).contiguous(memory_format=FORMATS[layout])
-        results = []
-        try:
-            for n in (1, 2):
-                torch.set_num_threads(n)
-                results.append(torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, p, r, [True, True]))
-        finally:
-            torch.set_num_threads(threads)
-        assert all(torch.equal(a, b) for a, b in zip(*results))
+        assert _same_on_1_and_2_threads(
+            lambda: torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, p, r, [True, True]))
 
 
 @requires_op
@@ -397,16 +404,14 @@ def test_fused_forward_matches_float64_composition_on_every_isa(shape, mode, dty
 def test_fused_forward_does_not_depend_on_threads(layout):
     """Each task's GELU ring starts over at its first row and the row sums are added in one fixed reduction: the
     same bits on 1 and 2 threads, for a split inside an image and across images."""
-    threads = torch.get_num_threads()
     x, weight, bias, p, r = _inputs((3, 32, 13, 12, 3, 1), torch.float32, layout)
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            results.append(torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, True, True))
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert _same_on_1_and_2_threads(lambda: torch.ops.mmoverlock.depthwise_forward_fused(x, weight, bias, p, r, True,
+                                                                                         True))
+
+
+def _op_gelu(z):
+    """The op's float GELU alone: its GELU input through a 1 x 1 identity kernel."""
+    return torch.ops.mmoverlock.depthwise_forward_fused(z, z.new_ones(z.shape[1], 1, 1, 1), None, 0, 1, True, False)[0]
 
 
 @requires_op
@@ -421,7 +426,7 @@ def test_float_gelu_and_its_gradient_are_accurate_on_every_isa(layout, cpu_capab
     some CPUs (an Intel Xeon with AVX-512 and AMX, under both its AVX-512 and AVX2 kernels) and +inf on others."""
     x = torch.linspace(-12, 12, 48000).reshape(1, 8, 100, 60).contiguous(memory_format=FORMATS[layout])
     one = torch.ones(8, 1, 1, 1)
-    gelu = depthwise._op_gelu(x).double()  # the GELU input through a 1 x 1 identity kernel
+    gelu = _op_gelu(x).double()
     grad = torch.ops.mmoverlock.depthwise_forward_fused(torch.ones_like(x), one, None, 0, 1, False, False, x)[0]
     xd = x.double()
     expected = F.gelu(xd)
@@ -431,7 +436,7 @@ def test_float_gelu_and_its_gradient_are_accurate_on_every_isa(layout, cpu_capab
     assert (grad.double() - torch.ops.aten.gelu_backward(torch.ones_like(xd), xd)).abs().max() <= 6e-7
     special = torch.tensor([float('inf'), -float('inf'), float('nan'), 0.0, 1e30, -1e30, 5.6, -5.6]).reshape(1, 8, 1, 1)
     special = special.expand(1, 8, 2, 9).contiguous(memory_format=FORMATS[layout])  # vector lanes in both layouts
-    torch.testing.assert_close(depthwise._op_gelu(special), F.gelu(special.double()).float(), rtol=0, atol=1e-7,
+    torch.testing.assert_close(_op_gelu(special), F.gelu(special.double()).float(), rtol=0, atol=1e-7,
                                equal_nan=True)
     expected = torch.ops.aten.gelu_backward(torch.ones_like(special), special)
     expected = torch.where(special.isinf(), (special > 0).float(), expected)
@@ -449,6 +454,56 @@ def test_fused_forward_opcheck(layout):
         product = torch.randn_like(x) if with_product else None
         torch.library.opcheck(torch.ops.mmoverlock.depthwise_forward_fused,
                               (x, weight, b, p, r, gelu_input, square_sums, at, product))
+
+
+# Direct (GELU ring) and packed (GELU in the packing) channels-last forms over several images, rows split into
+# chunks, dilations, a channel tail; the NCHW form through its padded planes.
+GRAD_WEIGHT_SHAPES = SHAPES + [(3, 32, 20, 21, 3, 1), (2, 16, 9, 12, 5, 2), (2, 24, 30, 9, 3, 4)]
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('gelu_input', [True, False], ids=['gelu', 'plain'])
+@pytest.mark.parametrize('shape', GRAD_WEIGHT_SHAPES, ids=str)
+def test_fused_weight_gradient_matches_float64_on_every_isa(shape, gelu_input, dtype, layout, cpu_capability):
+    """``depthwise_grad_weight_fused``: the weight gradient of the conv of gelu(x) from x (no GELU map), against
+    F.conv2d's in float64 on F.gelu(x); without the GELU, bitwise depthwise_backward's weight gradient."""
+    x, weight, _, p, r = _inputs(shape, dtype, layout)
+    ho, wo = depthwise._output_size(x, weight, p, r)
+    grad_out = torch.randn(shape[0], shape[1], ho, wo, dtype=dtype).contiguous(memory_format=FORMATS[layout])
+    grad_w = torch.ops.mmoverlock.depthwise_grad_weight_fused(grad_out, x, weight, p, r, gelu_input)
+    u = F.gelu(x.double()) if gelu_input else x
+    _, (_, ref, _) = _reference(u, weight, None, p, r, grad_out)
+    assert grad_w.shape == weight.shape and grad_w.dtype == dtype
+    _close(grad_w, ref, dtype)
+    if not gelu_input:
+        plain = torch.ops.mmoverlock.depthwise_backward(grad_out, x, weight, p, r, [False, True])[1]
+        assert torch.equal(grad_w, plain)
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+@pytest.mark.parametrize('padding', [0, 1, 4])
+def test_fused_weight_gradient_with_other_paddings(padding, layout, cpu_capability):
+    """Outputs smaller (no padding) or larger (padding 4 > the half span 2) than the map: the GELU ring's bounds."""
+    x, weight, _, _, r = _inputs((2, 32, 11, 13, 5, 1), torch.float64, layout)
+    ho, wo = depthwise._output_size(x, weight, padding, r)
+    grad_out = torch.randn(2, 32, ho, wo, dtype=torch.float64).contiguous(memory_format=FORMATS[layout])
+    grad_w = torch.ops.mmoverlock.depthwise_grad_weight_fused(grad_out, x, weight, padding, r, True)
+    _, (_, ref, _) = _reference(F.gelu(x), weight, None, padding, r, grad_out)
+    _close(grad_w, ref, torch.float64)
+
+
+@requires_op
+@pytest.mark.parametrize('layout', list(FORMATS))
+def test_fused_weight_gradient_does_not_depend_on_threads_and_passes_opcheck(layout):
+    """Each chunk of rows starts its own GELU ring: the same bits on 1 and 2 threads."""
+    x, weight, _, p, r = _inputs((3, 32, 20, 21, 3, 1), torch.float32, layout)
+    grad_out = torch.randn(3, 32, 20, 21).contiguous(memory_format=FORMATS[layout])
+    assert _same_on_1_and_2_threads(
+        lambda: torch.ops.mmoverlock.depthwise_grad_weight_fused(grad_out, x, weight, p, r, True))
+    torch.library.opcheck(torch.ops.mmoverlock.depthwise_grad_weight_fused, (grad_out, x, weight, p, r, True))
 
 
 @requires_op

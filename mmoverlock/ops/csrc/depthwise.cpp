@@ -22,6 +22,12 @@
 // BatchNorm's batch statistics of a depthwise conv (a DilatedReparamBlock's branches in training) at the cost of
 // the conv alone. The bias may shift the output (e.g. by minus an estimate of its mean, for exact variances).
 //
+//   mmoverlock::depthwise_grad_weight_fused(grad_out, input, weight, padding, dilation, gelu_input) -> grad_weight
+//
+// The weight gradient of depthwise_forward_fused's conv of gelu(input) (`gelu_input`; else of input, as
+// depthwise_backward's), from `input` itself: each input row's GELU is taken once, as the weight gradient reads it
+// (in its packing, or through a ring of rows), where a separate GELU map would be written and read back (CPU only).
+//
 //   mmoverlock::spatial_dot(a, b) -> sums
 //
 // sums[n, c] = sum over (h, w) of a[n, c, h, w] * b[n, c, h, w] for two maps of one shape and dtype (float32 or
@@ -48,7 +54,7 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
                  bool channels_last, at::Tensor& out, const ForwardExtras& extras = {});
 at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last);
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
-                     at::Tensor& grad_weight);
+                     at::Tensor& grad_weight, bool gelu_input = false);
 
 namespace {
 
@@ -128,6 +134,14 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, con
   return {grad_input, grad_weight};
 }
 
+at::Tensor grad_weight_fused_impl(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                  int64_t padding, int64_t dilation, bool gelu_input) {
+  const BackwardCall call = prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/false);
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  grad_weight_cpu(call.s, call.grad_out, call.x, call.channels_last, grad_weight, gelu_input);
+  return grad_weight;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
@@ -146,6 +160,10 @@ TORCH_LIBRARY_FRAGMENT(mmoverlock, m) {
       "(Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def("spatial_dot(Tensor a, Tensor b) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def(
+      "depthwise_grad_weight_fused(Tensor grad_out, Tensor input, Tensor weight, int padding, int dilation, "
+      "bool gelu_input) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(mmoverlock, CPU, m) {
@@ -154,6 +172,7 @@ TORCH_LIBRARY_IMPL(mmoverlock, CPU, m) {
   m.impl("depthwise_forward_fused", &forward_fused_impl);
   m.impl("depthwise_statistics", &statistics_impl);
   m.impl("spatial_dot", &spatial_dot_impl);
+  m.impl("depthwise_grad_weight_fused", &grad_weight_fused_impl);
 }
 
 }  // namespace depthwise

@@ -147,7 +147,7 @@ at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channe
 }
 
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
-                     at::Tensor& grad_weight) {
+                     at::Tensor& grad_weight, bool gelu_input) {
   const cpu::Kernels& isa = cpu::kernels();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_grad_weight_cpu", [&] {
     const cpu::KernelTable<scalar_t>& k = cpu::table<scalar_t>(isa);
@@ -158,7 +158,7 @@ void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tenso
     if (!channels_last) {
       at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(k.nchw_scratch(s));
-        k.grad_weight_nchw(s, go, x, gw, begin, end, scratch.data());
+        k.grad_weight_nchw(s, go, x, gw, begin, end, scratch.data(), gelu_input);
       });
       return;
     }
@@ -173,15 +173,15 @@ void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tenso
     scalar_t* xp = packed.mutable_data_ptr<scalar_t>();
     if (packed.numel() > 0) {  // else the kernels read the input itself
       at::parallel_for(0, s.N * s.H, cpu::grain(s.W * s.C), [&](int64_t begin, int64_t end) {
-        k.pack_nhwc(s, x, xp, begin, end, false);
+        k.pack_nhwc(s, x, xp, begin, end, gelu_input);
       });
     }
     const scalar_t* source = packed.numel() > 0 ? xp : x;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(k.grad_weight_scratch(s));
+      std::vector<scalar_t> scratch(k.grad_weight_scratch(s, gelu_input));
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         k.grad_weight_nhwc(s, go, source, p + chunk * taps * s.C, chunk * rows / chunks, (chunk + 1) * rows / chunks,
-                           scratch.data());
+                           scratch.data(), gelu_input);
       }
     });
     // grad_w[c, t] = sum over chunks, in chunk order: per tap, the chunks' rows of C channels added one after

@@ -329,6 +329,25 @@ bool nhwc_direct(const Shape& s) {
 inline int64_t nhwc_ring_rows(const Shape& s) { return s.dil * (s.K - 1) + 1; }
 inline int64_t nhwc_ring_size(const Shape& s) { return nhwc_ring_rows(s) * s.W * s.C; }
 
+// One task's ring of GELU'd channels-last input rows (`rows`: nhwc_ring_size(s) elements): advance(n, i) takes the
+// GELU of the rows output row i of image n reads that the ring does not hold yet (bounds that never decrease along
+// an image's rows, so the ring's rows are always the latest ones); row(y) is input row y's GELU.
+template <typename scalar_t>
+struct GeluRing {
+  scalar_t* rows;
+  int64_t image = -1, next = 0;  // the ring holds rows of this image, up to (not including) row `next`
+
+  void advance(const Shape& s, const scalar_t* x, int64_t n, int64_t i) {
+    const int64_t ring_rows = nhwc_ring_rows(s), row_len = s.W * s.C;
+    const int64_t first = imax(0, i - s.pad), last = imin(s.H - 1, i - s.pad + ring_rows - 1);
+    if (n != image || next < first) image = n, next = first;
+    for (; next <= last; ++next) {
+      gelu_span(x + (n * s.H + next) * row_len, rows + next % ring_rows * row_len, row_len);
+    }
+  }
+  scalar_t* row(const Shape& s, int64_t y) const { return rows + y % nhwc_ring_rows(s) * s.W * s.C; }
+};
+
 // Output rows [begin, end) of the N*Ho rows, from the packed input (or x itself, see nhwc_direct); `wp`
 // [slices][K*K][L] and `bp` [slices][L] are the weights and bias packed likewise (zero past C; bp may be null).
 // `ring` (direct only, else null): scratch of nhwc_ring_rows(s) * W * C elements; given, the rows read are
@@ -343,23 +362,15 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
   const int64_t image_len = direct ? s.H * s.W * s.C : S * s.H * s.dil * R * L;
   const int64_t slice_len = direct ? L : s.H * s.dil * R * L;
   const int64_t row_step = direct ? s.W * s.C : s.dil * R * L;  // elements between input rows
-  const int64_t ring_rows = nhwc_ring_rows(s);
   const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // columns whose taps all read inside
   const int chunk = tap_chunk(s.K);
-  int64_t ring_image = -1, ring_next = 0;  // the ring holds rows of this image, up to (not including) ring_next
+  GeluRing<scalar_t> gelu_rows{ring};
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
     valid_taps(i, s.H, s, &a0, &a1);
     scalar_t* orow = ep.reuse_output ? out : out + row * s.Wo * s.C;
-    if (ring != nullptr) {  // the GELU of the input rows this output row may read, each row once
-      // (bounds that never decrease along an image's rows, so the ring's rows are always the latest ones)
-      const int64_t first = imax(0, i - s.pad), last = imin(s.H - 1, i - s.pad + ring_rows - 1);
-      if (n != ring_image || ring_next < first) ring_image = n, ring_next = first;
-      for (; ring_next <= last; ++ring_next) {
-        gelu_span(x + (n * s.H + ring_next) * row_step, ring + ring_next % ring_rows * row_step, row_step);
-      }
-    }
+    if (ring != nullptr) gelu_rows.advance(s, x, n, i);  // the GELU of the input rows this output row may read
     // The output columns of each residue modulo the dilation, in blocks of kColumns, kColumns / 2, ..., 1; each
     // block over every channel slice.
     for (int64_t res = 0; res < imin(s.dil, s.Wo); ++res) {
@@ -370,7 +381,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         const bool inside = j0 >= lo && j0 + s.dil * (B - 1) < hi;
         const scalar_t* xs = x + n * image_len;
         auto input_row = [&](int64_t y) { return xs + y * row_step; };
-        auto ring_row = [&](int64_t y) { return ring + y % ring_rows * row_step; };
+        auto ring_row = [&](int64_t y) { return gelu_rows.row(s, y); };
         const int64_t slice_step = ring != nullptr ? L : slice_len;  // (the ring is a channels-last row)
         with_constant<kTapChunk>(chunk, [&](auto e) {  // the chunk size as a compile-time constant
           constexpr int Ec = decltype(e)::value;
@@ -532,21 +543,25 @@ inline void nhwc_grad_row(const Shape& s, const scalar_t* go_row, const scalar_t
   });
 }
 
-// The direct form (K <= kDirectMaxK): output rows [begin, end) read the channels-last input itself, one cache line of
-// channels and a block of taps at a time (a kernel row's few taps do not pay for packing the input).
+// The direct form (K <= kDirectMaxK): output rows [begin, end) read the channels-last input itself (or, given
+// `ring`, its GELU through a ring of rows, as the forward's), one cache line of channels and a block of taps at a
+// time (a kernel row's few taps do not pay for packing the input).
 template <typename scalar_t>
 void grad_weight_nhwc_direct(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* partial,
-                             int64_t begin, int64_t end) {
+                             int64_t begin, int64_t end, scalar_t* ring) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   constexpr int NL = Simd<scalar_t>::per_line;
+  GeluRing<scalar_t> gelu_rows{ring};
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
     valid_taps(i, s.H, s, &a0, &a1);
     const scalar_t* go_row = grad_out + row * s.Wo * s.C;
+    if (ring != nullptr) gelu_rows.advance(s, x, n, i);
     for (int64_t a = a0; a < a1; ++a) {
-      const scalar_t* xr = x + (n * s.H + i - s.pad + s.dil * a) * s.W * s.C;
+      const int64_t y = i - s.pad + s.dil * a;
+      const scalar_t* xr = ring != nullptr ? gelu_rows.row(s, y) : x + (n * s.H + y) * s.W * s.C;
       int64_t c0 = 0;
       for (; c0 + NL * L <= s.C; c0 += NL * L) nhwc_grad_row<V, NL>(s, go_row, xr, partial, a, c0);
       for (; c0 + L <= s.C; c0 += L) nhwc_grad_row<V, 1>(s, go_row, xr, partial, a, c0);
@@ -592,8 +607,8 @@ int64_t grad_weight_packed_size(const Shape& s) {
 }
 
 template <typename scalar_t>
-int64_t grad_weight_scratch(const Shape& s) {
-  if (grad_weight_direct(s)) return 0;
+int64_t grad_weight_scratch(const Shape& s, bool gelu_input) {
+  if (grad_weight_direct(s)) return gelu_input ? nhwc_ring_size(s) : 0;
   return channel_slices<scalar_t>(s) * s.dil * grad_residue_length(s) * Simd<scalar_t>::lanes;
 }
 
@@ -662,13 +677,16 @@ __attribute__((noinline)) void grad_taps(const Shape& s, const scalar_t* gq, con
 }
 
 // Output rows [begin, end) of the N*Ho rows, summed into partial [K*K][C], from the input packed by pack_nhwc
-// (grad_weight_packed_size(s) elements; the input itself for the direct form) and grad_out itself; `scratch`:
-// grad_weight_scratch(s) elements. Slices outermost, so that a row's packed grad_out slice stays in the L1 cache
-// while every kernel row reads it; each kernel row's taps in even chunks (tap_chunk's rule).
+// (grad_weight_packed_size(s) elements; the input itself for the direct form, whose GELU `gelu_input` takes) and
+// grad_out itself; `scratch`: grad_weight_scratch(s, gelu_input) elements. Slices outermost, so that a row's packed
+// grad_out slice stays in the L1 cache while every kernel row reads it; each kernel row's taps in even chunks
+// (tap_chunk's rule).
 template <typename scalar_t>
 void grad_weight_nhwc(const Shape& s, const scalar_t* grad_out, const scalar_t* packed, scalar_t* partial,
-                      int64_t begin, int64_t end, scalar_t* scratch) {
-  if (grad_weight_direct(s)) return grad_weight_nhwc_direct(s, grad_out, packed, partial, begin, end);
+                      int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input) {
+  if (grad_weight_direct(s)) {
+    return grad_weight_nhwc_direct(s, grad_out, packed, partial, begin, end, gelu_input ? scratch : nullptr);
+  }
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t S = channel_slices<scalar_t>(s), row_len = s.dil * residue_length(s) * L;
@@ -715,7 +733,7 @@ inline void nchw_tap_block(const Shape& s, const scalar_t* gp, int64_t gstride, 
 
 template <typename scalar_t>
 void grad_weight_nchw(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* grad_w, int64_t begin,
-                      int64_t end, scalar_t* scratch) {
+                      int64_t end, scalar_t* scratch, bool gelu_input) {
   constexpr int64_t L = Simd<scalar_t>::lanes;
   const int64_t stride = padded_stride<scalar_t>(s), gstride = round_up(s.Wo, L);
   scalar_t* xp = scratch;
@@ -725,7 +743,7 @@ void grad_weight_nchw(const Shape& s, const scalar_t* grad_out, const scalar_t* 
     for (int64_t t = 0; t < s.K * s.K; ++t) gw[t] = scalar_t(0);
     for (int64_t n = 0; n < s.N; ++n) {
       const int64_t plane = n * s.C + c;
-      pad_plane(s, x + plane * s.H * s.W, xp, stride);
+      pad_plane(s, x + plane * s.H * s.W, xp, stride, gelu_input);
       for (int64_t i = 0; i < s.Ho; ++i) {
         scalar_t* dst = gp + i * gstride;
         __builtin_memcpy(dst, grad_out + (plane * s.Ho + i) * s.Wo, s.Wo * sizeof(scalar_t));

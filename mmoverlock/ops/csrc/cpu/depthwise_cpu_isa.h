@@ -45,16 +45,18 @@ struct KernelTable {
   // nchw_scratch(s) elements.
   void (*forward_nchw)(const Shape& s, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* out,
                        int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input, const Epilogue<scalar_t>& ep);
-  // Channels-last: adds sum over output rows [begin, end) of grad_out * x into `partial` [K*K, C], from the input
-  // packed by pack_nhwc (all N*H rows, no GELU) into grad_weight_packed_size(s) elements (0: no packing, the
-  // input itself); `scratch`: per-task, grad_weight_scratch(s) elements.
+  // Channels-last: adds sum over output rows [begin, end) of grad_out * x (or gelu(x): `gelu_input`) into `partial`
+  // [K*K, C], from the input packed by pack_nhwc (all N*H rows, with the GELU for gelu_input) into
+  // grad_weight_packed_size(s) elements (0: no packing, the input itself, its GELU then taken through a row ring in
+  // the scratch); `scratch`: per-task, grad_weight_scratch(s, gelu_input) elements.
   int64_t (*grad_weight_packed_size)(const Shape& s);
-  int64_t (*grad_weight_scratch)(const Shape& s);
+  int64_t (*grad_weight_scratch)(const Shape& s, bool gelu_input);
   void (*grad_weight_nhwc)(const Shape& s, const scalar_t* grad_out, const scalar_t* packed, scalar_t* partial,
-                           int64_t begin, int64_t end, scalar_t* scratch);
-  // NCHW: grad_w [C, K*K] of channels [begin, end), each summed over the batch in order.
+                           int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input);
+  // NCHW: grad_w [C, K*K] of channels [begin, end), each summed over the batch in order (of gelu(x)'s products
+  // with `gelu_input`).
   void (*grad_weight_nchw)(const Shape& s, const scalar_t* grad_out, const scalar_t* x, scalar_t* grad_w,
-                           int64_t begin, int64_t end, scalar_t* scratch);
+                           int64_t begin, int64_t end, scalar_t* scratch, bool gelu_input);
   int64_t (*nchw_scratch)(const Shape& s);
   // Per-channel dot products of two maps of one layout (GRN's statistics): channels-last [rows][W][C], row_sums
   // [rows][C] of rows [begin, end); NCHW [planes][HW], sums[plane] of planes [begin, end).
