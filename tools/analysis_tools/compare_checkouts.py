@@ -8,9 +8,13 @@ paired round by round, then the median. A baseline older than 186d4e9 times a ``
 inside every call (its ``Runner`` switched mode per call), which weighs more on the model with more modules: there
 the paired ratio also holds that difference.
 
+With ``--isa best avx2`` the comparison runs once per instruction-set setting (the workers of ``avx2`` with AVX2
+forced on mmoverlock, oneDNN, ATen and MKL), into ``OUT/<setting>.{json,md}``, and ``OUT/isa_comparison.{md,json}``
+puts the settings side by side.
+
 Usage (the baseline e.g. a ``git worktree`` of the commit before, built with ``setup.py build_ext --inplace``):
     python tools/analysis_tools/compare_checkouts.py --baseline ../base --candidate . --size 512 --rounds 3 \\
-        --out benchmarks/backbone/cpu-checkouts/NAME
+        [--isa best avx2] --out benchmarks/backbone/cpu-checkouts/NAME
 """
 import argparse
 import json
@@ -70,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads (default 2)')
     parser.add_argument('--out', help='path stem of the report: STEM.json and STEM.md')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if '--worker' not in argv:  # (a worker imports mmoverlock from its own checkout only)
+        _measure().add_isa_argument(parser)
     args = parser.parse_args(argv)
     if args.worker is None and (args.baseline is None or args.out is None):
         parser.error('--baseline and --out are required')
@@ -78,12 +85,35 @@ def parse_args(argv=None):
     return args
 
 
+def _measure():
+    """This checkout's ``mmoverlock.analysis.measure`` (the parent's reporting; workers import their own code)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from mmoverlock.analysis import measure
+    return measure
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.model, args.peer, args.size, args.calls, args.threads)))
         return None
-    sys.path.insert(0, REPO)
+    measure = _measure()
+
+    def records(payload):
+        return [measure.record(PHASES[phase], metric, summary[key]) for phase, summary in payload['summary'].items()
+                for key, metric in (('baseline', 'baseline ratio'), ('candidate', 'candidate ratio'),
+                                    ('paired', 'candidate ÷ baseline'))]
+
+    return measure.measure_per_isa(
+        args.isa, __file__, argv, lambda setting: compare(args, measure.isa_output(args.out, setting), argv),
+        lambda setting: measure.isa_output(args.out, setting) + '.json', osp.join(args.out, 'isa_comparison'),
+        f'{args.model} against {args.peer}, two checkouts', records)
+
+
+def compare(args, stem: str, argv) -> dict:
+    """The rounds of both checkouts in this process's environment; writes ``stem``.{json,md}, returns the payload."""
     from mmoverlock.analysis.measure import command_line, machine_info, markdown_table, report_header, write_json, \
         write_markdown
     roots = dict(baseline=osp.abspath(args.baseline), candidate=osp.abspath(args.candidate))
@@ -107,10 +137,10 @@ def main(argv=None):
                               paired=statistics.median(c / b for c, b in zip(cand, base)), baseline_rounds=base,
                               candidate_rounds=cand)
     revisions = {which: revision(root) for which, root in roots.items()}
-    payload = dict(command=command_line(__file__, sys.argv[1:] if argv is None else argv), machine=machine,
+    payload = dict(command=command_line(__file__, argv), machine=machine,
                    revisions=revisions, model=args.model, peer=args.peer, size=args.size, rounds=rounds,
                    summary=summary)
-    write_json(args.out + '.json', payload)
+    write_json(stem + '.json', payload)
     notes = [f'Baseline {revisions["baseline"]}, candidate {revisions["candidate"]}; {args.model} against '
              f'{args.peer} at {args.size}x{args.size}, batch 1. {args.rounds} rounds, each one fresh process per '
              f'checkout (alternating which goes first), each timing the two models interleaved, median of '
@@ -121,7 +151,7 @@ def main(argv=None):
     lines = report_header('Two checkouts side by side', payload['command'], machine, notes)
     lines += markdown_table(['phase', 'baseline ratio', 'candidate ratio', 'candidate ÷ baseline (paired median)',
                              'rounds (candidate/baseline)'], rows)
-    write_markdown(args.out + '.md', lines)
+    write_markdown(stem + '.md', lines)
     print('\n'.join(lines))
     return payload
 
