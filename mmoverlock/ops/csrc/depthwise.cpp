@@ -54,7 +54,7 @@ void forward_cpu(const Shape& s, const at::Tensor& input, const at::Tensor& weig
                  bool channels_last, at::Tensor& out, const ForwardExtras& extras = {});
 at::Tensor spatial_dot_cpu(const at::Tensor& a, const at::Tensor& b, bool channels_last);
 void grad_weight_cpu(const Shape& s, const at::Tensor& grad_out, const at::Tensor& input, bool channels_last,
-                     at::Tensor& grad_weight, bool gelu_input = false);
+                     at::Tensor& grad_weight, bool gelu_input);
 
 namespace {
 
@@ -118,6 +118,13 @@ at::Tensor spatial_dot_impl(const at::Tensor& a, const at::Tensor& b) {
   return spatial_dot_cpu(a.contiguous(format_of(cl)), b.contiguous(format_of(cl)), cl);
 }
 
+// The weight gradient [C, 1, K, K] of a prepared backward (of the conv of gelu(input) with `gelu_input`).
+at::Tensor weight_gradient(const BackwardCall& call, const at::Tensor& weight, bool gelu_input) {
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  grad_weight_cpu(call.s, call.grad_out, call.x, call.channels_last, grad_weight, gelu_input);
+  return grad_weight;
+}
+
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& input,
                                                  const at::Tensor& weight, int64_t padding, int64_t dilation,
                                                  std::array<bool, 2> output_mask) {
@@ -127,19 +134,14 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, con
     grad_input = forward_impl(call.grad_out, flipped_weight(weight), std::nullopt, grad_input_padding(call.s),
                               dilation);
   }
-  if (output_mask[1]) {
-    grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-    grad_weight_cpu(call.s, call.grad_out, call.x, call.channels_last, grad_weight);
-  }
+  if (output_mask[1]) grad_weight = weight_gradient(call, weight, /*gelu_input=*/false);
   return {grad_input, grad_weight};
 }
 
 at::Tensor grad_weight_fused_impl(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
                                   int64_t padding, int64_t dilation, bool gelu_input) {
-  const BackwardCall call = prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/false);
-  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  grad_weight_cpu(call.s, call.grad_out, call.x, call.channels_last, grad_weight, gelu_input);
-  return grad_weight;
+  return weight_gradient(prepare_backward(grad_out, input, weight, padding, dilation, /*bounded_indices=*/false),
+                         weight, gelu_input);
 }
 
 }  // namespace

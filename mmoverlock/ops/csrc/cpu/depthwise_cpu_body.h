@@ -334,18 +334,18 @@ inline int64_t nhwc_ring_size(const Shape& s) { return nhwc_ring_rows(s) * s.W *
 // an image's rows, so the ring's rows are always the latest ones); row(y) is input row y's GELU.
 template <typename scalar_t>
 struct GeluRing {
-  scalar_t* rows;
-  int64_t image = -1, next = 0;  // the ring holds rows of this image, up to (not including) row `next`
+  GeluRing(const Shape& s, scalar_t* rows) : rows(rows), ring_rows(nhwc_ring_rows(s)), row_len(s.W * s.C) {}
 
   void advance(const Shape& s, const scalar_t* x, int64_t n, int64_t i) {
-    const int64_t ring_rows = nhwc_ring_rows(s), row_len = s.W * s.C;
     const int64_t first = imax(0, i - s.pad), last = imin(s.H - 1, i - s.pad + ring_rows - 1);
     if (n != image || next < first) image = n, next = first;
-    for (; next <= last; ++next) {
-      gelu_span(x + (n * s.H + next) * row_len, rows + next % ring_rows * row_len, row_len);
-    }
+    for (; next <= last; ++next) gelu_span(x + (n * s.H + next) * row_len, row(next), row_len);
   }
-  scalar_t* row(const Shape& s, int64_t y) const { return rows + y % nhwc_ring_rows(s) * s.W * s.C; }
+  scalar_t* row(int64_t y) const { return rows + y % ring_rows * row_len; }
+
+  scalar_t* rows;
+  int64_t ring_rows, row_len;
+  int64_t image = -1, next = 0;  // the ring holds rows of this image, up to (not including) row `next`
 };
 
 // Output rows [begin, end) of the N*Ho rows, from the packed input (or x itself, see nhwc_direct); `wp`
@@ -364,7 +364,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
   const int64_t row_step = direct ? s.W * s.C : s.dil * R * L;  // elements between input rows
   const int64_t lo = imin(s.pad, s.Wo), hi = imax(lo, s.Wo - s.pad);  // columns whose taps all read inside
   const int chunk = tap_chunk(s.K);
-  GeluRing<scalar_t> gelu_rows{ring};
+  GeluRing<scalar_t> gelu_rows(s, ring);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
@@ -381,7 +381,7 @@ void forward_nhwc(const Shape& s, const scalar_t* x, const scalar_t* wp, const s
         const bool inside = j0 >= lo && j0 + s.dil * (B - 1) < hi;
         const scalar_t* xs = x + n * image_len;
         auto input_row = [&](int64_t y) { return xs + y * row_step; };
-        auto ring_row = [&](int64_t y) { return gelu_rows.row(s, y); };
+        auto ring_row = [&](int64_t y) { return gelu_rows.row(y); };
         const int64_t slice_step = ring != nullptr ? L : slice_len;  // (the ring is a channels-last row)
         with_constant<kTapChunk>(chunk, [&](auto e) {  // the chunk size as a compile-time constant
           constexpr int Ec = decltype(e)::value;
@@ -552,7 +552,7 @@ void grad_weight_nhwc_direct(const Shape& s, const scalar_t* grad_out, const sca
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   constexpr int NL = Simd<scalar_t>::per_line;
-  GeluRing<scalar_t> gelu_rows{ring};
+  GeluRing<scalar_t> gelu_rows(s, ring);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.Ho, i = row % s.Ho;
     int64_t a0, a1;
@@ -561,7 +561,7 @@ void grad_weight_nhwc_direct(const Shape& s, const scalar_t* grad_out, const sca
     if (ring != nullptr) gelu_rows.advance(s, x, n, i);
     for (int64_t a = a0; a < a1; ++a) {
       const int64_t y = i - s.pad + s.dil * a;
-      const scalar_t* xr = ring != nullptr ? gelu_rows.row(s, y) : x + (n * s.H + y) * s.W * s.C;
+      const scalar_t* xr = ring != nullptr ? gelu_rows.row(y) : x + (n * s.H + y) * s.W * s.C;
       int64_t c0 = 0;
       for (; c0 + NL * L <= s.C; c0 += NL * L) nhwc_grad_row<V, NL>(s, go_row, xr, partial, a, c0);
       for (; c0 + L <= s.C; c0 += L) nhwc_grad_row<V, 1>(s, go_row, xr, partial, a, c0);
