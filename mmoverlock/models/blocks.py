@@ -12,6 +12,7 @@ from torch import nn
 
 from ..ops import accumulation_dtype, contmix_aggregate
 from ..ops.depthwise import DepthwiseConv2d
+from ..ops.pointwise import PointwiseConv2d
 from ..ops.tracing import is_tracing
 from .layers import (GRN, DilatedReparamBlock, FusingSequential, LayerNorm2d, LayerScale, ResDWConv, SEModule, conv_bn,
                      is_channels_last)
@@ -93,11 +94,11 @@ class RepConvBlock(nn.Module):
             DilatedReparamBlock(dim, kernel_size, deploy=deploy),
             nn.BatchNorm2d(dim),
             SEModule(dim),
-            nn.Conv2d(dim, mlp_dim, 1),
+            PointwiseConv2d(dim, mlp_dim),
             nn.GELU(),
             ResDWConv(mlp_dim, 3),
             GRN(mlp_dim),
-            nn.Conv2d(mlp_dim, dim, 1),
+            PointwiseConv2d(mlp_dim, dim),
             DropPath(drop_path) if drop_path > 0 else nn.Identity(),
         )
         self.ls = _layer_scale_or_identity(dim, ls_init_value)
@@ -161,29 +162,29 @@ class ContMixBlock(nn.Module):
             DepthwiseConv2d(out_dim, 3),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
-            nn.Conv2d(out_dim, dim, 1),
+            PointwiseConv2d(out_dim, dim),
             GRN(dim),
         )
-        self.weight_query = FusingSequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+        self.weight_query = FusingSequential(PointwiseConv2d(dim, dim // 2, bias=False), nn.BatchNorm2d(dim // 2))
         self.weight_key = FusingSequential(
             nn.AdaptiveAvgPool2d(7),
-            nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),
+            nn.Conv2d(ctx_dim, dim // 2, 1, bias=False),  # 49 pixels: nn.Conv2d (see SEModule)
             nn.BatchNorm2d(dim // 2),
         )
         self.weight_proj = nn.Conv2d(49, smk_size**2 + kernel_size**2, 1)
-        self.dyconv_proj = FusingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.dyconv_proj = FusingSequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim))
         self.lepe = FusingSequential(DilatedReparamBlock(dim, kernel_size, deploy=deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
-        self.gate = FusingSequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
-        self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
+        self.gate = FusingSequential(PointwiseConv2d(dim, dim, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.BatchNorm2d(dim), PointwiseConv2d(dim, out_dim))
         self.dwconv2 = ResDWConv(out_dim, 3)
         self.norm2 = LayerNorm2d(out_dim)
         self.mlp = FusingSequential(
-            nn.Conv2d(out_dim, mlp_dim, 1),
+            PointwiseConv2d(out_dim, mlp_dim),
             nn.GELU(),
             ResDWConv(mlp_dim, 3),
             GRN(mlp_dim),
-            nn.Conv2d(mlp_dim, out_dim, 1),
+            PointwiseConv2d(mlp_dim, out_dim),
         )
         self.ls1 = _layer_scale_or_identity(out_dim, ls_init_value)
         self.ls2 = _layer_scale_or_identity(out_dim, ls_init_value)

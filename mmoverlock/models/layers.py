@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, fused_depthwise_conv2d, gelu_res_dwconv,
                              gelu_res_dwconv_backward, recomputed_branch_sum, residual_depthwise_conv2d,
                              sum_branch_kernels)
+from ..ops.pointwise import PointwiseConv2d, pointwise_conv2d_backward
 from ..ops.statistics import runs_compiled, spatial_dot
 from ..ops.tracing import is_tracing
 from .recompute import recompute_into_conv, recomputes
@@ -208,9 +209,8 @@ class _GRNIntoPointwise(torch.autograd.Function):
         # The scaled conv's gradients, sample by sample (each sample has its own scaled weight).
         grad_ys, grad_scaled = [], []
         for i in range(y.shape[0]):
-            grad_y, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad_out[i:i + 1], y[i:i + 1], weight * scale[i].view(1, -1, 1, 1), None, [1, 1], [0, 0], [1, 1],
-                False, [0, 0], 1, [wants_y, True, False])
+            grad_y, grad_w, _ = pointwise_conv2d_backward(grad_out[i:i + 1], y[i:i + 1],
+                                                          weight * scale[i].view(1, -1, 1, 1), [wants_y, True, False])
             grad_ys.append(grad_y)
             grad_scaled.append(grad_w)
         grad_scaled = torch.stack(grad_scaled)  # dL/dW' [N, O, C, 1, 1]
@@ -257,7 +257,11 @@ class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
 
 
 class SEModule(nn.Module):
-    """Squeeze-and-excitation: ``x * sigmoid(pw(gelu(pw(avgpool(x)))))`` with ``max(16, C // 8)`` inner channels."""
+    """Squeeze-and-excitation: ``x * sigmoid(pw(gelu(pw(avgpool(x)))))`` with ``max(16, C // 8)`` inner channels.
+
+    Its 1 x 1 convs see one pixel per sample, so they stay ``nn.Conv2d``: ``PointwiseConv2d``'s autograd function
+    would cost more Python than its products save.
+    """
 
     def __init__(self, num_channels: int, reduction: int = 8):
         super().__init__()
@@ -331,7 +335,7 @@ class FusingSequential(nn.Sequential):
                 continue
             if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
                 x = following.forward_after_gelu(x, layer.approximate)
-            elif _uses_running_stats(following) and type(layer) is nn.Conv2d:
+            elif _uses_running_stats(following) and type(layer) in (nn.Conv2d, PointwiseConv2d):
                 x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
             elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
                 x = depthwise_conv2d(x, *fuse_conv_bn(layer, following), layer.padding[0], layer.dilation[0])
@@ -396,7 +400,7 @@ def _cheap_run_end(layers: List[nn.Module], start: int) -> Optional[int]:
     end = start
     while end < len(layers) and _is_cheap(layers[end]):
         end += 1
-    if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d):
+    if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d, PointwiseConv2d):
         return None
     return end
 
@@ -431,9 +435,10 @@ def _folds_grn_with_grad(cheap: List[nn.Module], conv: nn.Module, x: torch.Tenso
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a plain, dense 1 x 1 ``nn.Conv2d`` with stride 1 (a per-pixel linear map)."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
-            and conv.padding == (0, 0))
+    """Whether ``conv`` is a plain, dense 1 x 1 ``nn.Conv2d`` (or a ``PointwiseConv2d``) with stride 1 (a per-pixel
+    linear map)."""
+    return (type(conv) in (nn.Conv2d, PointwiseConv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding == (0, 0))
 
 
 def _uses_running_stats(module: Optional[nn.Module]) -> bool:

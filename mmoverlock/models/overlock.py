@@ -14,6 +14,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..ops.pointwise import PointwiseConv2d
 from .arch import check_levels, release_checkpoint
 from .checkpoint import load_overlock_checkpoint
 from .layers import LayerNorm2d, LayerScale
@@ -125,7 +126,7 @@ class OverLoCK(OverLoCKTrunk, BaseModule):
         norms = [LayerNorm2d(c) for c in self.level_channels]
         if overview_fusion:
             norms.append(LayerNorm2d(dims[3]))
-            self.h_proj = nn.Sequential(nn.Conv2d(dims[3], self.level_channels[3], 1),
+            self.h_proj = nn.Sequential(PointwiseConv2d(dims[3], self.level_channels[3]),
                                         LayerScale(self.level_channels[3], init_value=1e-5))
         self.extra_norm = nn.ModuleList(norms)
         self._freeze_stages()

@@ -4,9 +4,9 @@ Autograd keeps, for the backward, the input of every layer that needs it: after 
 BN's input, the BN's output (for SE's product) and the SE's output (for the conv's weight gradient), three maps of
 one size where one suffices. :func:`recompute_into_conv` runs ``conv(segment(*inputs))`` keeping only ``inputs``
 (and the conv's weight); the backward runs ``segment`` again, a few elementwise passes, takes the conv's gradients
-with the very kernel autograd would (``convolution_backward``, or the depthwise op's backward), and differentiates
-the recomputed segment with autograd. Outputs and gradients are those of the plain chain; BatchNorms in the segment
-update their running statistics once, in the forward (the recomputation's updates are undone).
+with the very kernel its own backward would (``convolution_backward``, or the depthwise or pointwise op's), and
+differentiates the recomputed segment with autograd. Outputs and gradients are those of the plain chain; BatchNorms
+in the segment update their running statistics once, in the forward (the recomputation's updates are undone).
 """
 import contextlib
 from typing import Callable, Iterator, List, Optional, Sequence
@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops.depthwise import DepthwiseConv2d, depthwise_conv2d, depthwise_conv2d_backward
+from ..ops.pointwise import PointwiseConv2d, pointwise_conv2d_backward
 from ..ops.tracing import is_tracing
 
 
@@ -59,11 +60,13 @@ def recompute_into_conv(segment: Callable[..., torch.Tensor], inputs: Sequence[t
         inputs (Sequence[Tensor]): The segment's inputs.
         layers (Sequence[nn.Module]): The modules ``segment`` runs: their parameters get gradients, their
             BatchNorms' running statistics are restored after the recomputation.
-        conv (nn.Conv2d): The consumer, a plain ``nn.Conv2d`` (zero padding) or a ``DepthwiseConv2d``.
+        conv (nn.Conv2d): The consumer, a plain ``nn.Conv2d`` (zero padding), a ``DepthwiseConv2d`` or a
+            ``PointwiseConv2d``.
         weight, bias (Tensor, optional): The conv's kernel and bias, defaulting to ``conv.weight`` / ``conv.bias``.
 
-    The plain composition runs instead inside :func:`plain_autograd`, when no gradient is wanted, under tracing or autocast, for other than
-    float32/float64 inputs, or when ``layers`` hold a BatchNorm subclass (see :func:`recomputable`).
+    The plain composition runs instead inside :func:`plain_autograd`, when no gradient is wanted, under tracing or
+    autocast, for other than float32/float64 inputs, or when ``layers`` hold a BatchNorm subclass (see
+    :func:`recomputable`).
     """
     if weight is None:
         weight, bias = conv.weight, conv.bias
@@ -88,6 +91,8 @@ def _conv_backward(conv: nn.Conv2d, grad_out: torch.Tensor, x: torch.Tensor, wei
                    mask: List[bool]):
     if isinstance(conv, DepthwiseConv2d):
         return depthwise_conv2d_backward(grad_out, x, weight, conv.padding[0], conv.dilation[0], mask)
+    if isinstance(conv, PointwiseConv2d):
+        return pointwise_conv2d_backward(grad_out, x, weight, mask)
     return torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[0]] if mask[2] else None,
                                                list(conv.stride), list(conv.padding), list(conv.dilation), False,
                                                [0, 0], conv.groups, mask)

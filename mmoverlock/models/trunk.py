@@ -16,6 +16,7 @@ from timm.layers import register_notrace_function
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..ops.pointwise import PointwiseConv2d
 from .arch import ARCH_SETTINGS, MEMORY_FORMATS, check_trunk_arguments, parse_arch
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
 from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem
@@ -138,7 +139,7 @@ class OverLoCKTrunk(nn.Module):
         self.patch_embed2 = conv_bn(dims[0], dims[1], stride=2)
         self.patch_embed3 = conv_bn(dims[1], dims[2], stride=2)
         self.patch_embed4 = conv_bn(dims[2], dims[3], stride=2)
-        self.high_level_proj = nn.Conv2d(dims[3], ctx_dim, 1)
+        self.high_level_proj = PointwiseConv2d(dims[3], ctx_dim)
         self.patch_embedx = ContextDownsample(in_dim=dims[2], out_dim=dims[3], ctx_dim=ctx_dim)
         # Base-Net stages 1-3 and the Overview-Net (stage 4): large-kernel re-parameterisable conv blocks.
         for stage in range(4):
