@@ -2,7 +2,7 @@
 
 A stride-1, unpadded 1 x 1 conv is a linear map over pixels, ``Y = X W^T + b``. oneDNN's forward for it runs at its
 GEMM's rate, but its backward does not: over the 1 x 1 convs of an OverLoCK-T training step at 512 x 512 it took
-1.15x (best ISA) and 1.12x (AVX2 forced) the time of the two ``torch.mm`` calls of the same products, on a 2-core
+1.14x (best ISA) and 1.11x (AVX2 forced) the time of the two ``torch.mm`` calls of the same products, on a 2-core
 Xeon (``tools/analysis_tools/benchmark_pointwise.py``, ``benchmarks/pointwise/cpu``). ConvNeXt-T, whose 1 x 1 layers
 are ``nn.Linear``, already takes the GEMM path; ``pointwise_conv2d`` puts OverLoCK's there too.
 
