@@ -45,7 +45,11 @@ def recomputes() -> bool:
 def recomputable(layers: Sequence[nn.Module]) -> bool:
     """Whether running ``layers`` twice gives the same result and no side effect but running statistics: every
     BatchNorm is a plain ``nn.BatchNorm2d`` (a subclass such as SyncBatchNorm may communicate or do more)."""
-    return all(type(m) is nn.BatchNorm2d or not isinstance(m, _BatchNorm) for layer in layers for m in layer.modules())
+    return _recomputable_modules([m for layer in layers for m in layer.modules()])
+
+
+def _recomputable_modules(modules: Sequence[nn.Module]) -> bool:
+    return all(type(m) is nn.BatchNorm2d or not isinstance(m, _BatchNorm) for m in modules)
 
 
 def recompute_into_conv(segment: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
@@ -70,15 +74,21 @@ def recompute_into_conv(segment: Callable[..., torch.Tensor], inputs: Sequence[t
     """
     if weight is None:
         weight, bias = conv.weight, conv.bias
-    params = [p for layer in layers for p in layer.parameters()]
+    # One walk over the modules for their parameters, the BatchNorm check and the BatchNorms whose running
+    # statistics the backward's recomputation must leave alone (each walk is a Python generator chain; a training
+    # step makes some 400 of these calls).
+    modules = [m for layer in layers for m in layer.modules()]
+    params = list(dict.fromkeys(p for m in modules for p in m.parameters(recurse=False)))  # (each once)
     tensors = [*inputs, *params, weight] + ([] if bias is None else [bias])
     device = inputs[0].device.type
     if (not _ENABLED[-1] or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors) or is_tracing()
             or device not in ('cpu', 'cuda') or torch.is_autocast_enabled(device)
             or any(t.dtype not in (torch.float32, torch.float64) for t in inputs)
-            or not isinstance(conv.padding, tuple) or conv.padding_mode != 'zeros' or not recomputable(layers)):
+            or not isinstance(conv.padding, tuple) or conv.padding_mode != 'zeros'
+            or not _recomputable_modules(modules)):
         return _conv(conv, segment(*inputs), weight, bias)
-    return _RecomputedIntoConv.apply(segment, layers, conv, len(inputs), len(params), bias is not None, *tensors)
+    norms = [m for m in modules if isinstance(m, _BatchNorm)]
+    return _RecomputedIntoConv.apply(segment, norms, conv, len(inputs), len(params), bias is not None, *tensors)
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -99,16 +109,15 @@ def _conv_backward(conv: nn.Conv2d, grad_out: torch.Tensor, x: torch.Tensor, wei
 
 
 class _RunningStats:
-    """Keeps the BatchNorms in ``layers`` from updating their running statistics while a recomputation runs them.
+    """Keeps the BatchNorms ``norms`` from updating their running statistics while a recomputation runs them.
 
     A training-mode BatchNorm normalises with its batch statistics whether or not it tracks running ones, so turning
     ``track_running_stats`` off for the recomputation leaves its output as it was and its buffers untouched, without
     a copy of each buffer to put back (two operators per buffer, about 530 per training step).
     """
 
-    def __init__(self, layers: Sequence[nn.Module]):
-        self.norms = [m for layer in layers for m in layer.modules()
-                      if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    def __init__(self, norms: Sequence[_BatchNorm]):
+        self.norms = [m for m in norms if m.training and m.track_running_stats]
 
     def __enter__(self):
         for m in self.norms:
@@ -122,27 +131,28 @@ class _RunningStats:
 class _RecomputedIntoConv(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, segment, layers, conv, n_inputs: int, n_params: int, has_bias: bool, *tensors):
+    def forward(ctx, segment, norms, conv, n_inputs: int, n_params: int, has_bias: bool, *tensors):
         inputs = tensors[:n_inputs]
         weight = tensors[n_inputs + n_params]
         bias = tensors[n_inputs + n_params + 1] if has_bias else None
         out = _conv(conv, segment(*inputs), weight, bias)
         ctx.save_for_backward(*inputs, weight)
-        ctx.segment, ctx.layers, ctx.conv, ctx.n_params, ctx.has_bias = segment, layers, conv, n_params, has_bias
+        ctx.segment, ctx.norms, ctx.conv, ctx.has_bias = segment, norms, conv, has_bias
+        ctx.params = tensors[n_inputs:n_inputs + n_params]  # the segment's parameters (leaves: nothing to save)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         *saved, weight = ctx.saved_tensors
-        n_inputs, n_params = len(saved), ctx.n_params
+        params = list(ctx.params)
+        n_inputs, n_params = len(saved), len(params)
         needs = ctx.needs_input_grad[6:]
         inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, needs)]
-        params = [p for layer in ctx.layers for p in layer.parameters()]
         needs_w, needs_b = needs[n_inputs + n_params], ctx.has_bias and needs[-1]
         wanted = [t for t, need in zip(inputs + params, needs) if need]
         # The forward updated the running statistics once; the recomputation leaves them alone.
-        with _RunningStats(ctx.layers), torch.enable_grad():
+        with _RunningStats(ctx.norms), torch.enable_grad():
             y = ctx.segment(*inputs)
         grad_y, grad_w, grad_b = _conv_backward(ctx.conv, grad_out, y.detach(), weight,
                                                 [y.requires_grad, needs_w, needs_b])
