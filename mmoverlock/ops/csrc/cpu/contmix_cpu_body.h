@@ -18,7 +18,7 @@
 
 namespace {
 
-#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, round_up, imin, imax
+#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, prefetch_span, round_up, ...
 
 template <typename scalar_t>
 using Simd = SimdTraits<scalar_t, CONTMIX_VEC_BYTES>;
@@ -56,8 +56,7 @@ constexpr int64_t kPrefetchPixels = 4;
 
 template <typename scalar_t>
 inline void prefetch_logits(const Shape& s, const scalar_t* weights, int64_t pix, int64_t num_pix) {
-  const scalar_t* w = weights + imin(pix + kPrefetchPixels, num_pix - 1) * s.T;
-  for (int64_t t = 0; t < s.T; t += 64 / int64_t(sizeof(scalar_t))) __builtin_prefetch(w + t);
+  prefetch_span(weights + imin(pix + kPrefetchPixels, num_pix - 1) * s.T, s.T);
 }
 
 // Per-thread state of one pixel's taps: the probabilities `p` and the biases `bias` of the current window offset,

@@ -52,6 +52,13 @@ inline scalar_t hmax(V v) {  // a NaN lane may or may not win, as with the max o
   return hreduce<scalar_t>(v, [](scalar_t a, scalar_t b) { return a > b ? a : b; });
 }
 
+// Asks for every 64-byte cache line of [p, p + n) (a software prefetch, for data a loop reads soon).
+template <typename scalar_t>
+inline void prefetch_span(const scalar_t* p, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * int64_t(sizeof(scalar_t)); b += 64) __builtin_prefetch(bytes + b);
+}
+
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }

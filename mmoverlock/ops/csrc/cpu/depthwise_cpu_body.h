@@ -17,7 +17,7 @@
 
 namespace {
 
-#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, round_up, imin, imax
+#include "cpu_vector_ops.h"  // SimdTraits, load, store, splat, hsum, hmax, prefetch_span, round_up, ...
 
 template <typename scalar_t>
 struct Simd : SimdTraits<scalar_t, DEPTHWISE_VEC_BYTES> {
@@ -39,18 +39,10 @@ constexpr int kAccumulators = 8;
 // 3.7 -> 2.6, 2.1 -> 1.4 ms). The packed forward (K > kDirectMaxK, compute-bound) and the weight gradient (its
 // line-strided walks over rows that stay in L2) showed no change with prefetches and have none.
 constexpr int64_t kPrefetchAhead = 4096;
-constexpr int64_t kLineBytes = 64;
 
 template <typename scalar_t>
 inline void prefetch_ahead(const scalar_t* p) {
   __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchAhead);
-}
-
-// Every cache line of [p, p + n).
-template <typename scalar_t>
-inline void prefetch_span(const scalar_t* p, int64_t n) {
-  const char* bytes = reinterpret_cast<const char*>(p);
-  for (int64_t b = 0; b < n * int64_t(sizeof(scalar_t)); b += kLineBytes) __builtin_prefetch(bytes + b);
 }
 
 // y[0, n) *= gelu'(at[0, n)): GELU's backward applied to an output row or plane just written.
