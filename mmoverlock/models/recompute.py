@@ -42,13 +42,10 @@ def recomputes() -> bool:
     return _ENABLED[-1]
 
 
-def recomputable(layers: Sequence[nn.Module]) -> bool:
-    """Whether running ``layers`` twice gives the same result and no side effect but running statistics: every
-    BatchNorm is a plain ``nn.BatchNorm2d`` (a subclass such as SyncBatchNorm may communicate or do more)."""
-    return _recomputable_modules([m for layer in layers for m in layer.modules()])
-
-
-def _recomputable_modules(modules: Sequence[nn.Module]) -> bool:
+def recomputable(modules: Sequence[nn.Module]) -> bool:
+    """Whether running ``modules`` (every module of a segment's layers) twice gives the same result and no side
+    effect but running statistics: every BatchNorm is a plain ``nn.BatchNorm2d`` (a subclass such as SyncBatchNorm
+    may communicate or do more)."""
     return all(type(m) is nn.BatchNorm2d or not isinstance(m, _BatchNorm) for m in modules)
 
 
@@ -85,7 +82,7 @@ def recompute_into_conv(segment: Callable[..., torch.Tensor], inputs: Sequence[t
             or device not in ('cpu', 'cuda') or torch.is_autocast_enabled(device)
             or any(t.dtype not in (torch.float32, torch.float64) for t in inputs)
             or not isinstance(conv.padding, tuple) or conv.padding_mode != 'zeros'
-            or not _recomputable_modules(modules)):
+            or not recomputable(modules)):
         return _conv(conv, segment(*inputs), weight, bias)
     norms = [m for m in modules if isinstance(m, _BatchNorm)]
     return _RecomputedIntoConv.apply(segment, norms, conv, len(inputs), len(params), bias is not None, *tensors)
