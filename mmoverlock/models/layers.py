@@ -26,6 +26,10 @@ from ..ops.statistics import runs_compiled, spatial_dot
 from ..ops.tracing import is_tracing
 from .recompute import recompute_into_conv, recomputes
 
+#: The dense convs FusingSequential fuses with what surrounds them: plain ``nn.Conv2d`` and the 1 x 1
+#: ``PointwiseConv2d`` (an ``nn.Conv2d`` whose ``_conv_forward`` runs ``pointwise_conv2d``).
+DENSE_CONVS = (nn.Conv2d, PointwiseConv2d)
+
 # (kernel, dilation) of the parallel dilated branches of a DilatedReparamBlock, by its large kernel size
 # (UniRepLKNet's defaults, used unchanged by OverLoCK).
 DILATED_BRANCHES = {
@@ -335,7 +339,7 @@ class FusingSequential(nn.Sequential):
                 continue
             if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
                 x = following.forward_after_gelu(x, layer.approximate)
-            elif _uses_running_stats(following) and type(layer) in (nn.Conv2d, PointwiseConv2d):
+            elif _uses_running_stats(following) and type(layer) in DENSE_CONVS:
                 x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
             elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
                 x = depthwise_conv2d(x, *fuse_conv_bn(layer, following), layer.padding[0], layer.dilation[0])
@@ -400,7 +404,7 @@ def _cheap_run_end(layers: List[nn.Module], start: int) -> Optional[int]:
     end = start
     while end < len(layers) and _is_cheap(layers[end]):
         end += 1
-    if end == start or end == len(layers) or type(layers[end]) not in (nn.Conv2d, DepthwiseConv2d, PointwiseConv2d):
+    if end == start or end == len(layers) or type(layers[end]) not in (*DENSE_CONVS, DepthwiseConv2d):
         return None
     return end
 
@@ -437,7 +441,7 @@ def _folds_grn_with_grad(cheap: List[nn.Module], conv: nn.Module, x: torch.Tenso
 def _is_pointwise(conv: nn.Module) -> bool:
     """Whether ``conv`` is a plain, dense 1 x 1 ``nn.Conv2d`` (or a ``PointwiseConv2d``) with stride 1 (a per-pixel
     linear map)."""
-    return (type(conv) in (nn.Conv2d, PointwiseConv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+    return (type(conv) in DENSE_CONVS and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
             and conv.groups == 1 and conv.padding == (0, 0))
 
 
