@@ -610,6 +610,18 @@ def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequenti
     )
 
 
+def store_kernels_channels_last(module: nn.Module) -> None:
+    """Store the K x K kernels (K > 1) of ``module``'s dense convs channels-last, for a network whose maps run
+    channels-last: oneDNN and cuDNN take a conv's kernel in its input's layout, so an NCHW kernel was copied into that
+    layout on every call, and its gradient back. On a 2-core Xeon (2 threads) the 256 -> 512 3 x 3 stride-2 conv
+    at 32 x 32 took 7.7 instead of 13.7 ms for its forward and backward with the copies gone, with equal outputs. The
+    parameters keep their shapes and keys; ``load_state_dict`` copies into them whatever the checkpoint's layout."""
+    for m in module.modules():
+        if type(m) in DENSE_CONVS and m.groups == 1 and m.weight.dim() == 4 and m.weight.shape[2:] != (1, 1):
+            m.weight = nn.Parameter(m.weight.detach().contiguous(memory_format=torch.channels_last),
+                                    requires_grad=m.weight.requires_grad)
+
+
 def stem(in_channels: int, out_channels: int) -> nn.Sequential:
     """The stride-4 stem: four 3x3 convs (two with stride 2) with BN, GELU between them (indices 0-10)."""
     mid = out_channels // 2

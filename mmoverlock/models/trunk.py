@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..ops.pointwise import PointwiseConv2d
 from .arch import ARCH_SETTINGS, MEMORY_FORMATS, check_trunk_arguments, parse_arch
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
-from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem
+from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem, store_kernels_channels_last
 
 
 def trunc_normal_init_(module: nn.Module, std: float = .02) -> None:
@@ -158,6 +158,8 @@ class OverLoCKTrunk(nn.Module):
                              drop_path=next(drop_path), is_first=(stage == 2 and i == 0),
                              is_last=(stage == 3 and i == n - 1), deploy=deploy, contmix_backend=contmix_backend)
                 for i in range(n)))
+        if MEMORY_FORMATS[memory_format] is not torch.contiguous_format:  # 'auto': channels-last on CPU and CUDA
+            store_kernels_channels_last(self)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:

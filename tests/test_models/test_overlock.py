@@ -315,3 +315,41 @@ def test_autocast_on_gpu(dtype):
     for out, ref in zip(outs, reference):
         assert torch.isfinite(out).all()
         assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def _dense_kernels(model):
+    return {name: p for name, p in model.named_parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1}
+
+
+@pytest.mark.parametrize('memory_format', ['auto', 'channels_last', 'contiguous'])
+def test_dense_kernels_are_stored_in_the_layout_the_maps_run_in(memory_format):
+    """The stem's and the downsampling layers' 3 x 3 kernels are channels-last where the maps are (no per-call copy
+    in oneDNN / cuDNN), and stay so through ``init_weights``, ``load_state_dict`` of NCHW tensors and ``.double()``;
+    the outputs and gradients are those of NCHW kernels."""
+    torch.manual_seed(0)
+    model = OverLoCK(arch=TINY_ARCH, memory_format=memory_format)
+    model.init_weights()
+    layout = torch.contiguous_format if memory_format == 'contiguous' else torch.channels_last
+    kernels = _dense_kernels(model)
+    assert set(kernels) == {f'patch_embed1.{i}.weight' for i in (0, 3, 6, 9)} | {
+        'patch_embed2.0.weight', 'patch_embed3.0.weight', 'patch_embed4.0.weight', 'patch_embedx.x_proj.0.weight',
+        'patch_embedx.h_proj.0.weight'}
+    assert all(p.is_contiguous(memory_format=layout) for p in kernels.values())
+
+    reference = OverLoCK(arch=TINY_ARCH, memory_format=memory_format)
+    reference.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    assert all(p.is_contiguous(memory_format=layout) for p in _dense_kernels(reference).values())
+    for p in _dense_kernels(reference).values():  # the plain layout, as before this change
+        p.data = p.data.contiguous()
+    model.double()
+    reference.double()
+    assert all(p.is_contiguous(memory_format=layout) for p in _dense_kernels(model).values())
+    x = torch.randn(2, 3, 64, 72, dtype=torch.float64)
+    outs = [m(x) for m in (model, reference)]
+    for out, ref in zip(*outs):
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    sum(o.sum() for o in outs[0]).backward()
+    sum(o.sum() for o in outs[1]).backward()
+    for (name, p), q in zip(_dense_kernels(model).items(), _dense_kernels(reference).values()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+        assert p.grad.is_contiguous(memory_format=layout), name
