@@ -24,6 +24,7 @@ from ..ops.depthwise import (DepthwiseConv2d, branch_sum, depthwise_conv2d, fuse
 from ..ops.pointwise import PointwiseConv2d, pointwise_conv2d_backward
 from ..ops.statistics import runs_compiled, spatial_dot
 from ..ops.tracing import is_tracing
+from .fold_cache import reuse_fold
 from .recompute import recompute_into_conv, recomputes
 
 #: The dense convs FusingSequential fuses with what surrounds them: plain ``nn.Conv2d`` and the 1 x 1
@@ -313,8 +314,9 @@ class FusingSequential(nn.Sequential):
     * a ``GELU`` directly followed by a ``ResDWConv``: one step that keeps only the GELU's input for the backward
       (see ``ResDWConv.forward_after_gelu``);
     * a plain ``Conv2d``, a ``DepthwiseConv2d`` or a foldable ``DilatedReparamBlock`` followed by a BatchNorm that
-      uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, recomputed from the
-      current parameters on every call (nothing cached, gradients reach both layers);
+      uses its running statistics (eval mode): one conv whose kernel and bias absorb the BN, folded from the
+      current parameters (gradients reach both layers; without a gradient the fold is reused while the
+      parameters are unchanged, see ``fold_cache``);
     * without a gradient, a ``GRN`` after a ``ResDWConv`` (after a ``GELU`` or not): the conv takes the GELU of
       its input and the GRN's sums of squares in its own pass (``ResDWConv.forward_with_square_sums``), and a
       1 x 1 conv after the GRN absorbs it (``GRN.into_pointwise``): the MLP's hidden map is read or written four
@@ -340,12 +342,11 @@ class FusingSequential(nn.Sequential):
             if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
                 x = following.forward_after_gelu(x, layer.approximate)
             elif _uses_running_stats(following) and type(layer) in DENSE_CONVS:
-                x = layer._conv_forward(x, *fuse_conv_bn(layer, following))
+                x = layer._conv_forward(x, *_fold_into(layer, following))
             elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
-                x = depthwise_conv2d(x, *fuse_conv_bn(layer, following), layer.padding[0], layer.dilation[0])
+                x = depthwise_conv2d(x, *_fold_into(layer, following), layer.padding[0], layer.dilation[0])
             elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
-                kernel, bias = fold_bn(*layer.kernel_and_bias(), following)
-                x = depthwise_conv2d(x, kernel, bias, layer.kernel_size // 2)
+                x = depthwise_conv2d(x, *_fold_into(layer, following), layer.kernel_size // 2)
             else:
                 x = layer(x)
                 i += 1
@@ -374,7 +375,7 @@ class FusingSequential(nn.Sequential):
         following = layers[end + 1] if end + 1 < len(layers) else None
         weight, bias, after = conv.weight, conv.bias, end + 1
         if _uses_running_stats(following):
-            (weight, bias), after = fuse_conv_bn(conv, following), end + 2
+            (weight, bias), after = _fold_into(conv, following), end + 2
         if isinstance(cheap[-1], GRN) and _is_pointwise(conv) and not torch.is_grad_enabled() and not is_tracing():
             # Inference: the GRN folds into the 1 x 1 conv (no gradient wanted, so no map to keep either).
             start = _square_sums_start(cheap, len(cheap) - 1)
@@ -468,6 +469,14 @@ def fold_bn(kernel: torch.Tensor, bias: Optional[torch.Tensor],
     return kernel * scale.reshape(-1, 1, 1, 1), shift
 
 
+def _fold_into(conv: nn.Module, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kernel and bias of ``bn(conv(x))`` for an eval-mode BN after a plain or depthwise conv or a foldable
+    ``DilatedReparamBlock``, reused between calls without a gradient (``reuse_fold``)."""
+    if isinstance(conv, DilatedReparamBlock):
+        return reuse_fold(bn, ('after', bn.eps), [*conv.modules(), bn], lambda: fold_bn(*conv.kernel_and_bias(), bn))
+    return reuse_fold(bn, ('after', bn.eps), [conv, bn], lambda: fuse_conv_bn(conv, bn))
+
+
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """Return the kernel and bias of ``bn(conv(x))`` as one conv (exact for a BN in eval mode)."""
     return fold_bn(conv.weight, conv.bias, bn)
@@ -479,8 +488,9 @@ class DilatedReparamBlock(nn.Module):
     Training form: ``origin_bn(lk_origin(x)) + sum_i dil_bn_i(dil_conv_i(x))`` with a K x K depthwise conv (no bias)
     and parallel small dilated depthwise convs (see ``DILATED_BRANCHES``). Deploy form: one K x K depthwise conv
     with bias (``lk_origin``) that equals the sum in eval mode; ``switch_to_deploy()`` folds one into the other.
-    While every BN is in eval mode the training form runs that folded conv too, recomputing the fold from the
-    current parameters on each call (nothing is cached, the state dict is untouched, gradients reach every branch).
+    While every BN is in eval mode the training form runs that folded conv too, folded from the current parameters
+    (the state dict is untouched, gradients reach every branch; without a gradient the fold is reused while the
+    parameters are unchanged, see ``fold_cache``).
 
     Args:
         num_channels (int): Channels (depthwise).
@@ -551,8 +561,10 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.lk_origin(x)
-        if self.foldable():  # eval mode: the deploy form's speed, computed from the current parameters
-            return depthwise_conv2d(x, *self.folded(), self.kernel_size // 2)
+        if self.foldable():  # eval mode: the deploy form's speed, from the current parameters
+            eps = tuple(bn.eps for bn in self._batch_norms())
+            return depthwise_conv2d(x, *reuse_fold(self, ('folded', eps), self.modules(), self.folded),
+                                    self.kernel_size // 2)
         bns = self._batch_norms()
         if self._recomputable(x):
             convs = self._convs()

@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..ops.pointwise import PointwiseConv2d
 from .arch import ARCH_SETTINGS, MEMORY_FORMATS, check_trunk_arguments, parse_arch
 from .blocks import ContextDownsample, ContMixBlock, RepConvBlock
+from .fold_cache import drop_folds
 from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem, store_kernels_channels_last
 
 
@@ -160,6 +161,12 @@ class OverLoCKTrunk(nn.Module):
                 for i in range(n)))
         if MEMORY_FORMATS[memory_format] is not torch.contiguous_format:  # 'auto': channels-last on CPU and CUDA
             store_kernels_channels_last(self)
+
+    def train(self, mode: bool = True) -> 'OverLoCKTrunk':
+        # Folds kept for inference are dropped at every mode switch: weights written through ``.data`` (mmengine's EMA
+        # hook swaps them so before its validation loop calls eval()) leave no trace in their version counters.
+        drop_folds(self)
+        return super().train(mode)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
