@@ -11,6 +11,7 @@ For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequenti
 its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
 the plain formulation's gradients.
 """
+import functools
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -326,33 +327,7 @@ class FusingSequential(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = list(self)
-        i = 0
-        while i < len(layers):
-            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            end = _cheap_run_end(layers, i)
-            if end is not None:
-                x, i = self._into_conv(x, layers[i:end], layers, end)
-                continue
-            grn = i + 2 if isinstance(layer, nn.GELU) else i + 1
-            if grn < len(layers) and _square_sums_start(layers, grn) == i:
-                x = layers[grn](*_with_square_sums(layers[i:grn], x))
-                i = grn + 1
-                continue
-            if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
-                x = following.forward_after_gelu(x, layer.approximate)
-            elif _uses_running_stats(following) and type(layer) in DENSE_CONVS:
-                x = layer._conv_forward(x, *_fold_into(layer, following))
-            elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
-                x = depthwise_conv2d(x, *_fold_into(layer, following), layer.padding[0], layer.dilation[0])
-            elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
-                x = depthwise_conv2d(x, *_fold_into(layer, following), layer.kernel_size // 2)
-            else:
-                x = layer(x)
-                i += 1
-                continue
-            i += 2
-        return x
+        return run_fused(list(self), x)
 
     def split_cheap_tail(self, x: torch.Tensor) -> Tuple[torch.Tensor, nn.Sequential]:
         """Run the layers before the trailing run of ``CHEAP_LAYERS`` (a BN folded into the conv before it stays
@@ -364,31 +339,62 @@ class FusingSequential(nn.Sequential):
             start -= 1
         if 0 < start < len(layers) and _uses_running_stats(layers[start]):
             start += 1  # the conv (or block) before it absorbs it
-        return self[:start](x), nn.Sequential(*layers[start:])
+        return run_fused(layers[:start], x), nn.Sequential(*layers[start:])
 
-    @staticmethod
-    def _into_conv(x: torch.Tensor, cheap: List[nn.Module], layers: List[nn.Module],
-                   end: int) -> Tuple[torch.Tensor, int]:
-        """``layers[end](cheap(x))`` (with a following eval-mode BN folded into the conv) through
-        ``recompute_into_conv``; returns the output and the index after the layers it ran."""
-        conv = layers[end]
-        following = layers[end + 1] if end + 1 < len(layers) else None
-        weight, bias, after = conv.weight, conv.bias, end + 1
-        if _uses_running_stats(following):
-            (weight, bias), after = _fold_into(conv, following), end + 2
-        if isinstance(cheap[-1], GRN) and _is_pointwise(conv) and not torch.is_grad_enabled() and not is_tracing():
-            # Inference: the GRN folds into the 1 x 1 conv (no gradient wanted, so no map to keep either).
-            start = _square_sums_start(cheap, len(cheap) - 1)
-            if start is not None:
-                y, sums = _with_square_sums(cheap[start:-1], FusingSequential(*cheap[:start])(x))
-            else:
-                y, sums = FusingSequential(*cheap[:-1])(x), None
-            return cheap[-1].into_pointwise(y, weight, bias, sums), after
-        if _folds_grn_with_grad(cheap, conv, x):
-            gelu, dwconv, grn = cheap
-            return _GRNIntoPointwise.apply(x, dwconv.weight, dwconv.bias, grn.gamma, grn.beta, weight, bias,
-                                           dwconv.padding[0], gelu.approximate), after
-        return recompute_into_conv(FusingSequential(*cheap), (x, ), cheap, conv, weight, bias), after
+
+def run_fused(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``nn.Sequential(*layers)(x)`` with ``FusingSequential``'s fusions: its forward, also run on sub-lists of its
+    layers without building a module for them on every call."""
+    i = 0
+    while i < len(layers):
+        layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        end = _cheap_run_end(layers, i)
+        if end is not None:
+            x, i = _into_conv(x, layers[i:end], layers, end)
+            continue
+        grn = i + 2 if isinstance(layer, nn.GELU) else i + 1
+        if grn < len(layers) and _square_sums_start(layers, grn) == i:
+            x = layers[grn](*_with_square_sums(layers[i:grn], x))
+            i = grn + 1
+            continue
+        if isinstance(layer, nn.GELU) and isinstance(following, ResDWConv):
+            x = following.forward_after_gelu(x, layer.approximate)
+        elif _uses_running_stats(following) and type(layer) in DENSE_CONVS:
+            x = layer._conv_forward(x, *_fold_into(layer, following))
+        elif _uses_running_stats(following) and isinstance(layer, DepthwiseConv2d):
+            x = depthwise_conv2d(x, *_fold_into(layer, following), layer.padding[0], layer.dilation[0])
+        elif _uses_running_stats(following) and isinstance(layer, DilatedReparamBlock) and layer.foldable():
+            x = depthwise_conv2d(x, *_fold_into(layer, following), layer.kernel_size // 2)
+        else:
+            x = layer(x)
+            i += 1
+            continue
+        i += 2
+    return x
+
+
+def _into_conv(x: torch.Tensor, cheap: List[nn.Module], layers: List[nn.Module],
+               end: int) -> Tuple[torch.Tensor, int]:
+    """``layers[end](cheap(x))`` (with a following eval-mode BN folded into the conv) through
+    ``recompute_into_conv``; returns the output and the index after the layers it ran."""
+    conv = layers[end]
+    following = layers[end + 1] if end + 1 < len(layers) else None
+    weight, bias, after = conv.weight, conv.bias, end + 1
+    if _uses_running_stats(following):
+        (weight, bias), after = _fold_into(conv, following), end + 2
+    if isinstance(cheap[-1], GRN) and _is_pointwise(conv) and not torch.is_grad_enabled() and not is_tracing():
+        # Inference: the GRN folds into the 1 x 1 conv (no gradient wanted, so no map to keep either).
+        start = _square_sums_start(cheap, len(cheap) - 1)
+        if start is not None:
+            y, sums = _with_square_sums(cheap[start:-1], run_fused(cheap[:start], x))
+        else:
+            y, sums = run_fused(cheap[:-1], x), None
+        return cheap[-1].into_pointwise(y, weight, bias, sums), after
+    if _folds_grn_with_grad(cheap, conv, x):
+        gelu, dwconv, grn = cheap
+        return _GRNIntoPointwise.apply(x, dwconv.weight, dwconv.bias, grn.gamma, grn.beta, weight, bias,
+                                       dwconv.padding[0], gelu.approximate), after
+    return recompute_into_conv(functools.partial(run_fused, cheap), (x, ), cheap, conv, weight, bias), after
 
 
 #: Layers that cost a few elementwise passes (or per-channel / per-pixel statistics) to run again; a 3 x 3
