@@ -25,9 +25,10 @@ def test_compare_backbones_writes_ratios(tmp_path):
     assert summary['overlock']['train_s'] > 0 and summary['overlock-deploy']['train_s'] is None  # inference only
     for name in ('convnext', 'overlock', 'overlock-authors'):  # measured in fresh processes
         assert summary[name]['train_mem_mib'] > 0
-    # Dispatched operators (about a GPU's kernel launches): the deploy form folds its branches once, so it
-    # dispatches fewer than the eval form, which refolds them on every call; inference only for the deploy form.
-    assert summary['overlock-deploy']['infer_ops'] < summary['overlock']['infer_ops']
+    # Dispatched operators (about a GPU's kernel launches), counted on a call after another: the eval form reuses its
+    # folds then (mmoverlock.models.fold_cache), as many operators as the deploy form, a third fewer than the 3,700
+    # of a call that folds; inference only for the deploy form.
+    assert summary['overlock-deploy']['infer_ops'] == summary['overlock']['infer_ops']
     assert summary['overlock']['train_ops'] > summary['overlock']['infer_ops'] > 0
     assert summary['overlock-deploy']['train_ops'] is None
     assert payload['machine']['cpu'] and payload['machine']['torch_threads'] == 1
