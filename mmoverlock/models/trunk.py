@@ -24,8 +24,16 @@ from .layers import GRN, DilatedReparamBlock, LayerScale, conv_bn, stem, store_k
 
 
 def trunc_normal_init_(module: nn.Module, std: float = .02) -> None:
-    """The authors' init of a conv or linear layer: truncated normal weight (at +-2), zero bias."""
-    nn.init.trunc_normal_(module.weight, std=std, a=-2., b=2.)
+    """The authors' init of a conv or linear layer: truncated normal weight (at +-2), zero bias. The values are drawn
+    in the weight's index order whatever its memory layout (an in-place draw follows the storage order), so a seed
+    gives the same weights with channels-last kernels (``store_kernels_channels_last``) as with NCHW ones."""
+    weight = module.weight
+    if weight.is_contiguous():
+        nn.init.trunc_normal_(weight, std=std, a=-2., b=2.)
+    else:
+        with torch.no_grad():
+            weight.copy_(nn.init.trunc_normal_(torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+                                               std=std, a=-2., b=2.))
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 

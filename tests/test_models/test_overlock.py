@@ -321,6 +321,19 @@ def _dense_kernels(model):
     return {name: p for name, p in model.named_parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1}
 
 
+def test_a_seed_gives_the_same_weights_in_every_memory_format():
+    """The init draws in index order, not in the storage order of the channels-last kernels."""
+    states = []
+    for memory_format in ('auto', 'contiguous'):
+        torch.manual_seed(0)
+        model = OverLoCK(arch=TINY_ARCH, memory_format=memory_format)
+        model.init_weights()
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
 @pytest.mark.parametrize('memory_format', ['auto', 'channels_last', 'contiguous'])
 def test_dense_kernels_are_stored_in_the_layout_the_maps_run_in(memory_format):
     """The stem's and the downsampling layers' 3 x 3 kernels are channels-last where the maps are (no per-call copy
