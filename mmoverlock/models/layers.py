@@ -458,6 +458,11 @@ def _uses_running_stats(module: Optional[nn.Module]) -> bool:
             and module.running_mean is not None)
 
 
+def _normalise_with_running_stats(bns: Sequence[nn.Module]) -> bool:
+    """Whether every one of these BatchNorms (of any kind) is an affine map: eval mode, with running statistics."""
+    return all(not bn.training and bn.running_mean is not None for bn in bns)
+
+
 def bn_affine(weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
               eps) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` of the affine map a BatchNorm in eval mode is, ``bn(y) = scale * y + shift``; elementwise,
@@ -478,9 +483,9 @@ def fold_bn(kernel: torch.Tensor, bias: Optional[torch.Tensor],
 def _fold_into(conv: nn.Module, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """The kernel and bias of ``bn(conv(x))`` for an eval-mode BN after a plain or depthwise conv or a foldable
     ``DilatedReparamBlock``, reused between calls without a gradient (``reuse_fold``)."""
-    if isinstance(conv, DilatedReparamBlock):
-        return reuse_fold(bn, ('after', bn.eps), [*conv.modules(), bn], lambda: fold_bn(*conv.kernel_and_bias(), bn))
-    return reuse_fold(bn, ('after', bn.eps), [conv, bn], lambda: fuse_conv_bn(conv, bn))
+    kernel_and_bias = (conv.kernel_and_bias if isinstance(conv, DilatedReparamBlock) else
+                       lambda: (conv.weight, conv.bias))
+    return reuse_fold(bn, ('after', bn.eps), [*conv.modules(), bn], lambda: fold_bn(*kernel_and_bias(), bn))
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -527,7 +532,7 @@ class DilatedReparamBlock(nn.Module):
 
     def foldable(self) -> bool:
         """Whether the block is one conv: the deploy form, or every BN uses its running statistics (eval mode)."""
-        return self.deploy or all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+        return self.deploy or _normalise_with_running_stats(self._batch_norms())
 
     def kernel_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The kernel and bias of the one depthwise conv the block is while ``foldable()``."""
@@ -556,23 +561,23 @@ class DilatedReparamBlock(nn.Module):
         """``sum_i norm(i, conv_i(x))`` over the large conv (i = 0) and the dilated branches, with given kernels."""
         return branch_sum(x, weights, [conv.dilation[0] for conv in self._convs()], norm)
 
-    def _recomputable(self, x: torch.Tensor) -> bool:
+    def _recomputable(self, x: torch.Tensor, bns: List[nn.BatchNorm2d]) -> bool:
         """Whether the training form can save its input alone (``recomputed_branch_sum``): every BN is a plain
         ``BatchNorm2d`` using batch statistics (a subclass such as SyncBatchNorm may do more than the recomputation
         repeats), a gradient is wanted, and nothing traces the call."""
         return (torch.is_grad_enabled() and not is_tracing()
-                and all(type(bn) is nn.BatchNorm2d and bn.training for bn in self._batch_norms())
+                and all(type(bn) is nn.BatchNorm2d and bn.training for bn in bns)
                 and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.lk_origin(x)
-        if self.foldable():  # eval mode: the deploy form's speed, from the current parameters
-            eps = tuple(bn.eps for bn in self._batch_norms())
+        bns = self._batch_norms()
+        if _normalise_with_running_stats(bns):  # eval mode: the deploy form's speed, from the current parameters
+            eps = tuple(bn.eps for bn in bns)
             return depthwise_conv2d(x, *reuse_fold(self, ('folded', eps), self.modules(), self.folded),
                                     self.kernel_size // 2)
-        bns = self._batch_norms()
-        if self._recomputable(x):
+        if self._recomputable(x, bns):
             convs = self._convs()
             out, stats = recomputed_branch_sum(x, [conv.weight for conv in convs], [conv.dilation[0] for conv in convs],
                                                [bn.weight for bn in bns], [bn.bias for bn in bns],

@@ -28,12 +28,9 @@ def trunc_normal_init_(module: nn.Module, std: float = .02) -> None:
     in the weight's index order whatever its memory layout (an in-place draw follows the storage order), so a seed
     gives the same weights with channels-last kernels (``store_kernels_channels_last``) as with NCHW ones."""
     weight = module.weight
-    if weight.is_contiguous():
-        nn.init.trunc_normal_(weight, std=std, a=-2., b=2.)
-    else:
-        with torch.no_grad():
-            weight.copy_(nn.init.trunc_normal_(torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
-                                               std=std, a=-2., b=2.))
+    with torch.no_grad():
+        weight.copy_(nn.init.trunc_normal_(torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+                                           std=std, a=-2., b=2.))
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 

@@ -112,8 +112,7 @@ def test_copies_fold_for_themselves():
     with torch.no_grad():
         model(x)
         twin = copy.deepcopy(model)
-        with torch.no_grad():
-            twin.patch_embed2[0].weight.mul_(2)
+        twin.patch_embed2[0].weight.mul_(2)
         _assert_same(model(x), _folded_every_call(model, x))
         _assert_same(twin(x), _folded_every_call(twin, x))
 
