@@ -26,7 +26,9 @@ _FOLDS: 'weakref.WeakKeyDictionary[nn.Module, dict]' = weakref.WeakKeyDictionary
 
 
 def _sources(modules: Iterable[nn.Module]) -> List[torch.Tensor]:
-    return [t for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+    # The registries themselves: ``parameters(recurse=False)`` walks a generator chain per module, a third of the
+    # stamping's cost (3% of a 64 x 64 inference of OverLoCK-T).
+    return [t for m in modules for table in (m._parameters, m._buffers) for t in table.values() if t is not None]
 
 
 def _stamp(tensors: List[torch.Tensor]) -> tuple:

@@ -143,7 +143,8 @@ def fused_calls(monkeypatch):
 def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch, fused_calls):
     """Without a gradient, FusingSequential's ``GELU -> ResDWConv -> GRN -> 1 x 1 conv`` runs the GELU, the conv and
     GRN's sums of squares as one fused step, and the GRN as per-sample scales of the conv's weight (GRN's own
-    forward never runs): the written-out chain's output, in its layout."""
+    forward never runs) where the map has at least as many pixels as the conv has output channels, else on the map
+    from the fused sums: the written-out chain's output, in its layout."""
     torch.manual_seed(0)
     layers = [torch.nn.GELU(), ResDWConv(6), GRN(6), torch.nn.Conv2d(6, 4, 1)]
     seq = FusingSequential(*layers).double()
@@ -157,11 +158,15 @@ def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch,
     with torch.no_grad():
         out = seq(z)
     assert not grn_calls and fused_calls == [('none', True)]
-    u = F.gelu(z)
-    y = u + F.conv2d(u, layers[1].weight, layers[1].bias, 1, 1, 1, 6)
-    norm = y.pow(2).sum((2, 3), keepdim=True).sqrt()
-    expected = F.conv2d(grn.gamma * y * (norm / (norm.mean(1, keepdim=True) + 1e-6)) + grn.beta + y,
+
+    def chain(z):
+        u = F.gelu(z)
+        y = u + F.conv2d(u, layers[1].weight, layers[1].bias, 1, 1, 1, 6)
+        norm = y.pow(2).sum((2, 3), keepdim=True).sqrt()
+        return F.conv2d(grn.gamma * y * (norm / (norm.mean(1, keepdim=True) + 1e-6)) + grn.beta + y,
                         pw.weight, pw.bias).detach()
+
+    expected = chain(z)
     assert out.is_contiguous(memory_format=FORMATS[layout])
     assert rel_err(out, expected) <= TOLERANCE
     # with a gradient the GRN is folded into the conv as well (_GRNIntoPointwise), with the same output
@@ -169,6 +174,13 @@ def test_grn_folds_into_the_following_pointwise_conv_without_grad(layout, batch,
     trained.sum().backward()
     assert not grn_calls and type(trained.grad_fn).__name__ == '_GRNIntoPointwiseBackward'
     assert rel_err(trained.detach(), expected) <= TOLERANCE
+    # a map of fewer pixels than the conv has output channels: the GRN runs on the map, from the fused sums
+    fused_calls.clear()
+    with torch.no_grad():
+        small = seq(z[:, :, :1, :3])
+    assert grn_calls == [1] and fused_calls == [('none', True)]
+    assert small.is_contiguous(memory_format=FORMATS[layout])
+    assert rel_err(small, chain(z[:, :, :1, :3])) <= TOLERANCE
 
 
 def _written_out_mlp_tail(z, dwconv, grn, pw):
