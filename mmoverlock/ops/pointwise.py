@@ -8,9 +8,10 @@ are ``nn.Linear``, already takes the GEMM path; ``pointwise_conv2d`` puts OverLo
 
 ``pointwise_conv2d(x, weight, bias)`` is ``F.conv2d(x, weight, bias)`` for a [O, C, 1, 1] kernel: ``F.conv2d``
 forward; backward (``pointwise_conv2d_backward``) ``grad_x = G W``, ``grad_w = G^T X`` and ``grad_b = sum G`` over
-the pixels, where ``X`` and ``G`` are the input and output gradient as matrices without a copy: dense channels-last
-maps are [pixels, channels], dense NCHW ones [channels, pixels] per sample. Elsewhere (other layouts, devices or
-dtypes, autocast, tracing and export) it is ``F.conv2d`` and its own backward.
+the pixels, where ``X`` and ``G`` are the input and output gradient as matrices without a copy: channels-last maps
+are [pixels, channels] (also a channel slice of one, such as the ContMix block's query features: rows further apart
+than their length), dense NCHW ones [channels, pixels] per sample. Elsewhere (other layouts, devices or dtypes,
+autocast, tracing and export) it is ``F.conv2d`` and its own backward.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -22,12 +23,16 @@ from torch.autograd.function import once_differentiable
 from .tracing import is_tracing
 
 
-def _layout(t: torch.Tensor) -> Optional[torch.memory_format]:
-    """The memory format in which ``t`` is dense (channels-last first: a map with one pixel is dense in both)."""
-    for memory_format in (torch.channels_last, torch.contiguous_format):
-        if t.is_contiguous(memory_format=memory_format):
-            return memory_format
-    return None
+def _pixel_rows(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """``t`` [N, C, H, W] as its [pixels, C] matrix, a view, where its pixels are evenly spaced rows of unit-stride
+    channels: a dense channels-last map, or a channel slice of one (for which oneDNN's backward copied the slice and
+    ran at half its GEMM rate: 1.45 against 0.91 ms for the 256 -> 128 conv at 32 x 32 of OverLoCK-T's ContMix blocks,
+    2 threads on a 2-core Xeon). ``None`` otherwise."""
+    try:
+        rows = t.permute(0, 2, 3, 1).view(-1, t.shape[1])
+    except RuntimeError:  # the pixels are not one stride apart
+        return None
+    return rows if rows.stride(1) == 1 and rows.stride(0) >= rows.shape[1] else None
 
 
 def _takes_products(*tensors: torch.Tensor) -> bool:
@@ -48,17 +53,17 @@ def pointwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
     """Input, weight and bias gradients of ``F.conv2d(x, weight, bias)`` for a [O, C, 1, 1] ``weight`` (``None``
     where ``output_mask`` is false); the input gradient comes in ``x``'s memory format."""
     _check_kernel(weight)
-    layout = _layout(x)
-    if not (_takes_products(grad_out, x, weight) and layout is not None and _layout(grad_out) == layout):
+    products = _takes_products(grad_out, x, weight)
+    rows_x, rows_g = (_pixel_rows(x), _pixel_rows(grad_out)) if products else (None, None)
+    by_rows = rows_x is not None and rows_g is not None
+    if not (by_rows or products and x.is_contiguous() and grad_out.is_contiguous()):
         return tuple(torch.ops.aten.convolution_backward(
             grad_out, x, weight, [weight.shape[0]] if output_mask[2] else None, [1, 1], [0, 0], [1, 1], False,
             [0, 0], 1, list(output_mask)))
     n, channels, height, width = x.shape
     w = weight.view(weight.shape[0], channels)
     grad_x = grad_w = grad_b = None
-    if layout == torch.channels_last:  # [pixels, channels] matrices
-        rows_x = x.permute(0, 2, 3, 1).reshape(-1, channels)
-        rows_g = grad_out.permute(0, 2, 3, 1).reshape(-1, w.shape[0])
+    if by_rows:  # [pixels, channels] matrices
         if output_mask[0]:
             grad_x = torch.mm(rows_g, w).view(n, height, width, channels).permute(0, 3, 1, 2)
         if output_mask[1]:

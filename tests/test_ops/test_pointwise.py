@@ -78,6 +78,22 @@ def test_float32_matches_conv2d():
         torch.testing.assert_close(result.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('step', [1, 2])
+def test_channel_slices_and_evenly_strided_maps_take_the_products(step, monkeypatch):
+    """A channel slice of a channels-last map (rows of channels further apart than their length), or every other
+    pixel of one, is a [pixels, C] matrix too: matrix products, no convolution backward (planted to fail), the
+    gradients of ``F.conv2d``, the input gradient dense channels-last."""
+    n, c, o, h, w = SHAPES[0]
+    x = _inputs((n, 2 * c, o, h, w * step), 'nhwc')[0][:, c // 2:c // 2 + c, :, ::step]
+    _, weight, _, grad = _inputs((n, c, o, h, w), 'nhwc', seed=1)
+    expected = _conv2d_gradients(x, weight, None, grad)
+    monkeypatch.setattr(pointwise.torch.ops.aten, 'convolution_backward', None)
+    got = pointwise_conv2d_backward(grad, x, weight, [True, True, True])
+    for result, want in zip(got, expected[:2] + [grad.sum((0, 2, 3))]):
+        torch.testing.assert_close(result, want, rtol=1e-12, atol=1e-12)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize('case', ['mixed layouts', 'strided view', 'float16'])
 def test_other_inputs_take_the_convolution_backward(case, monkeypatch):
     """Maps that are not dense matrices in one layout, and dtypes other than float32/float64, get aten's own
@@ -85,8 +101,8 @@ def test_other_inputs_take_the_convolution_backward(case, monkeypatch):
     x, weight, b, grad = _inputs(SHAPES[0], 'nhwc')
     if case == 'mixed layouts':
         grad = grad.contiguous()
-    elif case == 'strided view':
-        x = torch.cat([x, x], dim=3)[..., ::2]
+    elif case == 'strided view':  # (pixels not one stride apart: no [pixels, C] view)
+        x = torch.cat([x, x], dim=3)[..., :x.shape[3]]
     else:
         x, weight, grad = x.half(), weight.half(), grad.half()
     expected = _conv2d_gradients(x.double(), weight.double(), None, grad.double())[:2]
