@@ -4,9 +4,9 @@ Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memo
 channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode; without a
 gradient, ``FusingSequential`` runs an MLP's ``GELU -> ResDWConv -> GRN`` as one fused pass (``fused_depthwise_conv2d``)
-and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``), with a gradient too
-(``_GRNIntoPointwise``), where the conv's weight is no larger than the map (``_grn_fold_pays``). Elsewhere, with a gradient, GRN is one autograd
-function over per-channel statistics (``spatial_dot``).
+and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``), with a gradient too (``_GRNIntoPointwise``),
+where the conv's weight is no larger than the map (``_grn_fold_pays``). Elsewhere, with a gradient, GRN is one
+autograd function over per-channel statistics (``spatial_dot``).
 For training memory, the ``DilatedReparamBlock`` training form, ``FusingSequential``'s GELU + ``ResDWConv`` step and
 its runs of cheap layers before a conv keep only their inputs for the backward and recompute the rest there, with
 the plain formulation's gradients.
