@@ -1,7 +1,7 @@
 """Small building blocks of OverLoCK, named and shaped as in the authors' code so their checkpoints load as is.
 
 Every module here is plain ``nn.Module`` arithmetic on NCHW maps, in either memory format (channels-last maps stay
-channels-last); the re-parameterisation helpers (``fuse_conv_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
+channels-last); the re-parameterisation helpers (``fold_bn``, ``DilatedReparamBlock.folded``) fold BatchNorms
 and dilated branches exactly in eval mode, which ``DilatedReparamBlock`` also does by itself in eval mode; without a
 gradient, ``FusingSequential`` runs an MLP's ``GELU -> ResDWConv -> GRN`` as one fused pass (``fused_depthwise_conv2d``)
 and folds the GRN into the 1 x 1 conv after it (``GRN.into_pointwise``), with a gradient too (``_GRNIntoPointwise``),
@@ -464,13 +464,12 @@ def _is_pointwise(conv: nn.Module) -> bool:
 
 def _uses_running_stats(module: Optional[nn.Module]) -> bool:
     """Whether ``module`` is a BatchNorm that normalises with its running statistics (an affine map)."""
-    return (isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not module.training
-            and module.running_mean is not None)
+    return isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and _normalises_with_running_stats(module)
 
 
-def _normalise_with_running_stats(bns: Sequence[nn.Module]) -> bool:
-    """Whether every one of these BatchNorms (of any kind) is an affine map: eval mode, with running statistics."""
-    return all(not bn.training and bn.running_mean is not None for bn in bns)
+def _normalises_with_running_stats(bn: nn.Module) -> bool:
+    """Whether a BatchNorm (of any kind) is an affine map: eval mode, with running statistics."""
+    return not bn.training and bn.running_mean is not None
 
 
 def bn_affine(weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
@@ -496,11 +495,6 @@ def _fold_into(conv: nn.Module, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tens
     kernel_and_bias = (conv.kernel_and_bias if isinstance(conv, DilatedReparamBlock) else
                        lambda: (conv.weight, conv.bias))
     return reuse_fold(bn, ('after', bn.eps), [*conv.modules(), bn], lambda: fold_bn(*kernel_and_bias(), bn))
-
-
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Return the kernel and bias of ``bn(conv(x))`` as one conv (exact for a BN in eval mode)."""
-    return fold_bn(conv.weight, conv.bias, bn)
 
 
 class DilatedReparamBlock(nn.Module):
@@ -542,7 +536,7 @@ class DilatedReparamBlock(nn.Module):
 
     def foldable(self) -> bool:
         """Whether the block is one conv: the deploy form, or every BN uses its running statistics (eval mode)."""
-        return self.deploy or _normalise_with_running_stats(self._batch_norms())
+        return self.deploy or all(map(_normalises_with_running_stats, self._batch_norms()))
 
     def kernel_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The kernel and bias of the one depthwise conv the block is while ``foldable()``."""
@@ -583,7 +577,7 @@ class DilatedReparamBlock(nn.Module):
         if self.deploy:
             return self.lk_origin(x)
         bns = self._batch_norms()
-        if _normalise_with_running_stats(bns):  # eval mode: the deploy form's speed, from the current parameters
+        if all(map(_normalises_with_running_stats, bns)):  # eval mode: the deploy form's speed
             eps = tuple(bn.eps for bn in bns)
             return depthwise_conv2d(x, *reuse_fold(self, ('folded', eps), self.modules(), self.folded),
                                     self.kernel_size // 2)
