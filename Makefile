@@ -16,14 +16,15 @@ smoke-train: setup
 # `-p mmoverlock` registers. Deselected: the tests that download pretrained weights, and the TorchScript ones, as
 # timm's EXCLUDE_JIT_FILTERS does for its own non-scriptable models (the timm section of the docs says why).
 TIMM_SELECTION := overlock and not pretrained and not torchscript
-# The suite runs on TEST_WORKERS pytest-xdist processes (work stealing: the minutes-long tool tests do not hold the
+# Both suites run on TEST_WORKERS pytest-xdist processes (work stealing: the minutes-long tool tests do not hold the
 # others up), each with one torch thread so that they share the cores without oversubscribing them. The tests of
 # the kernels' thread splits set their own thread counts.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -ra $(PYTEST_PARALLEL) --durations=15
-	$(PY) -m pytest .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra -k "$(TIMM_SELECTION)"
+	OMP_NUM_THREADS=1 $(PY) -m pytest .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra $(PYTEST_PARALLEL) \
+		-k "$(TIMM_SELECTION)"
 
 # The development loop: the suite without the tests marked slow (tools run in subprocesses, whole configs, timm's suite).
 test-fast: setup
