@@ -20,15 +20,14 @@ TIMM_SELECTION := overlock and not pretrained and not torchscript
 # others up), each with one torch thread so that they share the cores without oversubscribing them. The tests of
 # the kernels' thread splits set their own thread counts.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -ra $(PYTEST_PARALLEL) --durations=15
-	OMP_NUM_THREADS=1 $(PY) -m pytest .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra $(PYTEST_PARALLEL) \
-		-k "$(TIMM_SELECTION)"
+	$(PYTEST) tests -q -ra --durations=15
+	$(PYTEST) .venv/timm-tests/tests/test_models.py -p mmoverlock -q -ra -k "$(TIMM_SELECTION)"
 
 # The development loop: the suite without the tests marked slow (tools run in subprocesses, whole configs, timm's suite).
 test-fast: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -ra $(PYTEST_PARALLEL) -m "not slow and not network" --durations=30
+	$(PYTEST) tests -q -ra -m "not slow and not network" --durations=30
 
 clean:
 	rm -rf build *.egg-info mmoverlock/_ext*.so work_dirs outputs
