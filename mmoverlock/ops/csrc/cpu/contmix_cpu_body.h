@@ -10,8 +10,9 @@
 //   backward:  one task per (plane, band of value rows); each pixel's softmax is recomputed from the inputs. The task
 //              scatters P * grad_out into its band of grad_value (vectorised over channels) and, for the output rows
 //              inside its band, computes dL/dP_t = <grad_out, value[neighbour t]> vectorised over taps (from a
-//              channel-major copy of the value rows, so no horizontal reduction per tap), grad_weights, and the row's
-//              grad_rpb partial sum. The dispatcher adds the row partial sums in a fixed order.
+//              channel-major copy of the value rows, so no horizontal reduction per tap; a few pixels at a time per
+//              tap row, so that the value rows read stay in L1), grad_weights, and the row's grad_rpb partial sum.
+//              The dispatcher adds the row partial sums in a fixed order.
 #if !defined(CONTMIX_VEC_BYTES)
 #error "define CONTMIX_VEC_BYTES before including contmix_cpu_body.h"
 #endif
@@ -312,61 +313,90 @@ ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int
   return vt;
 }
 
-// dL/dP_t = <grad_out, value[neighbour t]> of one pixel, vectorised over the taps of a tap row: for each of the
-// K * ceil(K / lanes) (tap row a, first tap e0) pairs, the lanes e0.. of value row row0 + a from column col0 + e0 on,
-// summed over the channels with the pixel's grad_out[c] broadcast once per channel for a group of U pairs.
-// dp[a*K + e0 : + lanes] is stored whole: lanes past the row's last tap are rewritten by the next pair (pairs go in
-// increasing tap order) or fall into dp's padding.
-struct TapPair {
-  int64_t a, e0;  // the first pair of a group; the next ones follow in (a, e0) order
-};
+// dL/dP_t = <grad_out, value[neighbour t]> of every pixel of an output row, one tap row a at a time and
+// kTapDotPixels pixels j0.. at a time: their windows cover the columns [x0, x1) = [col0(j0), col0(j_last) + K) of
+// value row row0 + a, at most K + P - 1 of them. Channel by channel, the channel-major values of those columns are
+// multiplied with each pixel's grad_out[c] (broadcast) into P x (columns in vectors) accumulators, stored as the
+// pixels' rows of a products buffer; once the tap row's tiles are done, each pixel copies its own K columns into its
+// dp row. The few cache lines of one tap row stay in L1 across the pixels. Reading each pixel's whole window instead
+// (416 cache lines at K 13, C 16, about the L1 cache's 32 KiB) ran at the L2 cache's rate: 25 of the 70 ms of a
+// one-thread backward at benchmark_contmix's default shape, about 2 cycles per vector multiply-add (2-core AMD EPYC,
+// Zen 3). The copies wait until the tap row's tiles are done, so that their loads, each spanning two of the tiles'
+// stores, do not wait on stores still in flight.
+constexpr int kTapDotPixels = CONTMIX_VEC_BYTES >= 64 ? 8 : 4;
 
-template <int U, typename scalar_t>
-inline void tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp, int64_t row_stride,
-                     TapPair q, scalar_t* dp) {
+// m[p * m_stride + x] = sum over channels of go[p * C + c] * vt_a[c * Wp + x], x < NX * lanes, for P pixels.
+template <int P, int NX, typename scalar_t>
+inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_a, int64_t Wp, scalar_t* m,
+                         int64_t m_stride) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  const scalar_t* src[U];
-  int64_t dst[U];
-  V acc[U];
-  for (int u = 0; u < U; ++u) {
-    src[u] = vt_window + q.a * row_stride + q.e0;
-    dst[u] = q.a * s.K + q.e0;
-    acc[u] = V{};
-    q.e0 += L;
-    if (q.e0 >= s.K) q = TapPair{q.a + 1, 0};
-  }
+  V acc[P][NX];
+  for (int p = 0; p < P; ++p)
+    for (int x = 0; x < NX; ++x) acc[p][x] = V{};
   for (int64_t c = 0; c < s.C; ++c) {
-    const V g = splat<V>(go[c]);
-    for (int u = 0; u < U; ++u) acc[u] += g * load<V>(src[u] + c * Wp);
+    V v[NX];
+    for (int x = 0; x < NX; ++x) v[x] = load<V>(vt_a + c * Wp + x * L);
+    for (int p = 0; p < P; ++p) {
+      const V g = splat<V>(go[p * s.C + c]);
+      for (int x = 0; x < NX; ++x) acc[p][x] += g * v[x];
+    }
   }
-  for (int u = 0; u < U; ++u) store(dp + dst[u], acc[u]);
+  for (int p = 0; p < P; ++p)
+    for (int x = 0; x < NX; ++x) store(m + p * m_stride + x * L, acc[p][x]);
 }
 
-// Pairs per group: as many accumulators as the registers allow (32 vector registers with AVX-512, 16 otherwise).
-constexpr int kDotGroup = CONTMIX_VEC_BYTES >= 64 ? 7 : 4;
-
-template <int U, typename scalar_t>
-inline void tap_dots_tail(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
-                          int64_t row_stride, TapPair q, int64_t n, scalar_t* dp) {
-  if constexpr (U > 0) {
-    if (n == U) return tap_dots<U>(s, go, vt_window, Wp, row_stride, q, dp);
-    tap_dots_tail<U - 1>(s, go, vt_window, Wp, row_stride, q, n, dp);
-  }
-}
-
-// vt_window: the value rows (channel-major, `row_stride` apart) at the window's first row and column.
+// Columns per pixel in the products buffer: whole vectors past the widest window span and one more, so that a
+// pixel's K columns can be read as whole vectors from its offset.
 template <typename scalar_t>
-inline void pixel_tap_dots(const Shape& s, const scalar_t* go, const scalar_t* vt_window, int64_t Wp,
-                           int64_t row_stride, scalar_t* dp) {
+inline int64_t tap_dot_columns(const Shape& s) {
+  return round_up(s.K + kTapDotPixels - 1, Simd<scalar_t>::lanes) + Simd<scalar_t>::lanes;
+}
+
+// The first column of the tile that holds pixel j: the window start of its block's first pixel (whole blocks of P
+// from column 0, then single pixels).
+template <int P>
+inline int64_t tile_start(const Shape& s, int64_t j) {
+  const int64_t j0 = j / P * P;
+  return window_start(j0 + P <= s.W ? j0 : j, s.W, s.K);
+}
+
+// The products of P pixels j0.. with tap row vt_a (m: the rows of the row's pixels, m_stride apart).
+template <int P, typename scalar_t>
+inline void tap_row_tiles(const Shape& s, int64_t j0, const scalar_t* go_row, const scalar_t* vt_a, int64_t Wp,
+                          scalar_t* m, int64_t m_stride) {
   constexpr int64_t L = Simd<scalar_t>::lanes;
-  const int64_t per_row = (s.K + L - 1) / L, count = s.K * per_row;
-  int64_t q = 0;
-  for (; q + kDotGroup <= count; q += kDotGroup)
-    tap_dots<kDotGroup>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, dp);
-  if (q < count)
-    tap_dots_tail<kDotGroup - 1>(s, go, vt_window, Wp, row_stride, TapPair{q / per_row, q % per_row * L}, count - q,
-                                 dp);
+  const int64_t x0 = window_start(j0, s.W, s.K), x1 = window_start(j0 + P - 1, s.W, s.K) + s.K;
+  const int64_t nvec = (x1 - x0 + L - 1) / L;
+  const scalar_t* go = go_row + j0 * s.C;
+  scalar_t* mj = m + j0 * m_stride;
+  int64_t xv = 0;
+  for (; xv + 2 <= nvec; xv += 2) tap_dot_tile<P, 2>(s, go, vt_a + x0 + xv * L, Wp, mj + xv * L, m_stride);
+  for (; xv < nvec; ++xv) tap_dot_tile<P, 1>(s, go, vt_a + x0 + xv * L, Wp, mj + xv * L, m_stride);
+}
+
+// vt_rows: the value rows (channel-major, `row_stride` apart) from the window's first row, column 0. dp of pixel j
+// at dp_row + j * Tpp; m: W * tap_dot_columns scratch.
+template <typename scalar_t>
+inline void row_tap_dots(const Shape& s, const scalar_t* go_row, const scalar_t* vt_rows, int64_t Wp,
+                         int64_t row_stride, scalar_t* m, scalar_t* dp_row, int64_t Tpp) {
+  using V = typename Simd<scalar_t>::vec;
+  constexpr int64_t L = Simd<scalar_t>::lanes;
+  constexpr int P = kTapDotPixels;
+  const int64_t m_stride = tap_dot_columns<scalar_t>(s);
+  for (int64_t a = 0; a < s.K; ++a) {
+    const scalar_t* vt_a = vt_rows + a * row_stride;
+    int64_t j0 = 0;
+    for (; j0 + P <= s.W; j0 += P) tap_row_tiles<P>(s, j0, go_row, vt_a, Wp, m, m_stride);
+    for (; j0 < s.W; ++j0) tap_row_tiles<1>(s, j0, go_row, vt_a, Wp, m, m_stride);
+    for (int64_t j = 0; j < s.W; ++j) {
+      // Whole vectors: the lanes past the row's K taps land on the next tap row's slots (written by its own turn,
+      // later) or, for the last tap row, in dp's padding.
+      const scalar_t* src = m + j * m_stride + window_start(j, s.W, s.K) - tile_start<P>(s, j);
+      scalar_t* dst = dp_row + j * Tpp + a * s.K;
+      for (int64_t e0 = 0; e0 < s.K; e0 += L) store(dst + e0, load<V>(src + e0));
+    }
+  }
 }
 
 // gl[0:Tp] = dL/d(biased logit) from dp = dL/dP (zero past T), whole vectors: p[T:Tp] = 0 (pixel_probs) and
@@ -409,16 +439,19 @@ int64_t rpb_row_stride(const Shape& s) {
   return s.R + Simd<scalar_t>::lanes;
 }
 
-// Layout of the backward's scratch: biases (Tp), gl (Tp + L), dp (Tp + L), Prow (W * Tp), the padded copy of Prow
-// (W * K * (K + 2 pad) + L), the value rows.
+// Layout of the backward's scratch: biases (Tp), gl (Tp + L), the products buffer of the tap dots (W rows),
+// dp_row (W * Tpp), Prow (W * Tp), the padded copy of Prow (W * K * (K + 2 pad) + L), the value rows.
 template <typename scalar_t>
 struct BackwardScratch {
-  int64_t Tp, Tpp, pq_offset, vt_offset, size;
+  int64_t Tp, Tpp, m_offset, dp_offset, p_offset, pq_offset, vt_offset, size;
   BackwardScratch(const Shape& s, int64_t band) {
     const int64_t L = Simd<scalar_t>::lanes;
     Tp = padded_taps<scalar_t>(s);
     Tpp = Tp + L;
-    pq_offset = Tp + 2 * Tpp + s.W * Tp;
+    m_offset = Tp + Tpp;
+    dp_offset = m_offset + s.W * tap_dot_columns<scalar_t>(s);
+    p_offset = dp_offset + s.W * Tpp;
+    pq_offset = p_offset + s.W * Tp;
     vt_offset = pq_offset + s.W * PaddedTaps(s).stride + L;
     size = vt_offset + (band + s.K) * s.C * (s.W + L);
   }
@@ -438,8 +471,9 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
   const int64_t bands = (s.H + band - 1) / band, Tp = layout.Tp, Tpp = layout.Tpp;
   TapBuffers<scalar_t> taps{nullptr, scratch, nullptr, -1};
   scalar_t* gl = scratch + Tp;
-  scalar_t* dp = gl + Tpp;
-  scalar_t* p_row = dp + Tpp;
+  scalar_t* m = scratch + layout.m_offset;
+  scalar_t* dp_row = scratch + layout.dp_offset;
+  scalar_t* p_row = scratch + layout.p_offset;
   scalar_t* pq_row = scratch + layout.pq_offset;
   const PaddedTaps padded(s);
   scalar_t* vt_buffer = scratch + layout.vt_offset;
@@ -481,9 +515,9 @@ void backward(const Shape& s, const Tensors<scalar_t>& x, int64_t band, int64_t 
       scalar_t* slot = x.rpb_rows != nullptr ? x.rpb_rows + (plane * s.H + i) * slot_size : nullptr;
       if (slot != nullptr)
         for (int64_t k = 0; k < slot_size; ++k) slot[k] = 0;
+      row_tap_dots(s, go_row, vt_rows, vt.Wp, vt.row_stride, m, dp_row, Tpp);
       for (int64_t j = 0; j < s.W; ++j) {
-        pixel_tap_dots(s, go_row + j * s.C, vt_rows + window_start(j, s.W, s.K), vt.Wp, vt.row_stride, dp);
-        logit_grads(s, p_row + j * Tp, dp, gl);
+        logit_grads(s, p_row + j * Tp, dp_row + j * Tpp, gl);
         scalar_t* gw = x.grad_weights + (row_pix + j) * s.T;
         // Whole vectors, the last one spilling into pixel j + 1's slots, which its own turn rewrites; the row's last
         // pixel stops at T (the next row may belong to another thread).
