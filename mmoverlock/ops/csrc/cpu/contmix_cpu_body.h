@@ -319,7 +319,7 @@ ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int
 // multiplied with each pixel's grad_out[c] (broadcast) into P x (columns in vectors) accumulators, stored as the
 // pixels' rows of a products buffer; once the tap row's tiles are done, each pixel copies its own K columns into its
 // dp row. The few cache lines of one tap row stay in L1 across the pixels. Reading each pixel's whole window instead
-// (416 cache lines at K 13, C 16, about the L1 cache's 32 KiB) ran at the L2 cache's rate: 25 of the 70 ms of a
+// (416 cache lines at K 13, C 16, about the L1 cache's 32 KiB) ran at the L2 cache's rate: 21-26 of about 70 ms of a
 // one-thread backward at benchmark_contmix's default shape, about 2 cycles per vector multiply-add (2-core AMD EPYC,
 // Zen 3). The copies wait until the tap row's tiles are done, so that their loads, each spanning two of the tiles'
 // stores, do not wait on stores still in flight.
