@@ -325,10 +325,10 @@ ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int
 // stores, do not wait on stores still in flight.
 constexpr int kTapDotPixels = CONTMIX_VEC_BYTES >= 64 ? 8 : 4;
 
-// m[p * m_stride + x] = sum over channels of go[p * C + c] * vt_a[c * Wp + x], x < NX * lanes, for P pixels.
+// rows[p][x] = sum over channels of go[p * C + c] * vt_a[c * Wp + x], x < NX * lanes, for P pixels.
 template <int P, int NX, typename scalar_t>
-inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_a, int64_t Wp, scalar_t* m,
-                         int64_t m_stride) {
+inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_a, int64_t Wp,
+                         scalar_t* const (&rows)[P]) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   V acc[P][NX];
@@ -343,25 +343,19 @@ inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_
     }
   }
   for (int p = 0; p < P; ++p)
-    for (int x = 0; x < NX; ++x) store(m + p * m_stride + x * L, acc[p][x]);
+    for (int x = 0; x < NX; ++x) store(rows[p] + x * L, acc[p][x]);
 }
 
-// Columns per pixel in the products buffer: whole vectors past the widest window span and one more, so that a
-// pixel's K columns can be read as whole vectors from its offset.
+// Columns per pixel in the products buffer: whole vectors past the widest tile (K + P - 1 columns) and one more. A
+// pixel's row is anchored at its window start, up to P - 1 columns after its tile's, so the tile's stores for it
+// begin up to P - 1 columns early, in the previous pixel's row past the whole vectors that hold its K columns.
 template <typename scalar_t>
 inline int64_t tap_dot_columns(const Shape& s) {
   return round_up(s.K + kTapDotPixels - 1, Simd<scalar_t>::lanes) + Simd<scalar_t>::lanes;
 }
 
-// The first column of the tile that holds pixel j: the window start of its block's first pixel (whole blocks of P
-// from column 0, then single pixels).
-template <int P>
-inline int64_t tile_start(const Shape& s, int64_t j) {
-  const int64_t j0 = j / P * P;
-  return window_start(j0 + P <= s.W ? j0 : j, s.W, s.K);
-}
-
-// The products of P pixels j0.. with tap row vt_a (m: the rows of the row's pixels, m_stride apart).
+// The products of P pixels j0.. with tap row vt_a. Pixel j's row of m (m_stride apart) is anchored at its own window
+// start: column window_start(j) of the tap row lands at m + j * m_stride, whichever tile computed it.
 template <int P, typename scalar_t>
 inline void tap_row_tiles(const Shape& s, int64_t j0, const scalar_t* go_row, const scalar_t* vt_a, int64_t Wp,
                           scalar_t* m, int64_t m_stride) {
@@ -369,10 +363,14 @@ inline void tap_row_tiles(const Shape& s, int64_t j0, const scalar_t* go_row, co
   const int64_t x0 = window_start(j0, s.W, s.K), x1 = window_start(j0 + P - 1, s.W, s.K) + s.K;
   const int64_t nvec = (x1 - x0 + L - 1) / L;
   const scalar_t* go = go_row + j0 * s.C;
-  scalar_t* mj = m + j0 * m_stride;
+  scalar_t* rows[P];
+  for (int p = 0; p < P; ++p) rows[p] = m + (j0 + p) * m_stride - (window_start(j0 + p, s.W, s.K) - x0);
   int64_t xv = 0;
-  for (; xv + 2 <= nvec; xv += 2) tap_dot_tile<P, 2>(s, go, vt_a + x0 + xv * L, Wp, mj + xv * L, m_stride);
-  for (; xv < nvec; ++xv) tap_dot_tile<P, 1>(s, go, vt_a + x0 + xv * L, Wp, mj + xv * L, m_stride);
+  for (; xv + 2 <= nvec; xv += 2) {
+    tap_dot_tile<P, 2>(s, go, vt_a + x0 + xv * L, Wp, rows);
+    for (int p = 0; p < P; ++p) rows[p] += 2 * L;
+  }
+  if (xv < nvec) tap_dot_tile<P, 1>(s, go, vt_a + x0 + xv * L, Wp, rows);
 }
 
 // vt_rows: the value rows (channel-major, `row_stride` apart) from the window's first row, column 0. dp of pixel j
@@ -392,7 +390,7 @@ inline void row_tap_dots(const Shape& s, const scalar_t* go_row, const scalar_t*
     for (int64_t j = 0; j < s.W; ++j) {
       // Whole vectors: the lanes past the row's K taps land on the next tap row's slots (written by its own turn,
       // later) or, for the last tap row, in dp's padding.
-      const scalar_t* src = m + j * m_stride + window_start(j, s.W, s.K) - tile_start<P>(s, j);
+      const scalar_t* src = m + j * m_stride;
       scalar_t* dst = dp_row + j * Tpp + a * s.K;
       for (int64_t e0 = 0; e0 < s.K; e0 += L) store(dst + e0, load<V>(src + e0));
     }
