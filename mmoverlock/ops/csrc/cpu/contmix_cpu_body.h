@@ -325,10 +325,10 @@ ValueRowsT<scalar_t> transpose_rows(const Shape& s, const scalar_t* v_plane, int
 // stores, do not wait on stores still in flight.
 constexpr int kTapDotPixels = CONTMIX_VEC_BYTES >= 64 ? 8 : 4;
 
-// rows[p][x] = sum over channels of go[p * C + c] * vt_a[c * Wp + x], x < NX * lanes, for P pixels.
+// rows[p][col + x] = sum over channels of go[p * C + c] * vt_a[c * Wp + x], x < NX * lanes, for P pixels.
 template <int P, int NX, typename scalar_t>
 inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_a, int64_t Wp,
-                         scalar_t* const (&rows)[P]) {
+                         scalar_t* const (&rows)[P], int64_t col) {
   using V = typename Simd<scalar_t>::vec;
   constexpr int64_t L = Simd<scalar_t>::lanes;
   V acc[P][NX];
@@ -343,7 +343,7 @@ inline void tap_dot_tile(const Shape& s, const scalar_t* go, const scalar_t* vt_
     }
   }
   for (int p = 0; p < P; ++p)
-    for (int x = 0; x < NX; ++x) store(rows[p] + x * L, acc[p][x]);
+    for (int x = 0; x < NX; ++x) store(rows[p] + col + x * L, acc[p][x]);
 }
 
 // Columns per pixel in the products buffer: whole vectors past the widest tile (K + P - 1 columns) and one more. A
@@ -366,11 +366,8 @@ inline void tap_row_tiles(const Shape& s, int64_t j0, const scalar_t* go_row, co
   scalar_t* rows[P];
   for (int p = 0; p < P; ++p) rows[p] = m + (j0 + p) * m_stride - (window_start(j0 + p, s.W, s.K) - x0);
   int64_t xv = 0;
-  for (; xv + 2 <= nvec; xv += 2) {
-    tap_dot_tile<P, 2>(s, go, vt_a + x0 + xv * L, Wp, rows);
-    for (int p = 0; p < P; ++p) rows[p] += 2 * L;
-  }
-  if (xv < nvec) tap_dot_tile<P, 1>(s, go, vt_a + x0 + xv * L, Wp, rows);
+  for (; xv + 2 <= nvec; xv += 2) tap_dot_tile<P, 2>(s, go, vt_a + x0 + xv * L, Wp, rows, xv * L);
+  if (xv < nvec) tap_dot_tile<P, 1>(s, go, vt_a + x0 + xv * L, Wp, rows, xv * L);
 }
 
 // vt_rows: the value rows (channel-major, `row_stride` apart) from the window's first row, column 0. dp of pixel j
