@@ -11,8 +11,8 @@ pytestmark = pytest.mark.slow
 
 def test_compare_backbones_writes_ratios(tmp_path):
     run_tool(['tools/analysis_tools/compare_backbones.py', '--sizes', '64', '--models', 'overlock', 'overlock-deploy',
-              'overlock-authors', '--rounds', '1', '--threads', '1', '--no-flops', '--profile-sizes', '--saved-sizes',
-              '64', '--out-dir', tmp_path / 'out'],
+              'overlock-authors', '--rounds', '1', '--threads', '1', '--no-flops', '--profile-sizes', '64',
+              '--saved-sizes', '64', '--out-dir', tmp_path / 'out'],
              cwd=tmp_path)
     payload = json.loads((tmp_path / 'out' / 'results.json').read_text())
     summary = payload['summary']['64x64']
@@ -35,6 +35,18 @@ def test_compare_backbones_writes_ratios(tmp_path):
     markdown = (tmp_path / 'out' / 'results.md').read_text()
     assert 'overlock-deploy' in markdown and payload['machine']['cpu'] in markdown
     assert 'Command: `python tools/analysis_tools/compare_backbones.py --sizes 64' in markdown
+    # The profiles (inference, training step) split each operator's self time by input shapes too: the heaviest
+    # calls first, with their call counts, the shapes of one operator adding up to no more than its total.
+    assert [p['phase'] for p in payload['profiles']] == ['infer', 'train_step']
+    for prof in payload['profiles']:
+        rows = prof['ops_by_shape']
+        assert rows and all(row['calls'] >= 1 and row['s'] > 0 and row['input_shapes'][0] == '[' for row in rows)
+        assert [row['s'] for row in rows] == sorted((row['s'] for row in rows), reverse=True)
+        for op, total in prof['ops'].items():
+            assert sum(row['s'] for row in rows if row['op'] == op) <= total + 1e-4 * len(rows)
+        assert len({(row['op'], row['input_shapes']) for row in rows}) == len(rows)
+        assert len({row['op'] for row in rows}) < len(rows)  # some operator in more than one row (shape)
+    assert '| operator (self time) | input shapes | calls | s | ms per call |' in markdown
     saved = json.loads((tmp_path / 'out' / 'saved_64x64.json').read_text())['results']
     assert set(saved) == {'convnext', 'overlock', 'overlock-authors'}  # the trainable models
     for result in saved.values():

@@ -18,7 +18,8 @@ each a few microseconds of host time whatever its size). With two or more sizes,
 training-step times are also split into a per-call part, paid whatever the image size, and a part per megapixel
 (a least-squares fit over the sizes, :mod:`mmoverlock.analysis.measure.scaling`), with ratios to ConvNeXt-T: that
 says whether a ratio at one size comes from the work per pixel or from the work every call repeats. A
-torch.profiler run of ``overlock`` (eval) splits its time by module type (exclusive of child modules) and by operator.
+torch.profiler run of ``overlock`` (eval, then a training step) splits its time by module type (exclusive of child
+modules), by operator, and by operator and input shapes.
 ``--saved-sizes`` counts, per model and in a fresh process, the bytes each module's layers save for the backward of a
 training step and the backward's own transient memory (``OUT_DIR/saved_<size>.{md,json}``).
 With ``--isa best avx2`` the whole comparison runs once per instruction-set setting (``avx2`` in a child process
@@ -152,8 +153,10 @@ def flops(name: str, height: int, width: int) -> float:
 
 def profile(name: str, height: int, width: int, phase: str, top: int = 12, device: str = 'cpu', batch: int = 1,
             amp: bool = False) -> dict:
-    """Where one call's time goes: per module type (exclusive of child modules) and per operator (self time); on a
-    GPU per operator by the GPU time of the kernels it launched, and per kernel."""
+    """Where one call's time goes: per module type (exclusive of child modules), per operator (self time) and per
+    operator and input shapes (which call of an operator is slow: a layout or shape its library serves badly shows
+    there, not in the operator's total); on a GPU per operator by the GPU time of the kernels it launched, and per
+    kernel."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
     runner = Runner(name, height, width, device=device, batch=batch, amp=amp)
@@ -172,7 +175,7 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12, devic
     handles = [] if cuda else [m.register_forward_pre_hook(enter) for m in runner.model.modules()]
     handles += [] if cuda else [m.register_forward_hook(leave) for m in runner.model.modules()]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, record_shapes=True) as prof:
         total = time_call(getattr(runner, phase), device).wall_s[0]
     for handle in handles:
         handle.remove()
@@ -191,15 +194,33 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12, devic
             kernels[avg.key[:120]] += avg.self_device_time_total / 1e6
         elif avg.self_device_time_total > 0:
             per_op[avg.key] += avg.self_device_time_total / 1e6
+    by_shape = []
+    for avg in prof.key_averages(group_by_input_shape=True):
+        seconds = (avg.self_device_time_total if cuda else avg.self_cpu_time_total) / 1e6
+        if avg.key.startswith('module::') or (cuda and avg.device_type == DeviceType.CUDA) or seconds <= 0:
+            continue
+        by_shape.append(dict(op=avg.key, input_shapes=_shapes_text(avg.input_shapes), calls=avg.count,
+                             s=round(seconds, 4)))
+    by_shape.sort(key=lambda row: -row['s'])
     wall = sum(per_module.values()) or 1.0
     result = dict(model=name, size=[height, width], phase=phase, profiled_s=total, device=device,
                   modules={k: round(v, 4) for k, v in per_module.most_common()},
                   module_share={k: round(v / wall, 4) for k, v in per_module.most_common()},
-                  ops={k: round(v, 4) for k, v in per_op.most_common(top)})
+                  ops={k: round(v, 4) for k, v in per_op.most_common(top)}, ops_by_shape=by_shape[:2 * top])
     if cuda:
         result.update(gpu_busy_s=round(sum(kernels.values()), 4),
                       kernels={k: round(v, 4) for k, v in kernels.most_common(top)})
     return result
+
+
+def _shapes_text(shapes: list, most: int = 4) -> str:
+    """A profiler event's input shapes, short: the scalar and optional arguments after the last tensor dropped, and
+    at most ``most`` shapes (e.g. the branch-sum op's 24 kernels and BN parameters)."""
+    shapes = list(shapes)
+    while shapes and not shapes[-1]:
+        shapes.pop()
+    text = ', '.join(str(shape) for shape in shapes[:most])
+    return f"[{text}{', ...' if len(shapes) > most else ''}]"
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -289,6 +310,12 @@ def write_report(path: str, results: dict) -> None:
         what = 'GPU time of its kernels' if 'kernels' in prof else 'self time'
         lines += markdown_table([f'operator ({what})', 's'], [[f'`{k}`', f'{v:.4f}'] for k, v in prof['ops'].items()])
         lines.append('')
+        if prof.get('ops_by_shape'):
+            lines += markdown_table(
+                [f'operator ({what})', 'input shapes', 'calls', 's', 'ms per call'],
+                [[f"`{row['op']}`", f"`{row['input_shapes']}`", str(row['calls']), f"{row['s']:.4f}",
+                  f"{row['s'] / row['calls'] * 1e3:.2f}"] for row in prof['ops_by_shape']])
+            lines.append('')
         if 'kernels' in prof:
             lines += markdown_table(['GPU kernel', 's'], [[f'`{k}`', f'{v:.4f}'] for k, v in prof['kernels'].items()])
             lines.append('')
