@@ -184,23 +184,21 @@ def profile(name: str, height: int, width: int, phase: str, top: int = 12, devic
         if event.name.startswith('module::'):
             children = sum(c.cpu_time_total for c in event.cpu_children if c.name.startswith('module::'))
             per_module[event.name[len('module::'):]] += (event.cpu_time_total - children) / 1e6
-    per_op, kernels = Counter(), Counter()
-    for avg in prof.key_averages():
+    # One pass over the events grouped by operator and input shapes; an operator's total is the sum of its shapes.
+    per_op, kernels, by_shape = Counter(), Counter(), []
+    for avg in prof.key_averages(group_by_input_shape=True):
         if avg.key.startswith('module::'):
             continue
-        if not cuda:
-            per_op[avg.key] += avg.self_cpu_time_total / 1e6
-        elif avg.device_type == DeviceType.CUDA:
+        if cuda and avg.device_type == DeviceType.CUDA:
             kernels[avg.key[:120]] += avg.self_device_time_total / 1e6
-        elif avg.self_device_time_total > 0:
-            per_op[avg.key] += avg.self_device_time_total / 1e6
-    by_shape = []
-    for avg in prof.key_averages(group_by_input_shape=True):
-        seconds = (avg.self_device_time_total if cuda else avg.self_cpu_time_total) / 1e6
-        if avg.key.startswith('module::') or (cuda and avg.device_type == DeviceType.CUDA) or seconds <= 0:
             continue
-        by_shape.append(dict(op=avg.key, input_shapes=_shapes_text(avg.input_shapes), calls=avg.count,
-                             s=round(seconds, 4)))
+        seconds = (avg.self_device_time_total if cuda else avg.self_cpu_time_total) / 1e6
+        if cuda and seconds <= 0:
+            continue
+        per_op[avg.key] += seconds
+        if seconds > 0:
+            by_shape.append(dict(op=avg.key, input_shapes=_shapes_text(avg.input_shapes), calls=avg.count,
+                                 s=round(seconds, 4)))
     by_shape.sort(key=lambda row: -row['s'])
     wall = sum(per_module.values()) or 1.0
     result = dict(model=name, size=[height, width], phase=phase, profiled_s=total, device=device,
